@@ -1,0 +1,126 @@
+"""Load a TVM artifact (a Relax VM executable in a shared library) and run it.
+
+Loading a shared library runs native code: callers pass paths that
+:meth:`ModelPackage.artifact_path` has checked against the manifest's sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from hyperinfer.errors import FailedPrecondition, InvalidArgument
+from hyperinfer.package import ModelPackage, OutputSpec, TensorSpec
+from hyperinfer.runtime.validation import check_inputs
+
+_threads_lock = threading.Lock()
+_configured_threads: int | None = None
+
+
+def configure_threads(threads: int | None) -> int:
+    """Fix TVM's CPU thread pool size for this process; returns the count in force.
+
+    TVM sizes its pool at first use (half the logical CPUs by default) and may
+    pin the calling thread to CPU 0, which starves anything else in the process
+    (ONNX Runtime in the same benchmark). So: set the count explicitly and never
+    bind threads to cores.
+    """
+    global _configured_threads
+    with _threads_lock:
+        n = int(threads) if threads else (os.cpu_count() or 1)
+        if n < 1:
+            raise InvalidArgument(f"threads must be >= 1, got {n}")
+        os.environ["TVM_NUM_THREADS"] = str(n)
+        os.environ["TVM_BIND_THREADS"] = "0"
+        if _configured_threads != n:
+            import tvm
+
+            cfg = tvm.get_global_func("runtime.config_threadpool", True)
+            if cfg is not None:
+                # mode 0 (kBig) with an explicit count re-sizes a pool that already exists
+                try:
+                    cfg(0, n)
+                except Exception:  # older signatures: the env vars above still apply at first use
+                    pass
+            _configured_threads = n
+        return n
+
+
+def _device(kind: str, index: int = 0):
+    import tvm
+
+    kind = {"cpu": "cpu", "llvm": "cpu", "cuda": "cuda", "rocm": "rocm", "vulkan": "vulkan", "opencl": "opencl"}.get(kind)
+    if kind is None:
+        raise InvalidArgument(f"unknown device kind {kind!r}")
+    dev = tvm.device(kind, index)
+    if not dev.exist:
+        raise FailedPrecondition(f"device {kind}:{index} is not available on this machine")
+    return dev
+
+
+def device_kind_of(target_id: str) -> str:
+    return target_id.split("-", 1)[0]
+
+
+class TVMRunner:
+    """Runs one artifact. Thread-safe: the VM is guarded by a lock (one call at a time)."""
+
+    def __init__(self, artifact_path: str | os.PathLike, inputs: Sequence[TensorSpec],
+                 outputs: Sequence[TensorSpec], device: str = "cpu", threads: int | None = None):
+        import tvm
+        from tvm import relax
+
+        if device == "cpu":
+            configure_threads(threads)
+        self.input_specs = list(inputs)
+        self.output_specs = list(outputs)
+        self.device = _device(device)
+        try:
+            lib = tvm.runtime.load_module(str(artifact_path))
+            self.vm = relax.VirtualMachine(lib, self.device)
+        except Exception as e:  # tvm.error.* for a corrupt or foreign artifact
+            raise FailedPrecondition(f"cannot load artifact {artifact_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self._main = self.vm["main"]
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_package(cls, package: ModelPackage, target_id: str, threads: int | None = None) -> "TVMRunner":
+        path = package.artifact_path(target_id, check=True)
+        m = package.manifest
+        return cls(path, m.inputs, m.outputs, device_kind_of(target_id), threads)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tvm
+
+        feeds = check_inputs(self.input_specs, inputs)
+        args = [tvm.runtime.tensor(feeds[s.name], self.device) for s in self.input_specs]
+        with self._lock:
+            result = self._main(*args)
+        values = _flatten(result)
+        if len(values) != len(self.output_specs):
+            raise FailedPrecondition(
+                f"artifact returned {len(values)} outputs, manifest lists {len(self.output_specs)}"
+            )
+        out = {}
+        for spec, v in zip(self.output_specs, values):
+            arr = v.numpy()
+            if arr.dtype.name != spec.dtype:
+                arr = arr.astype(spec.dtype)
+            out[spec.name] = arr
+        return out
+
+
+def _flatten(result) -> list:
+    import tvm
+
+    if isinstance(result, tvm.runtime.Tensor) if hasattr(tvm.runtime, "Tensor") else hasattr(result, "numpy"):
+        return [result]
+    if hasattr(result, "numpy"):
+        return [result]
+    items = []
+    for r in result:
+        items.extend(_flatten(r))
+    return items

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerate hyperinfer/proto/** from proto/**. CI runs this and fails on a diff.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+find hyperinfer/proto -name '*_pb2*.py*' -delete 2>/dev/null || true
+mapfile -t protos < <(cd proto && find . -name '*.proto' | sed 's|^\./||' | sort)
+(cd proto && "$PY" -m grpc_tools.protoc -I . --python_out=.. --pyi_out=.. --grpc_python_out=.. "${protos[@]}")
+for d in hyperinfer/proto hyperinfer/proto/v1 hyperinfer/proto/inference; do
+  [ -f "$d/__init__.py" ] || echo '"""Generated from proto/ by scripts/gen_proto.sh; do not edit."""' > "$d/__init__.py"
+done
