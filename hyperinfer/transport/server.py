@@ -1,0 +1,60 @@
+"""Build gRPC servers and channels with hyperinfer's limits and standard services."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from hyperinfer.transport.errors import ErrorInterceptor
+
+# Largest message accepted or sent: large enough for a 1x3x640x640 float32 image
+# several times over, small enough that one request cannot exhaust memory.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def make_server(max_workers: int = 16, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[ErrorInterceptor()],
+        options=channel_options(max_message_bytes) + [("grpc.so_reuseport", 0)],
+    )
+
+
+def add_health(server: grpc.Server, services: list[str]) -> health.HealthServicer:
+    """Standard grpc.health.v1 service; '' is the server as a whole."""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ["", *services]:
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+def set_not_serving(servicer: health.HealthServicer, services: list[str]) -> None:
+    for name in ["", *services]:
+        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def bind(server: grpc.Server, address: str) -> int:
+    """Bind an insecure port; returns the port actually bound (for ':0')."""
+    from hyperinfer.errors import Unavailable
+
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise Unavailable(f"cannot listen on {address}: {e}") from None
+    if port == 0:
+        raise Unavailable(f"cannot listen on {address} (address in use or invalid)")
+    return port
+
+
+def channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=channel_options(max_message_bytes))

@@ -1,0 +1,45 @@
+"""numpy <-> hyperinfer.v1.Tensor (C-contiguous little-endian bytes)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from hyperinfer import dtypes
+from hyperinfer.errors import InvalidArgument
+from hyperinfer.proto.v1 import pool_pb2
+from hyperinfer.verify.digest import canonical_array
+
+
+def to_proto(name: str, arr: np.ndarray) -> pool_pb2.Tensor:
+    a = canonical_array(arr)
+    return pool_pb2.Tensor(name=name, dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
+
+
+def from_proto(t: pool_pb2.Tensor) -> np.ndarray:
+    dt = dtypes.numpy_dtype(t.dtype).newbyteorder("<")
+    shape = tuple(int(d) for d in t.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"tensor {t.name!r}: negative dimension in shape {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(t.data) != count * dt.itemsize:
+        raise InvalidArgument(
+            f"tensor {t.name!r}: {len(t.data)} bytes of data, shape {list(shape)} of {t.dtype} needs "
+            f"{count * dt.itemsize}"
+        )
+    return np.frombuffer(t.data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=False)
+
+
+def many_to_proto(tensors: Mapping[str, np.ndarray], order: Iterable[str] | None = None) -> list[pool_pb2.Tensor]:
+    names = list(order) if order is not None else list(tensors)
+    return [to_proto(n, tensors[n]) for n in names]
+
+
+def many_from_proto(items: Iterable[pool_pb2.Tensor]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for t in items:
+        if t.name in out:
+            raise InvalidArgument(f"tensor {t.name!r} given twice")
+        out[t.name] = from_proto(t)
+    return out
