@@ -1,0 +1,272 @@
+"""The gateway's Open Inference Protocol logic on plain values (no protobuf, no gRPC).
+
+ModelInfer: resolve the model in the catalog, check the inputs against its
+manifest, run them on one node (scheduler: least outstanding, retries,
+attestation checked), hand the result to the verifier (sampling, validator,
+receipt), return the requested outputs with the receipt in the response
+parameter ``hyperinfer.receipt``.
+
+The client's request ``id`` is echoed back; nodes only ever see the gateway's
+own random request ids. Version ``""`` means the newest version in the catalog.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from hyperinfer import __version__, dtypes
+from hyperinfer.errors import InvalidArgument, NotFound
+from hyperinfer.package import Manifest
+
+PLATFORM = "hyperinfer-tvm"
+RECEIPT_PARAMETER = "hyperinfer.receipt"
+VERIFY_PARAMETER = "verify"
+VERIFY_MODES = ("auto", "sync", "always")
+
+
+# ---------------------------------------------------------------- plain types
+
+@dataclass
+class InferInput:
+    name: str
+    datatype: str  # OIP datatype
+    shape: tuple[int, ...]
+    array: np.ndarray
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # parameter binary_data, if given
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[InferInput] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    binary_output: bool | None = None  # request parameter binary_data_output, if given
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    typed: bool = False  # typed contents instead of raw_output_contents
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: list[str]
+
+
+# ---------------------------------------------------------------- collaborators
+
+class Catalog(Protocol):
+    """gateway.artifacts.Catalog: the offered packages, cached and re-scanned in the background."""
+
+    def versions(self, name: str) -> list[int]: ...
+
+    def get(self, name: str, version: int | None = None) -> Any: ...  # Offer with .manifest
+
+
+class Registry(Protocol):
+    def schedulable_nodes(self, model: str, version: int) -> list[Any]: ...
+
+
+class Verifier(Protocol):
+    def verify(self, manifest: Manifest, inputs: Mapping[str, np.ndarray], primary: Any, mode: str,
+               client_request_id: str = "") -> Any: ...
+
+
+# ---------------------------------------------------------------- checks
+
+def parse_version(version: str, where: str = "model_version") -> int | None:
+    if version == "":
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"{where}: {version!r} is not a positive integer version (or '' for the newest)")
+    return int(version)
+
+
+def parse_verify_mode(parameters: Mapping[str, Any]) -> str:
+    value = parameters.get(VERIFY_PARAMETER)
+    if value is None:
+        return "auto"
+    if not isinstance(value, str) or value.strip().lower() not in VERIFY_MODES:
+        raise InvalidArgument(
+            f"parameters.{VERIFY_PARAMETER}: {value!r} is not a verification mode; use a string_param, "
+            f"one of: {', '.join(VERIFY_MODES)}"
+        )
+    return value.strip().lower()
+
+
+def check_inputs(manifest: Manifest, inputs: Sequence[InferInput]) -> dict[str, np.ndarray]:
+    """Request inputs -> {name: array} in the manifest's order; InvalidArgument names the field."""
+    by_name = {t.name: (i, t) for i, t in enumerate(inputs)}
+    model = f"model {manifest.name!r} version {manifest.version}"
+    expected = ", ".join(s.name for s in manifest.inputs)
+    specs = {s.name for s in manifest.inputs}
+    for i, t in enumerate(inputs):
+        if t.name not in specs:
+            raise InvalidArgument(f"inputs[{i}].name: {model} has no input {t.name!r} (its inputs: {expected})")
+    out: dict[str, np.ndarray] = {}
+    for spec in manifest.inputs:
+        found = by_name.get(spec.name)
+        if found is None:
+            raise InvalidArgument(f"inputs: missing input {spec.name!r} of {model} (its inputs: {expected})")
+        i, t = found
+        want = dtypes.from_name(spec.dtype).oip
+        if t.datatype != want:
+            raise InvalidArgument(f"inputs[{i}].datatype: {t.datatype} for input {spec.name!r}, {model} takes {want}")
+        if t.shape != spec.shape:
+            raise InvalidArgument(
+                f"inputs[{i}].shape: {list(t.shape)} for input {spec.name!r}, {model} takes {list(spec.shape)}"
+            )
+        out[spec.name] = t.array
+    return out
+
+
+def select_outputs(manifest: Manifest, requested: Sequence[RequestedOutput]) -> list[tuple[str, str]]:
+    """(name, OIP datatype) of the outputs to return: all in manifest order, or the requested ones."""
+    types = {o.name: dtypes.from_name(o.dtype).oip for o in manifest.outputs}
+    if not requested:
+        return list(types.items())
+    chosen = []
+    for i, o in enumerate(requested):
+        if o.name not in types:
+            raise InvalidArgument(
+                f"outputs[{i}].name: model {manifest.name!r} version {manifest.version} has no output {o.name!r} "
+                f"(its outputs: {', '.join(types)})"
+            )
+        chosen.append((o.name, types[o.name]))
+    return chosen
+
+
+def wants_typed(req: InferRequest) -> bool:
+    """Typed contents only when the client says binary_data_output=false (request) or
+    binary_data=false on every requested output; raw is the default (tritonclient reads raw)."""
+    if req.binary_output is not None:
+        return not req.binary_output
+    return bool(req.outputs) and all(o.binary is False for o in req.outputs)
+
+
+# ---------------------------------------------------------------- data plane
+
+class DataPlane:
+    def __init__(self, catalog: Catalog, registry: Registry, scheduler: Any, verifier: Verifier | None = None,
+                 *, server_name: str = "hyperinfer"):
+        self.catalog = catalog
+        self.registry = registry
+        self.scheduler = scheduler
+        self.verifier = verifier
+        self.server_name = server_name
+        self._accepting = True
+
+    # -------------------------------------------------------------- health
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Accepting requests (False while shutting down). Per-model readiness is model_ready()."""
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def manifest(self, name: str, version: str, where: str = "") -> Manifest:
+        if not name:
+            raise InvalidArgument(f"{where}name: empty model name")
+        v = parse_version(version, f"{where}version" if where else "model_version")
+        return self.catalog.get(name, v).manifest  # NotFound names the versions that exist
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """True iff at least one schedulable node has the model loaded. Unknown models are not ready
+        (as in Triton): a readiness probe gets False, not an error."""
+        try:
+            m = self.manifest(name, version)
+        except NotFound:
+            return False
+        return bool(self.registry.schedulable_nodes(m.name, m.version))
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(self.server_name, __version__, ["parameters", "hyperinfer-receipt"])
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        m = self.manifest(name, version)
+        meta = lambda t: TensorMetadata(t.name, dtypes.from_name(t.dtype).oip, tuple(t.shape))  # noqa: E731
+        return ModelMetadata(
+            name=m.name,
+            versions=[str(v) for v in self.catalog.versions(m.name)],
+            platform=PLATFORM,
+            inputs=[meta(t) for t in m.inputs],
+            outputs=[meta(t) for t in m.outputs],
+        )
+
+    # -------------------------------------------------------------- infer
+
+    def infer(self, req: InferRequest, deadline: float | None = None) -> InferResponse:
+        """``deadline``: time.monotonic() value by which the client stops waiting."""
+        if not self._accepting:
+            from hyperinfer.errors import Unavailable
+
+            raise Unavailable("the gateway is shutting down")
+        manifest = self.manifest(req.model_name, req.model_version, "model_")
+        mode = parse_verify_mode(req.parameters)
+        inputs = check_inputs(manifest, req.inputs)
+        chosen = select_outputs(manifest, req.outputs)
+
+        primary = self.scheduler.run(manifest, inputs, deadline=deadline)
+        parameters: dict[str, Any] = {}
+        if self.verifier is not None:
+            receipt = self.verifier.verify(manifest, inputs, primary, mode, client_request_id=req.id)
+            if receipt is not None:
+                parameters[RECEIPT_PARAMETER] = receipt if isinstance(receipt, str) else str(receipt)
+        return InferResponse(
+            model_name=manifest.name,
+            model_version=str(manifest.version),
+            id=req.id,
+            outputs=[OutputTensor(n, dt, primary.outputs[n]) for n, dt in chosen],
+            parameters=parameters,
+            typed=wants_typed(req),
+        )
+
+
+def deadline_from(time_remaining: float | None) -> float | None:
+    return None if time_remaining is None else time.monotonic() + time_remaining

@@ -1,0 +1,237 @@
+"""Put one request on one node (design §7): least outstanding requests among the
+healthy nodes that have the model loaded, retry elsewhere when a node fails.
+
+Plain Python: the registry and the worker client are passed in, so tests run
+with in-process fakes. Nothing here blocks without a deadline: every node call
+gets ``min(call_timeout, time left)``, and the number of attempts is bounded.
+
+What a node error means:
+
+- INVALID_ARGUMENT: the request is wrong, whichever node runs it; returned as is.
+- RESOURCE_EXHAUSTED: the node is busy, not broken; retried elsewhere and not
+  reported (reporting would quarantine healthy nodes under load).
+- anything else (UNAVAILABLE, DEADLINE_EXCEEDED, NOT_FOUND for a model the
+  registry says it has, INTERNAL, a result whose attestation does not check
+  out): the node is reported to the registry and the request retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from hyperinfer.errors import Code, HyperinferError, InvalidArgument, Unavailable
+from hyperinfer.package import Manifest
+from hyperinfer.verify.attestation import Attestation, AttestationError, verify_attestation
+from hyperinfer.verify.digest import tensors_digest
+
+log = logging.getLogger("hyperinfer.gateway.scheduler")
+
+DEFAULT_CALL_TIMEOUT_S = 30.0
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class NodeView(Protocol):
+    """What the scheduler needs of a registry entry (registry.NodeInfo)."""
+
+    node_id: str
+    public_key: bytes
+    operator: str
+    address: str
+    loaded: Mapping[tuple[str, int], tuple[str, str]]  # (name, version) -> (target id, artifact sha256)
+
+
+class Registry(Protocol):
+    def schedulable_nodes(self, model: str, version: int) -> list[Any]: ...
+
+    def report_failure(self, node_id: str) -> None: ...
+
+
+class WorkerClient(Protocol):
+    def infer(self, node: Any, request_id: str, model_name: str, model_version: int,
+              inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> Any: ...
+
+
+class BadResult(HyperinferError):
+    """A node returned a result the gateway cannot accept (attestation or outputs wrong)."""
+
+    code = Code.UNAVAILABLE
+
+
+@dataclass
+class Scheduled:
+    """A checked result from one node."""
+
+    node: Any
+    request_id: str
+    outputs: dict[str, np.ndarray]  # manifest order
+    attestation: Attestation
+    attestation_bytes: bytes
+    signature: bytes
+    input_digest: str
+    attempts: int
+    seconds: float  # wall time of the successful node call
+
+
+def check_result(manifest: Manifest, node: NodeView, request_id: str, input_digest: str, result: Any) -> Attestation:
+    """Check a node's result against what was asked; raise BadResult if anything is off.
+
+    The signature must verify with the key the node joined with, the attestation
+    must name this request, model, node and inputs and an artifact of this
+    model's manifest, and the outputs must be the manifest's and hash to the
+    signed digest (else a node could sign one answer and return another).
+    """
+    try:
+        att = verify_attestation(node.public_key, result.attestation_bytes, result.signature)
+    except AttestationError as e:
+        raise BadResult(f"node {node.node_id}: {e}") from None
+    expected = {
+        "request_id": request_id, "model_name": manifest.name, "model_version": manifest.version,
+        "node_id": node.node_id, "input_digest": input_digest,
+    }
+    for key, value in expected.items():
+        if getattr(att, key) != value:
+            raise BadResult(f"node {node.node_id}: attestation {key} {getattr(att, key)!r} is not {value!r}")
+    art = manifest.artifacts.get(att.target_id)
+    if art is None or art.sha256 != att.artifact_sha256:
+        raise BadResult(
+            f"node {node.node_id}: attested artifact {att.target_id}/{att.artifact_sha256[:16]} "
+            f"is not in the manifest of {manifest.name}/{manifest.version}"
+        )
+    outputs = result.outputs
+    names = [o.name for o in manifest.outputs]
+    if set(outputs) != set(names):
+        raise BadResult(f"node {node.node_id}: returned outputs {sorted(outputs)}, the manifest has {names}")
+    for spec in manifest.outputs:
+        a = outputs[spec.name]
+        if a.dtype.name != spec.dtype or tuple(a.shape) != tuple(spec.shape):
+            raise BadResult(
+                f"node {node.node_id}: output {spec.name!r} is {a.dtype.name}{list(a.shape)}, "
+                f"the manifest says {spec.dtype}{list(spec.shape)}"
+            )
+    if tensors_digest(names, outputs) != att.output_digest:
+        raise BadResult(f"node {node.node_id}: outputs do not match the attested output digest")
+    return att
+
+
+class Scheduler:
+    def __init__(self, registry: Registry, client: WorkerClient, *,
+                 call_timeout: float = DEFAULT_CALL_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 rng: random.Random | None = None,
+                 check: Callable[[Manifest, Any, str, str, Any], Attestation] = check_result,
+                 known_nodes: Callable[[], int] | None = None):
+        if max_attempts < 1:
+            raise InvalidArgument(f"max_attempts must be >= 1, got {max_attempts}")
+        if call_timeout <= 0:
+            raise InvalidArgument(f"call_timeout must be > 0, got {call_timeout}")
+        self.registry = registry
+        self.client = client
+        self.call_timeout = float(call_timeout)
+        self.max_attempts = int(max_attempts)
+        self._rng = rng or random.Random()
+        self._check = check
+        self._known_nodes = known_nodes
+        self._lock = threading.Lock()
+        self._inflight: dict[str, int] = {}
+
+    # -------------------------------------------------------------- choice
+
+    def inflight(self, node_id: str) -> int:
+        with self._lock:
+            return self._inflight.get(node_id, 0)
+
+    def _pick(self, candidates: Sequence[Any]) -> Any:
+        """Least in-flight (counted here, so it is current, unlike heartbeats); ties at random.
+        Called with the lock held; reserves a slot on the chosen node."""
+        counts = [self._inflight.get(n.node_id, 0) for n in candidates]
+        low = min(counts)
+        best = [n for n, c in zip(candidates, counts) if c == low]
+        node = best[0] if len(best) == 1 else self._rng.choice(best)
+        self._inflight[node.node_id] = low + 1
+        return node
+
+    def _release(self, node_id: str) -> None:
+        with self._lock:
+            left = self._inflight.get(node_id, 0) - 1
+            if left > 0:
+                self._inflight[node_id] = left
+            else:
+                self._inflight.pop(node_id, None)
+
+    def _no_node(self, manifest: Manifest, healthy: int) -> Unavailable:
+        known = self._known_nodes() if self._known_nodes is not None else healthy
+        return Unavailable(
+            f"no node can serve model {manifest.name} version {manifest.version} "
+            f"({known} nodes known, {healthy} healthy)"
+        )
+
+    # -------------------------------------------------------------- run
+
+    def run(self, manifest: Manifest, inputs: Mapping[str, np.ndarray], *,
+            deadline: float | None = None, accept: Callable[[Any], bool] | None = None,
+            prefer: Callable[[Any], bool] | None = None, input_digest: str | None = None,
+            exclude: Iterable[str] = ()) -> Scheduled:
+        """Run ``inputs`` (already checked against the manifest) on one node.
+
+        ``deadline``: time.monotonic() by which to give up (the client's deadline).
+        ``accept``: only nodes it returns True for (a validator of another operator).
+        ``prefer``: among accepted nodes, those it returns True for come first
+        (a validator running the same artifact).
+        """
+        name, version = manifest.name, manifest.version
+        if input_digest is None:
+            input_digest = tensors_digest([s.name for s in manifest.inputs], inputs)
+        tried: set[str] = set(exclude)
+        last: HyperinferError | None = None
+        attempts = 0
+        while attempts < self.max_attempts:
+            nodes = [n for n in self.registry.schedulable_nodes(name, version)
+                     if n.node_id not in tried and (accept is None or accept(n))]
+            if prefer is not None:
+                preferred = [n for n in nodes if prefer(n)]
+                nodes = preferred or nodes
+            if not nodes:
+                break
+            timeout = self.call_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise HyperinferError(
+                        f"deadline exceeded after {attempts} attempt(s) for model {name} version {version}"
+                        + (f"; last error: {last}" if last else ""), Code.DEADLINE_EXCEEDED)
+            with self._lock:
+                node = self._pick(nodes)
+            attempts += 1
+            tried.add(node.node_id)
+            request_id = uuid.uuid4().hex  # never the client's id: nodes must not link retries or checks
+            t0 = time.perf_counter()
+            try:
+                result = self.client.infer(node, request_id, name, version, inputs, timeout=timeout)
+                att = self._check(manifest, node, request_id, input_digest, result)
+            except HyperinferError as e:
+                if e.code == Code.INVALID_ARGUMENT:
+                    raise
+                last = e
+                if e.code != Code.RESOURCE_EXHAUSTED:
+                    log.warning("node %s failed %s/%s (%s): %s; retrying elsewhere",
+                                node.node_id, name, version, e.code.value, e)
+                    self.registry.report_failure(node.node_id)
+                continue
+            finally:
+                self._release(node.node_id)
+            return Scheduled(node, request_id, dict(result.outputs), att, result.attestation_bytes,
+                             result.signature, input_digest, attempts, time.perf_counter() - t0)
+
+        if last is None:
+            raise self._no_node(manifest, 0)
+        raise Unavailable(
+            f"model {name} version {version}: {attempts} attempt(s) on different nodes failed; "
+            f"last error ({last.code.value}): {last}"
+        )

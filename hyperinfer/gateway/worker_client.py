@@ -1,0 +1,87 @@
+"""The gateway's client for ``hyperinfer.v1.Worker/Infer`` on nodes.
+
+One channel and stub per node address, created on first use and reused
+(creating a channel per request costs a TCP and HTTP/2 handshake, far more
+than the call). Every call has a deadline. gRPC errors come back as
+:class:`HyperinferError` with the node's status code, so the scheduler can
+decide what to retry without knowing about gRPC.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import grpc
+import numpy as np
+
+from hyperinfer.errors import Code, HyperinferError
+from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
+from hyperinfer.transport import tensors
+from hyperinfer.transport.errors import error_from_rpc
+from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES, channel
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    outputs: dict[str, np.ndarray]
+    attestation_bytes: bytes
+    signature: bytes
+
+
+class GrpcWorkerClient:
+    """WorkerClient over gRPC. Thread-safe; call :meth:`close` on shutdown."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.timeout = float(timeout)
+        self.max_message_bytes = max_message_bytes
+        self._lock = threading.Lock()
+        self._stubs: dict[str, tuple[grpc.Channel, pool_pb2_grpc.WorkerStub]] = {}
+
+    def _stub(self, address: str) -> pool_pb2_grpc.WorkerStub:
+        entry = self._stubs.get(address)  # dict read is atomic: no lock on the hot path
+        if entry is None:
+            with self._lock:
+                entry = self._stubs.get(address)
+                if entry is None:
+                    ch = channel(address, self.max_message_bytes)
+                    entry = (ch, pool_pb2_grpc.WorkerStub(ch))
+                    self._stubs[address] = entry
+        return entry[1]
+
+    def forget(self, address: str) -> None:
+        """Close the channel to a node that left (a new one is made if it comes back)."""
+        with self._lock:
+            entry = self._stubs.pop(address, None)
+        if entry is not None:
+            entry[0].close()
+
+    def close(self) -> None:
+        with self._lock:
+            entries, self._stubs = list(self._stubs.values()), {}
+        for ch, _ in entries:
+            ch.close()
+
+    def infer(self, node: Any, request_id: str, model_name: str, model_version: int,
+              inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> WorkerResult:
+        request = pool_pb2.InferRequest(
+            request_id=request_id, model_name=model_name, model_version=int(model_version),
+            inputs=tensors.many_to_proto(inputs),
+        )
+        try:
+            response = self._stub(node.address).Infer(
+                request, timeout=self.timeout if timeout is None else max(float(timeout), 0.001),
+                wait_for_ready=False,
+            )
+        except grpc.RpcError as e:
+            err = error_from_rpc(e)
+            raise HyperinferError(f"node {node.node_id} at {node.address}: {err}", err.code) from None
+        try:
+            outputs = tensors.many_from_proto(response.outputs)
+        except HyperinferError as e:
+            # malformed tensors from a node are the node's fault, not the client's
+            raise HyperinferError(f"node {node.node_id} returned a malformed output: {e}", Code.DATA_LOSS) from None
+        return WorkerResult(outputs, bytes(response.attestation), bytes(response.signature))
