@@ -1,0 +1,66 @@
+"""``hyperinfer node``: run a worker node that joins a gateway's pool."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hyperinfer.node.devices import DEVICE_CHOICES
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    from hyperinfer.cli._console import err
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)]
+                        if err.is_terminal else None)
+    logging.getLogger("hyperinfer.grpc").setLevel(logging.WARNING if not verbose else logging.DEBUG)
+
+
+def node(
+    gateway: str = typer.Option(..., "--gateway", help="HOST:PORT of the gateway's pool service."),
+    listen: str = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve Worker on; port 0 picks one."),
+    advertise: str = typer.Option("", "--advertise", help="HOST:PORT the gateway should call (default: --listen with the bound port)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Node key file (created if missing). Default ~/.config/hyperinfer/node.key."),
+    operator: str = typer.Option("", "--operator", help="Operator name shown in the pool (default: user name)."),
+    device: str = typer.Option("auto", "--device", help=f"Which devices to use: {'|'.join(DEVICE_CHOICES)}."),
+    max_concurrency: int = typer.Option(4, "--max-concurrency", help="Requests run at once; more are refused with RESOURCE_EXHAUSTED."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for TVM (default: all cores)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache dir (default ~/.cache/hyperinfer/node/<node-id>/artifacts)."),
+    trust_publisher: list[str] = typer.Option([], "--trust-publisher", help="Publisher public key (hex or key file) whose packages to load; repeatable."),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Also load unsigned packages (only for packages you built yourself)."),
+    grace: float = typer.Option(10.0, "--grace", help="Seconds running requests get to finish on shutdown."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run a worker node: detect devices, join the gateway, serve the models it offers."""
+    from hyperinfer.cli._console import out
+    from hyperinfer.node.app import Node, NodeConfig, default_key_path
+
+    _setup_logging(verbose)
+
+    def loaded(m) -> None:
+        signed = f"signed by {m.publisher_id}" if m.publisher_id else "UNSIGNED"
+        out.print(f"loaded model {m.manifest.name}/{m.manifest.version} target={m.target_id} "
+                  f"artifact={m.artifact_sha256[:16]} ({signed})")
+
+    n = Node(NodeConfig(
+        gateway=gateway, listen=listen, advertise=advertise, key_path=key or default_key_path(),
+        operator=operator, device=device, max_concurrency=max_concurrency, threads=threads, cache_dir=cache,
+        trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned, grace_s=grace,
+    ), on_loaded=loaded)
+    if n.key_created:
+        out.print(f"created node key {n.config.key_path}")
+    n.start()
+    out.print(f"node {n.node_id} listening on {n.address} targets={','.join(n.hardware.targets)} "
+              f"gateway={gateway}")
+    n.run_until_signal()
+    out.print("node stopped")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("node")(node)

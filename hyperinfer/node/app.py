@@ -1,0 +1,145 @@
+"""Wire a node together: key, devices, data plane, Worker server, pool client, model loader.
+
+Shutdown order (SIGTERM/SIGINT): health NOT_SERVING (load balancers stop
+sending), Leave (the gateway stops scheduling here), stop accepting calls and
+let running ones finish (``server.stop(grace)``), exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hyperinfer.errors import InvalidArgument
+from hyperinfer.identity import load_or_create_key, load_public_key
+from hyperinfer.node.cache import ArtifactCache, default_cache_dir
+from hyperinfer.node.dataplane import DataPlane, LoadedModel, TrustPolicy
+from hyperinfer.node.devices import Hardware, detect
+from hyperinfer.node.models import BackgroundLoader, ModelManager, RunnerFactory, tvm_runner_factory
+from hyperinfer.node.pool_client import JoinSpec, PoolClient
+from hyperinfer.node.server import WorkerServer
+from hyperinfer.node.servicer import NodeInfo
+
+log = logging.getLogger("hyperinfer.node")
+
+
+def default_key_path() -> Path:
+    return Path.home() / ".config" / "hyperinfer" / "node.key"
+
+
+@dataclass
+class NodeConfig:
+    gateway: str
+    """host:port of the gateway's Pool service."""
+    listen: str = "127.0.0.1:0"
+    """host:port for the Worker service; port 0 picks a free port."""
+    advertise: str = ""
+    """host:port the gateway should call; default: the listen address with the bound port."""
+    key_path: Path = field(default_factory=default_key_path)
+    """Ed25519 node key, created (mode 0600) if missing. Node id = its fingerprint."""
+    operator: str = ""
+    """Operator name; default: the user name."""
+    device: str = "auto"
+    """auto | cpu | cuda | rocm | vulkan."""
+    max_concurrency: int = 4
+    """Requests run at once; more get RESOURCE_EXHAUSTED at once."""
+    threads: int | None = None
+    """CPU threads for TVM; default: all cores."""
+    cache_dir: Path | None = None
+    """Artifact cache; default ~/.cache/hyperinfer/node/<node-id>/artifacts."""
+    trust_publishers: list[str] = field(default_factory=list)
+    """Publisher public keys (hex or key files) whose packages this node loads."""
+    allow_unsigned: bool = False
+    """Also load unsigned packages (native code from an unverified source)."""
+    grace_s: float = 10.0
+    """How long running requests may take to finish on shutdown."""
+
+
+class Node:
+    def __init__(self, config: NodeConfig, runner_factory: RunnerFactory | None = None,
+                 hardware: Hardware | None = None,
+                 on_loaded: Callable[[LoadedModel], None] | None = None):
+        self.config = c = config
+        if c.max_concurrency < 1:
+            raise InvalidArgument(f"--max-concurrency must be >= 1, got {c.max_concurrency}")
+        if c.threads is not None and c.threads < 1:
+            raise InvalidArgument(f"--threads must be >= 1, got {c.threads}")
+        self.key, self.key_created = load_or_create_key(c.key_path)
+        self.trust = TrustPolicy([load_public_key(k) for k in c.trust_publishers], c.allow_unsigned)
+        if not self.trust.trusted_publishers and not c.allow_unsigned:
+            log.warning("no --trust-publisher given: this node will refuse every package "
+                        "(use --allow-unsigned only for packages you built yourself)")
+        self.hardware = hardware or detect(c.device)
+        self.dataplane = DataPlane(self.key, c.max_concurrency)
+        self.cache = ArtifactCache(c.cache_dir or default_cache_dir(self.dataplane.node_id))
+        self.info = NodeInfo(c.operator or _user(), self.hardware.targets, self.hardware.devices)
+        self.server = WorkerServer(self.dataplane, self.info, c.listen)
+        advertise = c.advertise or self.server.address
+        self.pool = PoolClient(c.gateway, self.key, self.dataplane,
+                               JoinSpec(self.info.operator, advertise, self.hardware.targets, self.hardware.devices))
+        self.manager = ModelManager(self.dataplane, self.cache, self.hardware.targets, self.trust,
+                                    fetch=self.pool.fetch,
+                                    runner_factory=runner_factory or tvm_runner_factory(c.threads),
+                                    on_loaded=on_loaded)
+        self.loader = BackgroundLoader(self.manager)
+        self.pool.on_offers = self.loader.submit
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    @property
+    def node_id(self) -> str:
+        return self.dataplane.node_id
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def start(self) -> "Node":
+        self.server.start()
+        self.loader.start()
+        self.pool.start()
+        return self
+
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self.server.not_serving()
+            self.pool.stop(leave=True)
+            self.loader.stop()
+            self.server.stop(self.config.grace_s)
+            self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def run_until_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then shut down gracefully (main thread only)."""
+        stop = threading.Event()
+
+        def handler(signum, frame):
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self.stop()
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:
+        return os.environ.get("USER", "") or "anonymous"

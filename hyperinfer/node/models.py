@@ -1,0 +1,185 @@
+"""Turn the gateway's model offers into loaded models: trust check, target choice,
+download into the cache, load, register with the data plane.
+
+Plain Python: the pool client hands in offers and a way to fetch artifact
+chunks; tests hand in a function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from hyperinfer.errors import Code, FailedPrecondition, HyperinferError, InvalidArgument
+from hyperinfer.package import Manifest
+from hyperinfer.node.cache import ArtifactCache, ChunkSource
+from hyperinfer.node.dataplane import DataPlane, LoadedModel, Runner, TrustPolicy, choose_target
+
+log = logging.getLogger("hyperinfer.node")
+
+
+@dataclass(frozen=True)
+class Offer:
+    name: str
+    version: int
+    manifest: bytes
+    signature: bytes = b""
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.manifest + b"\0" + self.signature).hexdigest()
+
+
+# (model name, version, target id, artifact sha256) -> chunk source
+FetchFactory = Callable[[str, int, str, str], ChunkSource]
+# (artifact path, manifest, target id) -> runner
+RunnerFactory = Callable[[Path, Manifest, str], Runner]
+
+# errors that will not go away by trying again with the same offer
+_PERMANENT = {Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION, Code.NOT_FOUND}
+
+
+def tvm_runner_factory(threads: int | None = None) -> RunnerFactory:
+    def make(path: Path, manifest: Manifest, target_id: str) -> Runner:
+        from hyperinfer.runtime.tvm_runner import TVMRunner, device_kind_of
+
+        return TVMRunner(path, manifest.inputs, manifest.outputs, device_kind_of(target_id), threads)
+
+    return make
+
+
+class ModelManager:
+    def __init__(self, dataplane: DataPlane, cache: ArtifactCache, targets: Sequence[str],
+                 trust: TrustPolicy, fetch: FetchFactory, runner_factory: RunnerFactory,
+                 on_loaded: Callable[[LoadedModel], None] | None = None,
+                 retry_after_s: float = 30.0):
+        self.dataplane = dataplane
+        self.cache = cache
+        self.targets = list(targets)
+        self.trust = trust
+        self.fetch = fetch
+        self.runner_factory = runner_factory
+        self.on_loaded = on_loaded
+        self.retry_after_s = retry_after_s
+        # offer digest -> (monotonic time of failure, reason, permanent)
+        self.failed: dict[str, tuple[float, str, bool]] = {}
+        self._lock = threading.Lock()  # one apply at a time
+
+    def apply(self, offers: Sequence[Offer]) -> list[LoadedModel]:
+        """Load every offered model not loaded yet; returns the newly loaded ones.
+
+        One bad offer never stops the others. A refused offer (untrusted, no
+        runnable target, malformed) is not tried again; a failed download is
+        retried after ``retry_after_s``.
+        """
+        loaded = []
+        with self._lock:
+            for offer in offers:
+                if self.dataplane.has(offer.name, offer.version):
+                    continue
+                prev = self.failed.get(offer.digest)
+                if prev is not None and (prev[2] or time.monotonic() - prev[0] < self.retry_after_s):
+                    continue
+                try:
+                    model = self.load(offer)
+                except HyperinferError as e:
+                    permanent = e.code in _PERMANENT
+                    self.failed[offer.digest] = (time.monotonic(), str(e), permanent)
+                    log.warning("not loading model %s/%s: %s%s", offer.name, offer.version, e,
+                                "" if permanent else f" (will retry in {self.retry_after_s:.0f}s)")
+                    continue
+                self.failed.pop(offer.digest, None)
+                loaded.append(model)
+                if self.on_loaded is not None:
+                    self.on_loaded(model)
+        return loaded
+
+    def load(self, offer: Offer) -> LoadedModel:
+        label = f"{offer.name}/{offer.version}"
+        manifest = Manifest.loads(offer.manifest)
+        if (manifest.name, manifest.version) != (offer.name, int(offer.version)):
+            raise InvalidArgument(f"offer for {label} carries the manifest of {manifest.name}/{manifest.version}")
+        # trust before anything is downloaded: the artifact is native code
+        publisher = self.trust.check(offer.manifest, offer.signature, f"package {label}")
+        target = choose_target(manifest, self.targets)
+        if target is None:
+            raise FailedPrecondition(
+                f"package {label} has no artifact this node can run "
+                f"(package: {', '.join(sorted(manifest.artifacts)) or 'none'}; node: {', '.join(self.targets)})"
+            )
+        info = manifest.artifacts[target]
+        path = self.cache.get(info.sha256, info.size, self.fetch(manifest.name, manifest.version, target, info.sha256),
+                              label=f"{label} [{target}]")
+        runner = self.runner_factory(path, manifest, target)
+        model = LoadedModel(manifest, target, info.sha256, runner, publisher)
+        self.dataplane.add(model)
+        return model
+
+
+def local_fetch(package_dir: str | os.PathLike, chunk_size: int = 1 << 20) -> FetchFactory:
+    """A fetch factory reading artifacts from a package directory (tests, `hyperinfer up`)."""
+    from hyperinfer.node.cache import Chunk
+    from hyperinfer.package import ModelPackage
+
+    pkg = ModelPackage.open(package_dir)
+
+    def factory(name: str, version: int, target_id: str, sha256: str) -> ChunkSource:
+        path = pkg.artifact_path(target_id, check=False)
+        size = path.stat().st_size
+
+        def chunks(offset: int):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                pos = offset
+                while block := f.read(chunk_size):
+                    yield Chunk(pos, block, size)
+                    pos += len(block)
+
+        return chunks
+
+    return factory
+
+
+class BackgroundLoader:
+    """Applies the latest offers on its own thread, so downloads never delay heartbeats."""
+
+    def __init__(self, manager: ModelManager, recheck_s: float = 30.0):
+        self.manager = manager
+        self.recheck_s = recheck_s
+        self._offers: list[Offer] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="model-loader", daemon=True)
+
+    def start(self) -> "BackgroundLoader":
+        self._thread.start()
+        return self
+
+    def submit(self, offers: Sequence[Offer]) -> None:
+        pending = [o for o in offers if not self.manager.dataplane.has(o.name, o.version)]
+        self._offers = list(offers)
+        if pending:
+            self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            # wake on new offers, or now and then to retry failed downloads
+            self._wake.wait(self.recheck_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.manager.apply(self._offers)
+            except Exception:  # a bug here must not stop future loads
+                log.exception("loading offered models failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,214 @@
+"""The node's side of ``hyperinfer.v1.Pool``: join, heartbeats, artifact download, leave.
+
+Protocol (design §7):
+
+1. ``Challenge(public_key)`` -> a single-use nonce and the gateway's id.
+2. ``Join``: the node signs ``payloads.join_payload`` (nonce, gateway id, node id,
+   operator, listen address, targets, max concurrency). The answer carries the
+   heartbeat interval and the models on offer.
+3. ``Heartbeat`` every interval, signed (``payloads.heartbeat_payload``), with the
+   load and the models loaded; the answer carries the current offers.
+   NOT_FOUND / UNAUTHENTICATED (the gateway forgot us, e.g. it restarted without
+   its store) -> join again with the same key, hence the same node id.
+   UNAVAILABLE / DEADLINE_EXCEEDED -> keep trying with capped backoff.
+4. ``Leave`` on shutdown, signed (``payloads.leave_payload``).
+
+Offers go to a callback; loading happens elsewhere so that a long download
+never delays a heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import hyperinfer
+from hyperinfer.errors import Code, HyperinferError
+from hyperinfer.node.cache import Chunk, ChunkSource
+from hyperinfer.node.converters import device_to_proto, loaded_to_proto, offers_from_proto
+from hyperinfer.node.dataplane import DataPlane
+from hyperinfer.node.devices import Device
+from hyperinfer.node.models import Offer
+from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
+from hyperinfer.transport.errors import error_from_rpc
+from hyperinfer.transport.server import channel as make_channel
+from hyperinfer.verify import payloads
+from hyperinfer.verify.signing import fingerprint, sign
+
+log = logging.getLogger("hyperinfer.node")
+
+DEFAULT_HEARTBEAT_S = 2.0
+RPC_TIMEOUT_S = 10.0
+# one FetchArtifact stream; a longer download resumes from where the stream stopped
+FETCH_TIMEOUT_S = 300.0
+_REJOIN = {Code.NOT_FOUND, Code.UNAUTHENTICATED}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class JoinSpec:
+    """What the node declares when it joins."""
+
+    operator: str
+    listen_address: str  # host:port the gateway calls Worker on
+    targets: list[str]
+    devices: list[Device] = field(default_factory=list)
+
+
+class PoolClient:
+    def __init__(self, gateway: str, key: Ed25519PrivateKey, dataplane: DataPlane, spec: JoinSpec,
+                 on_offers: Callable[[Sequence[Offer]], None] = lambda offers: None,
+                 on_joined: Callable[[pool_pb2.JoinResponse], None] = lambda resp: None,
+                 backoff_cap_s: float = 10.0, channel: grpc.Channel | None = None):
+        self.gateway = gateway
+        self._key = key
+        self.dataplane = dataplane
+        self.spec = spec
+        self.on_offers = on_offers
+        self.on_joined = on_joined
+        self.backoff_cap_s = backoff_cap_s
+        self._channel = channel or make_channel(gateway)
+        self.stub = pool_pb2_grpc.PoolStub(self._channel)
+        self.joined = False
+        self.gateway_id = ""
+        self.interval_s = DEFAULT_HEARTBEAT_S
+        self.joins = 0  # how many times this client joined (re-joins after a gateway restart count)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.dataplane.node_id
+
+    # ------------------------------------------------------------ one call each
+
+    def _call(self, method, request, timeout: float = RPC_TIMEOUT_S):
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+
+    def join(self) -> pool_pb2.JoinResponse:
+        pub = self.dataplane.public_key
+        ch = self._call(self.stub.Challenge, pool_pb2.ChallengeRequest(public_key=pub))
+        if ch.gateway_public_key and len(ch.gateway_public_key) == 32 and ch.gateway_id and \
+                fingerprint(bytes(ch.gateway_public_key)) != ch.gateway_id:
+            raise HyperinferError("gateway id does not match the gateway's public key", Code.UNAUTHENTICATED)
+        spec = self.spec
+        payload = payloads.join_payload(
+            nonce=bytes(ch.nonce), gateway_id=ch.gateway_id, node_id=self.node_id, operator=spec.operator,
+            listen_address=spec.listen_address, targets=spec.targets, max_concurrency=self.dataplane.capacity,
+        )
+        resp = self._call(self.stub.Join, pool_pb2.JoinRequest(
+            public_key=pub, nonce=ch.nonce, signature=sign(self._key, payload), operator=spec.operator,
+            listen_address=spec.listen_address, targets=spec.targets,
+            devices=[device_to_proto(d) for d in spec.devices], max_concurrency=self.dataplane.capacity,
+            software_version=hyperinfer.__version__,
+        ))
+        if resp.node_id and resp.node_id != self.node_id:
+            log.warning("gateway calls this node %s, its key says %s", resp.node_id, self.node_id)
+        self.gateway_id = resp.gateway_id or ch.gateway_id
+        self._set_interval(resp.heartbeat_interval_ms)
+        self.joined = True
+        self.joins += 1
+        self.on_joined(resp)
+        self.on_offers(offers_from_proto(resp.models))
+        return resp
+
+    def heartbeat(self) -> pool_pb2.HeartbeatResponse:
+        dp = self.dataplane
+        ts, outstanding, loaded = _now_ms(), dp.outstanding, dp.loaded_tuples()
+        payload = payloads.heartbeat_payload(node_id=self.node_id, timestamp_ms=ts, outstanding=outstanding,
+                                             capacity=dp.capacity, loaded=loaded)
+        resp = self._call(self.stub.Heartbeat, pool_pb2.HeartbeatRequest(
+            node_id=self.node_id, timestamp_ms=ts, outstanding=outstanding, capacity=dp.capacity,
+            loaded=loaded_to_proto(loaded), signature=sign(self._key, payload),
+        ))
+        self._set_interval(resp.heartbeat_interval_ms)
+        self.on_offers(offers_from_proto(resp.models))
+        return resp
+
+    def leave(self, timeout: float = 3.0) -> bool:
+        """Best effort: a gateway that is down forgets us on its own."""
+        if not self.joined:
+            return False
+        ts = _now_ms()
+        sig = sign(self._key, payloads.leave_payload(node_id=self.node_id, timestamp_ms=ts))
+        try:
+            self._call(self.stub.Leave, pool_pb2.LeaveRequest(node_id=self.node_id, timestamp_ms=ts, signature=sig),
+                       timeout=timeout)
+            self.joined = False
+            return True
+        except HyperinferError as e:
+            log.warning("leave failed: %s", e)
+            return False
+
+    def fetch(self, name: str, version: int, target_id: str, sha256: str) -> ChunkSource:
+        """A chunk source for :class:`ArtifactCache` over ``Pool.FetchArtifact``."""
+
+        def chunks(offset: int):
+            req = pool_pb2.FetchArtifactRequest(model_name=name, model_version=version, target_id=target_id,
+                                                sha256=sha256, offset=offset)
+            try:
+                for c in self.stub.FetchArtifact(req, timeout=FETCH_TIMEOUT_S):
+                    yield Chunk(int(c.offset), bytes(c.data), int(c.total_size))
+            except grpc.RpcError as e:
+                raise error_from_rpc(e) from None
+
+        return chunks
+
+    # ------------------------------------------------------------ background loop
+
+    def _set_interval(self, ms: int) -> None:
+        if ms > 0:
+            self.interval_s = max(ms / 1000.0, 0.05)
+
+    def start(self) -> "PoolClient":
+        self._thread = threading.Thread(target=self._loop, name="pool-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        backoff = 0.25
+        while not self._stop.is_set():
+            try:
+                if not self.joined:
+                    self.join()
+                    log.info("joined gateway %s at %s as node %s", self.gateway_id, self.gateway, self.node_id)
+                else:
+                    self.heartbeat()
+                backoff = 0.25
+                wait = self.interval_s
+            except HyperinferError as e:
+                if e.code in _REJOIN and self.joined:
+                    log.warning("gateway no longer knows this node (%s); joining again", e)
+                    self.joined = False
+                    wait = 0.0
+                else:
+                    level = logging.WARNING if backoff == 0.25 else logging.INFO  # once per outage
+                    log.log(level, "gateway %s: %s: %s; retrying in %.1fs",
+                            self.gateway, e.code.value, e, backoff)
+                    wait = backoff
+                    backoff = min(backoff * 2, self.backoff_cap_s)
+            except Exception:  # never let the heartbeat thread die
+                log.exception("unexpected error talking to the gateway")
+                wait = backoff
+                backoff = min(backoff * 2, self.backoff_cap_s)
+            self._stop.wait(wait)
+
+    def stop(self, leave: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=RPC_TIMEOUT_S + 1)
+        if leave:
+            self.leave()
+        self._channel.close()

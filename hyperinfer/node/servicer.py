@@ -1,0 +1,47 @@
+"""hyperinfer.v1.Worker: protobuf in, :class:`DataPlane` call, protobuf out. Errors are
+mapped to status codes by the server's interceptor, not here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hyperinfer.node.converters import device_to_proto, loaded_to_proto
+from hyperinfer.node.dataplane import DataPlane
+from hyperinfer.node.devices import Device
+from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
+from hyperinfer.transport import tensors
+
+
+@dataclass
+class NodeInfo:
+    operator: str = ""
+    targets: list[str] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
+
+
+class WorkerServicer(pool_pb2_grpc.WorkerServicer):
+    def __init__(self, dataplane: DataPlane, info: NodeInfo):
+        self.dataplane = dataplane
+        self.info = info
+
+    def Infer(self, request: pool_pb2.InferRequest, context) -> pool_pb2.InferResponse:
+        inputs = tensors.many_from_proto(request.inputs)
+        result = self.dataplane.infer(request.request_id, request.model_name, int(request.model_version), inputs)
+        return pool_pb2.InferResponse(
+            outputs=tensors.many_to_proto(result.outputs),
+            attestation=result.attestation,
+            signature=result.signature,
+        )
+
+    def Info(self, request: pool_pb2.InfoRequest, context) -> pool_pb2.InfoResponse:
+        dp = self.dataplane
+        return pool_pb2.InfoResponse(
+            node_id=dp.node_id,
+            public_key=dp.public_key,
+            operator=self.info.operator,
+            targets=list(self.info.targets),
+            devices=[device_to_proto(d) for d in self.info.devices],
+            loaded=loaded_to_proto(dp.loaded_tuples()),
+            outstanding=dp.outstanding,
+            capacity=dp.capacity,
+        )
