@@ -1,0 +1,130 @@
+"""``hyperinfer pool status``: the gateway's nodes and models, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+
+from hyperinfer.errors import Unavailable
+
+pool_app = typer.Typer(help="Inspect a gateway's pool.", no_args_is_help=True)
+
+_LEDGER_KEYS = ("jobs", "checks", "faults", "credits", "stake", "slashed", "reputation", "probation")
+
+
+def fetch_status(gateway: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Call Pool.Status and return plain values (what ``--json`` prints)."""
+    import grpc
+
+    from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
+    from hyperinfer.transport.errors import error_from_rpc
+    from hyperinfer.transport.server import channel
+
+    with channel(gateway) as ch:
+        try:
+            resp = pool_pb2_grpc.PoolStub(ch).Status(pool_pb2.StatusRequest(), timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(f"cannot reach gateway at {gateway} ({e.code().name.lower()})") from None
+            raise error_from_rpc(e) from None
+    return status_to_dict(resp)
+
+
+def status_to_dict(resp) -> dict[str, Any]:
+    nodes = []
+    for n in resp.nodes:
+        nodes.append({
+            "node_id": n.node_id, "operator": n.operator, "address": n.address, "state": n.state,
+            "targets": list(n.targets),
+            "devices": [{"kind": d.kind, "name": d.name, "arch": d.arch, "count": d.count,
+                         "features": list(d.features)} for d in n.devices],
+            "outstanding": n.outstanding, "capacity": n.capacity,
+            "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,
+            "loaded": [{"name": m.name, "version": m.version, "target_id": m.target_id,
+                        "artifact_sha256": m.artifact_sha256} for m in n.loaded],
+            **{k: getattr(n, k) for k in _LEDGER_KEYS},
+        })
+    models = [{"name": m.name, "version": m.version, "targets": list(m.targets), "sample_rate": m.sample_rate,
+               "ready_nodes": m.ready_nodes} for m in resp.models]
+    return {"gateway_id": resp.gateway_id, "gateway_public_key": resp.gateway_public_key.hex(),
+            "nodes": nodes, "models": models}
+
+
+def _age(unix_ms: int, now: float) -> str:
+    if not unix_ms:
+        return "never"
+    s = max(0.0, now - unix_ms / 1000)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+_STATE_STYLE = {"healthy": "green", "stale": "yellow", "failed": "yellow", "left": "dim", "quarantined": "bold red"}
+
+
+def render(status: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from hyperinfer.cli._console import out
+
+    now = time.time()
+    out.print(f"gateway {status['gateway_id']}")
+    nodes = status["nodes"]
+    show_ledger = any(n[k] for n in nodes for k in _LEDGER_KEYS)
+    t = Table(title=f"nodes ({len(nodes)})", title_justify="left")
+    for col in ("node", "operator", "address", "state", "targets", "load", "heartbeat", "loaded"):
+        t.add_column(col, justify="right" if col == "load" else "left")
+    if show_ledger:
+        for col in ("jobs", "checks", "faults", "credits", "stake", "slashed", "rep"):
+            t.add_column(col, justify="right")
+    for n in nodes:
+        style = _STATE_STYLE.get(n["state"], "")
+        state = n["state"] + (" (probation)" if n["probation"] else "")
+        row = [
+            n["node_id"][:12], n["operator"], n["address"], f"[{style}]{state}[/]" if style else state,
+            ",".join(n["targets"]), f"{n['outstanding']}/{n['capacity']}",
+            _age(n["last_heartbeat_unix_ms"], now),
+            "\n".join(f"{m['name']}/{m['version']} {m['target_id']}" for m in n["loaded"]) or "-",
+        ]
+        if show_ledger:
+            row += [str(n["jobs"]), str(n["checks"]), str(n["faults"]), f"{n['credits']:.2f}",
+                    f"{n['stake']:.2f}", f"{n['slashed']:.2f}", f"{n['reputation']:.2f}"]
+        t.add_row(*row)
+    if nodes:
+        out.print(t)
+    else:
+        out.print("no nodes have joined")
+    m = Table(title=f"models ({len(status['models'])})", title_justify="left")
+    for col in ("model", "version", "targets", "ready nodes", "sample rate"):
+        m.add_column(col, justify="right" if col in ("version", "ready nodes", "sample rate") else "left")
+    for x in status["models"]:
+        ready = str(x["ready_nodes"]) if x["ready_nodes"] else "[red]0[/]"
+        m.add_row(x["name"], str(x["version"]), ",".join(x["targets"]), ready, f"{x['sample_rate']:.3g}")
+    if status["models"]:
+        out.print(m)
+    else:
+        out.print("no models offered")
+
+
+@pool_app.command("status")
+def status(
+    gateway: str = typer.Option("127.0.0.1:8001", "--gateway", envvar="HYPERINFER_GATEWAY",
+                                help="HOST:PORT of the gateway."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the gateway."),
+) -> None:
+    """Nodes (state, load, heartbeat, loaded models, ledger) and models (ready nodes)."""
+    data = fetch_status(gateway, timeout)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        render(data)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pool_app, name="pool")

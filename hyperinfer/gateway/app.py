@@ -1,0 +1,179 @@
+"""The gateway as a whole: the :class:`Gateway` object the components share, and :func:`serve`.
+
+A :class:`Gateway` holds the config, the gateway key and id, the store, the
+model catalog, the registry, the optional ledger and the gRPC server. Other
+gateway components receive it and attach themselves before :meth:`Gateway.start`::
+
+    gw = Gateway(config)                  # opens store, key, catalog, registry
+    gw.add_servicer(add_fn, servicer, "inference.GRPCInferenceService")
+    gw.ledger = Ledger(gw.store)          # filled into `pool status`
+    gw.add_shutdown_hook(scheduler.close)
+    gw.start(); ...; gw.stop()
+
+:func:`serve` (what `hyperinfer gateway` runs) does the same, attaching the
+components listed in :data:`EXTENSIONS`: each is ``"module:function"`` and the
+function is called with the gateway before it starts. A module that does not
+exist yet is skipped, so parts can land independently.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from typing import Any, Callable
+
+from hyperinfer.errors import FailedPrecondition
+from hyperinfer.gateway.artifacts import Catalog
+from hyperinfer.gateway.config import GatewayConfig
+from hyperinfer.gateway.pool_servicer import SERVICE_NAME as POOL_SERVICE
+from hyperinfer.gateway.pool_servicer import PoolServicer
+from hyperinfer.gateway.registry import Registry
+from hyperinfer.gateway.server import GatewayServer
+from hyperinfer.gateway.store import Store, open_store
+from hyperinfer.identity import load_or_create_key
+from hyperinfer.package import ModelRepository
+from hyperinfer.proto.v1 import pool_pb2_grpc
+from hyperinfer.verify.signing import key_id, public_bytes
+
+log = logging.getLogger("hyperinfer.gateway")
+
+# components attached by serve(), in order (the ledger before what uses it)
+EXTENSIONS: tuple[str, ...] = (
+    "hyperinfer.gateway.ledger:install",
+    "hyperinfer.gateway.oip_servicer:install",
+)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, store: Store | None = None, clock: Callable[[], float] | None = None):
+        self.config = config.validate()
+        self.key, self.key_created = load_or_create_key(config.key)
+        self.public_key: bytes = public_bytes(self.key)
+        self.gateway_id: str = key_id(self.key)
+        self.store: Store = store if store is not None else open_store(config.db)
+        self.repository = ModelRepository(config.repository)
+        self.catalog = Catalog(self.repository)
+        self.catalog.refresh(force=True)
+        kwargs = {"clock": clock} if clock is not None else {}
+        self.registry = Registry(self.store, gateway_id=self.gateway_id, catalog=self.catalog,
+                                 heartbeat_interval=config.heartbeat_interval, **kwargs)
+        self.server = GatewayServer(config.listen, max_workers=config.max_workers,
+                                    max_message_bytes=config.max_message_bytes)
+        self.pool = PoolServicer(self.registry, self.catalog, gateway_id=self.gateway_id,
+                                 gateway_public_key=self.public_key)
+        self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
+        self._shutdown_hooks: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- hooks
+
+    @property
+    def ledger(self) -> Any:
+        """Optional ledger with ``summary(node_id) -> dict``; shown by `pool status`."""
+        return self.pool.ledger
+
+    @ledger.setter
+    def ledger(self, value: Any) -> None:
+        self.pool.ledger = value
+
+    @property
+    def sample_rate(self) -> Callable[[str, int], float] | None:
+        """Optional ``(model name, version) -> p`` shown in the models table of `pool status`."""
+        return self.pool.sample_rate
+
+    @sample_rate.setter
+    def sample_rate(self, fn: Callable[[str, int], float] | None) -> None:
+        self.pool.sample_rate = fn
+
+    def add_servicer(self, add_fn: Callable[[Any, Any], None], servicer: Any, service_full_name: str) -> None:
+        """Serve another gRPC service on the gateway's port (before :meth:`start`)."""
+        self.server.add_servicer(add_fn, servicer, service_full_name)
+
+    def add_shutdown_hook(self, fn: Callable[[], None]) -> None:
+        """Called on :meth:`stop`, after the server stopped, in reverse order of registration."""
+        self._shutdown_hooks.append(fn)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self) -> int:
+        port = self.server.start()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="gateway-sweeper", daemon=True)
+        self._sweeper.start()
+        return port
+
+    def _sweep_loop(self) -> None:
+        period = min(max(self.config.heartbeat_interval / 2, 0.05), 5.0)
+        while not self._stop.wait(period):
+            try:
+                self.registry.sweep()
+            except Exception:  # noqa: BLE001 - liveness bookkeeping must not die
+                log.exception("registry sweep failed")
+
+    def stop(self, grace: float | None = None) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.server.stop(self.config.grace_seconds if grace is None else grace)
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
+        for fn in reversed(self._shutdown_hooks):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                log.exception("shutdown hook %r failed", fn)
+        self.store.close()
+
+
+def install_extensions(gateway: Gateway, names: tuple[str, ...] = EXTENSIONS) -> list[str]:
+    """Attach each ``module:function`` that exists; return the ones attached."""
+    attached = []
+    for spec in names:
+        module_name, _, fn_name = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            log.debug("extension %s not present; skipped", module_name)
+            continue
+        fn = getattr(module, fn_name, None)
+        if fn is None:
+            log.debug("extension %s has no %s(); skipped", module_name, fn_name)
+            continue
+        fn(gateway)
+        attached.append(spec)
+    return attached
+
+
+def serve(config: GatewayConfig, on_ready: Callable[[Gateway], None] | None = None) -> None:
+    """Run a gateway until SIGINT/SIGTERM (main thread only), then stop gracefully."""
+    if threading.current_thread() is not threading.main_thread():
+        raise FailedPrecondition("serve() installs signal handlers and must run on the main thread")
+    gw = Gateway(config)
+    try:
+        install_extensions(gw)
+        done = threading.Event()
+
+        def _on_signal(signum, frame):  # noqa: ARG001
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            done.set()
+
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            gw.start()
+            if on_ready is not None:
+                on_ready(gw)
+            while not done.wait(1.0):
+                pass
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    finally:
+        gw.stop()

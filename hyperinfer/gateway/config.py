@@ -1,0 +1,84 @@
+"""Gateway settings: one typed class, filled from `hyperinfer gateway` flags (or
+``HYPERINFER_GATEWAY_*`` environment variables, which the CLI maps to the same flags)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyperinfer.errors import InvalidArgument
+from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+
+DEFAULT_LISTEN = "127.0.0.1:8001"  # loopback by default; pass --listen 0.0.0.0:8001 to accept remote nodes
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+# artifacts go out in 1 MiB chunks: a smaller limit could not carry one
+MIN_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+def _config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "hyperinfer"
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "hyperinfer"
+
+
+def default_key_path() -> Path:
+    """``$XDG_CONFIG_HOME/hyperinfer/gateway.key`` (``~/.config/hyperinfer/gateway.key``)."""
+    return _config_home() / "gateway.key"
+
+
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/hyperinfer/gateway.db`` (``~/.local/share/hyperinfer/gateway.db``).
+
+    Per user, next to the default key, not inside the model repository: the
+    repository may be read-only or shared, and the registry and ledger belong
+    to the gateway identity, not to the models.
+    """
+    return _data_home() / "gateway.db"
+
+
+@dataclass
+class GatewayConfig:
+    repository: Path
+    """Model repository: ``DIR/NAME/VERSION/manifest.json`` packages written by `hyperinfer compile`."""
+
+    listen: str = DEFAULT_LISTEN
+    """host:port for every gateway service (Pool, Open Inference Protocol, health, reflection)."""
+
+    db: Path = field(default_factory=default_db_path)
+    """SQLite database with the registry, ledger and evidence (":memory:" for tests)."""
+
+    key: Path = field(default_factory=default_key_path)
+    """Gateway Ed25519 key, created with mode 0600 on first start."""
+
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    """Seconds between node heartbeats; a node silent for 3 intervals is stale."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest gRPC message accepted or sent (larger ones get RESOURCE_EXHAUSTED)."""
+
+    max_workers: int = 16
+    """gRPC server threads."""
+
+    grace_seconds: float = 5.0
+    """On shutdown, how long in-flight calls may finish."""
+
+    def validate(self) -> "GatewayConfig":
+        self.repository = Path(self.repository).expanduser()
+        if not self.repository.is_dir():
+            raise InvalidArgument(f"--repository {self.repository}: not a directory")
+        if str(self.db) != ":memory:":
+            self.db = Path(self.db).expanduser()
+        self.key = Path(self.key).expanduser()
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise InvalidArgument(f"--listen {self.listen!r}: expected HOST:PORT (port 0 picks a free one)")
+        if not 0 < self.heartbeat_interval <= 3600:
+            raise InvalidArgument(f"--heartbeat-interval {self.heartbeat_interval}: must be in (0, 3600] seconds")
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise InvalidArgument(f"max_message_bytes {self.max_message_bytes}: at least {MIN_MESSAGE_BYTES}")
+        if self.max_workers < 1:
+            raise InvalidArgument(f"max_workers {self.max_workers}: at least 1")
+        return self

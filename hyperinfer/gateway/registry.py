@@ -1,0 +1,457 @@
+"""The node registry: who is in the pool, whether they are alive, what they serve (design §7).
+
+Plain Python, no gRPC. The Pool servicer calls :meth:`Registry.challenge`,
+:meth:`~Registry.join`, :meth:`~Registry.heartbeat` and :meth:`~Registry.leave`;
+the scheduler calls :meth:`~Registry.schedulable_nodes` and
+:meth:`~Registry.report_failure`; the ledger calls :meth:`~Registry.set_state`
+to quarantine a node.
+
+Join protocol::
+
+    node -> Challenge(public_key)         gateway: 32 random bytes, single use, 60 s, bound to the key
+    node -> Join(public_key, nonce, signature over verify.payloads.join_payload(...), declaration)
+                                          gateway: node_id = fingerprint(public_key)
+
+States (stored): ``healthy``, ``stale``, ``left``, ``quarantined``. A healthy
+node whose last heartbeat is older than ``3 * heartbeat_interval`` is
+``stale`` (computed on every read, and written back by :meth:`sweep`). A node
+reported failed by the scheduler keeps its state but is not schedulable until
+its next heartbeat. Quarantine outlives re-joins, heartbeats and restarts;
+only ``set_state(node_id, "healthy")`` lifts it. After a gateway restart every
+node is ``stale`` until it heartbeats again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+from hyperinfer.errors import (
+    InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
+)
+from hyperinfer.gateway.store import NodeRecord, Store
+from hyperinfer.verify import payloads
+from hyperinfer.verify.signing import fingerprint, verify_signature
+
+log = logging.getLogger("hyperinfer.gateway")
+
+HEALTHY, STALE, LEFT, QUARANTINED = "healthy", "stale", "left", "quarantined"
+STATES = (HEALTHY, STALE, LEFT, QUARANTINED)
+
+NONCE_BYTES = 32
+CHALLENGE_TTL_S = 60.0
+MAX_CLOCK_SKEW_S = 300.0
+STALE_AFTER_INTERVALS = 3
+MAX_OPEN_CHALLENGES = 10_000  # bounds the table an anonymous caller can grow
+
+_TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+_MAX_TARGETS = 64
+_MAX_LOADED = 1024
+_MAX_DEVICES = 64
+_MAX_TEXT = 256
+
+
+class ArtifactIndex(Protocol):
+    """What the registry needs from the catalog: the manifest's digest for a target."""
+
+    def artifact_sha256(self, name: str, version: int, target_id: str) -> str | None: ...
+
+    def versions(self, name: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as the scheduler and status see it. ``state`` includes liveness (stale)."""
+
+    node_id: str
+    public_key: bytes
+    operator: str
+    address: str
+    targets: tuple[str, ...]
+    # (model name, version) -> (target id, artifact sha256), as the node last reported
+    loaded: Mapping[tuple[str, int], tuple[str, str]]
+    outstanding: int
+    capacity: int
+    state: str
+    last_heartbeat: float  # unix seconds, gateway clock
+    joined_at: float = 0.0
+    devices: tuple[dict[str, Any], ...] = ()
+    failed: bool = False  # reported failed by the scheduler since its last heartbeat
+    software_version: str = ""
+
+    @property
+    def schedulable(self) -> bool:
+        return self.state == HEALTHY and not self.failed
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: bytes
+    expires: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    public_key: bytes
+    nonce: bytes
+    signature: bytes
+    operator: str
+    listen_address: str
+    targets: Sequence[str]
+    max_concurrency: int
+    devices: Sequence[dict[str, Any]] = field(default_factory=tuple)
+    software_version: str = ""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    node_id: str
+    timestamp_ms: int
+    outstanding: int
+    capacity: int
+    loaded: Sequence[tuple[str, int, str, str]]  # (name, version, target id, artifact sha256)
+    signature: bytes
+
+
+def validate_address(address: str) -> str:
+    """``host:port`` or ``[v6]:port`` a gateway can dial; raise InvalidArgument naming the field."""
+    where = f"listen_address {address!r}"
+    if not address or len(address) > _MAX_TEXT:
+        raise InvalidArgument(f"{where}: expected host:port")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise InvalidArgument(f"{where}: expected host:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"{where}: port must be 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise InvalidArgument(f"{where}: {host} is not an IPv6 address") from None
+    elif not _HOST_RE.match(host):
+        raise InvalidArgument(f"{where}: {host!r} is not a host name or IPv4 address")
+    if host in ("0.0.0.0", "[::]"):
+        raise InvalidArgument(f"{where}: a wildcard address cannot be dialled; give the node's reachable address")
+    return address
+
+
+def validate_targets(targets: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(targets)
+    if not out:
+        raise InvalidArgument("targets: empty; a node must declare at least one target id it can run")
+    if len(out) > _MAX_TARGETS:
+        raise InvalidArgument(f"targets: {len(out)} given, at most {_MAX_TARGETS}")
+    for t in out:
+        if not _TARGET_RE.match(t):
+            raise InvalidArgument(f"targets: invalid target id {t!r} (expected e.g. cpu-x86_64, cuda-sm90)")
+    if len(set(out)) != len(out):
+        raise InvalidArgument("targets: duplicate target ids")
+    return out
+
+
+def _check_text(field_name: str, value: str, required: bool = False) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(f"{field_name}: must not be empty")
+    if len(value) > _MAX_TEXT or not value.isprintable():
+        raise InvalidArgument(f"{field_name}: at most {_MAX_TEXT} printable characters")
+    return value
+
+
+def _check_public_key(public_key: bytes) -> None:
+    if len(public_key) != 32:
+        raise InvalidArgument(f"public_key: expected 32 bytes (raw Ed25519), got {len(public_key)}")
+
+
+def short(node_id: str) -> str:
+    return node_id[:12]
+
+
+class Registry:
+    """Node registry on top of a :class:`Store`. Thread-safe.
+
+    ``clock`` returns unix seconds (inject one in tests); ``catalog`` tells
+    which artifact digest each model's manifest lists for each target.
+    """
+
+    def __init__(
+        self, store: Store, *, gateway_id: str, catalog: ArtifactIndex | None = None,
+        heartbeat_interval: float = 5.0, clock: Callable[[], float] = time.time,
+    ):
+        if heartbeat_interval <= 0:
+            raise InvalidArgument(f"heartbeat_interval must be positive, got {heartbeat_interval}")
+        self.store = store
+        self.gateway_id = gateway_id
+        self.catalog = catalog
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._failed: set[str] = set()
+        self._listeners: list[Callable[[str, str, str], None]] = []
+        self._restart_marks_stale()
+
+    @property
+    def stale_after(self) -> float:
+        return STALE_AFTER_INTERVALS * self.heartbeat_interval
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _restart_marks_stale(self) -> None:
+        # what a previous gateway process believed about liveness is not evidence now
+        for rec in self.store.list_nodes():
+            if rec.state == HEALTHY:
+                self.store.set_node_state(rec.node_id, STALE)
+
+    def on_state_change(self, listener: Callable[[str, str, str], None]) -> None:
+        """Call ``listener(node_id, old_state, new_state)`` after each state change."""
+        self._listeners.append(listener)
+
+    def _changed(self, node_id: str, old: str, new: str, why: str) -> None:
+        if old == new:
+            return
+        log.info("node %s: %s -> %s (%s)", short(node_id), old or "new", new, why)
+        for fn in list(self._listeners):
+            try:
+                fn(node_id, old, new)
+            except Exception:  # noqa: BLE001 - a listener bug must not break the registry
+                log.exception("state listener failed for node %s", short(node_id))
+
+    # ------------------------------------------------------------- challenge
+
+    def challenge(self, public_key: bytes) -> Challenge:
+        _check_public_key(public_key)
+        now_ms = self._now_ms()
+        self.store.purge_challenges(now_ms)
+        if self.store.count_challenges() >= MAX_OPEN_CHALLENGES:
+            raise ResourceExhausted("too many open join challenges; retry in a minute")
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        expires_ms = now_ms + int(CHALLENGE_TTL_S * 1000)
+        self.store.add_challenge(nonce, public_key, expires_ms)
+        return Challenge(nonce, expires_ms / 1000)
+
+    def _consume_nonce(self, nonce: bytes, public_key: bytes) -> None:
+        rec = self.store.take_challenge(nonce)
+        if rec is None:
+            raise Unauthenticated("join nonce is unknown (not issued by this gateway, or expired and purged); "
+                                  "call Challenge again")
+        if rec.used:
+            raise Unauthenticated("join nonce was already used (replayed join); call Challenge for a fresh one")
+        if rec.public_key != public_key:
+            raise PermissionDenied("join nonce was issued to a different public key")
+        if rec.expires_ms < self._now_ms():
+            raise Unauthenticated("join nonce expired; call Challenge again and join within "
+                                  f"{int(CHALLENGE_TTL_S)} s")
+
+    # ------------------------------------------------------------------ join
+
+    def join(self, req: JoinRequest) -> NodeInfo:
+        _check_public_key(req.public_key)
+        if len(req.nonce) != NONCE_BYTES:
+            raise InvalidArgument(f"nonce: expected {NONCE_BYTES} bytes, got {len(req.nonce)}")
+        operator = _check_text("operator", req.operator, required=True)
+        address = validate_address(req.listen_address)
+        targets = validate_targets(req.targets)
+        if not 0 < req.max_concurrency <= 65535:
+            raise InvalidArgument(f"max_concurrency: must be 1-65535, got {req.max_concurrency}")
+        if len(req.devices) > _MAX_DEVICES:
+            raise InvalidArgument(f"devices: {len(req.devices)} given, at most {_MAX_DEVICES}")
+        software_version = _check_text("software_version", req.software_version)
+        node_id = fingerprint(req.public_key)
+
+        signed = payloads.join_payload(
+            nonce=req.nonce, gateway_id=self.gateway_id, node_id=node_id, operator=req.operator,
+            listen_address=req.listen_address, targets=list(req.targets), max_concurrency=req.max_concurrency,
+        )
+        if not verify_signature(req.public_key, signed, req.signature):
+            raise Unauthenticated(
+                "join signature does not verify with public_key (it must sign "
+                "verify.payloads.join_payload over this nonce, gateway id and declaration)"
+            )
+        self._consume_nonce(req.nonce, req.public_key)
+
+        with self._lock:
+            now_ms = self._now_ms()
+            old = self.store.get_node(node_id)
+            # quarantine is a verdict of the ledger: re-joining does not lift it
+            state = QUARANTINED if old is not None and old.state == QUARANTINED else HEALTHY
+            rec = NodeRecord(
+                node_id=node_id, public_key=req.public_key, operator=operator, address=address,
+                targets=targets, devices=tuple(dict(d) for d in req.devices), capacity=req.max_concurrency,
+                state=state, joined_at_ms=now_ms, last_heartbeat_ms=now_ms,
+                heartbeat_ts_ms=old.heartbeat_ts_ms if old is not None else 0,
+                outstanding=0, loaded=(), software_version=software_version,
+            )
+            self.store.put_node(rec)
+            self._failed.discard(node_id)
+        log.info("node %s joined: operator=%s address=%s targets=%s capacity=%d%s",
+                 short(node_id), operator, address, ",".join(targets), req.max_concurrency,
+                 " (re-join)" if old is not None else "")
+        self._changed(node_id, old.state if old is not None else "", state, "join")
+        return self._info(rec)
+
+    # ------------------------------------------------------------- heartbeat
+
+    def _known(self, node_id: str) -> NodeRecord:
+        rec = self.store.get_node(node_id) if node_id else None
+        if rec is None:
+            raise NotFound(f"unknown node {node_id!r}; join first")
+        if rec.state == LEFT:
+            raise NotFound(f"node {node_id!r} has left the pool; join again")
+        return rec
+
+    def _check_timestamp(self, rec: NodeRecord, timestamp_ms: int, what: str) -> None:
+        skew = abs(timestamp_ms - self._now_ms()) / 1000
+        if skew > MAX_CLOCK_SKEW_S:
+            raise InvalidArgument(
+                f"{what} timestamp_ms {timestamp_ms} is {skew:.0f} s away from the gateway's clock "
+                f"(max {int(MAX_CLOCK_SKEW_S)} s); check the node's clock"
+            )
+        if timestamp_ms <= rec.heartbeat_ts_ms:
+            raise InvalidArgument(
+                f"{what} timestamp_ms {timestamp_ms} is not newer than the last one ({rec.heartbeat_ts_ms}); "
+                "replayed or out of order"
+            )
+
+    def heartbeat(self, hb: Heartbeat) -> NodeInfo:
+        rec = self._known(hb.node_id)
+        if not 0 <= hb.outstanding <= 1_000_000:
+            raise InvalidArgument(f"outstanding: must be >= 0, got {hb.outstanding}")
+        if not 0 < hb.capacity <= 65535:
+            raise InvalidArgument(f"capacity: must be 1-65535, got {hb.capacity}")
+        if len(hb.loaded) > _MAX_LOADED:
+            raise InvalidArgument(f"loaded: {len(hb.loaded)} entries, at most {_MAX_LOADED}")
+        loaded = tuple((str(n), int(v), str(t), str(s)) for n, v, t, s in hb.loaded)
+        signed = payloads.heartbeat_payload(
+            node_id=hb.node_id, timestamp_ms=hb.timestamp_ms, outstanding=hb.outstanding,
+            capacity=hb.capacity, loaded=loaded,
+        )
+        if not verify_signature(rec.public_key, signed, hb.signature):
+            raise Unauthenticated(f"heartbeat signature does not verify with node {short(hb.node_id)}'s key")
+        with self._lock:
+            rec = self._known(hb.node_id)  # re-read under the lock: ordering against other heartbeats
+            self._check_timestamp(rec, hb.timestamp_ms, "heartbeat")
+            state = QUARANTINED if rec.state == QUARANTINED else HEALTHY
+            self.store.update_heartbeat(
+                hb.node_id, last_heartbeat_ms=self._now_ms(), heartbeat_ts_ms=hb.timestamp_ms,
+                outstanding=hb.outstanding, capacity=hb.capacity, loaded=loaded, state=state,
+            )
+            was_failed = hb.node_id in self._failed
+            self._failed.discard(hb.node_id)
+            new = self.store.get_node(hb.node_id)
+        self._changed(hb.node_id, rec.state, state, "heartbeat")
+        if was_failed:
+            log.info("node %s: failure cleared by heartbeat", short(hb.node_id))
+        assert new is not None
+        return self._info(new)
+
+    def leave(self, node_id: str, timestamp_ms: int, signature: bytes) -> None:
+        rec = self._known(node_id)
+        signed = payloads.leave_payload(node_id=node_id, timestamp_ms=timestamp_ms)
+        if not verify_signature(rec.public_key, signed, signature):
+            raise Unauthenticated(f"leave signature does not verify with node {short(node_id)}'s key")
+        with self._lock:
+            rec = self._known(node_id)
+            self._check_timestamp(rec, timestamp_ms, "leave")
+            # a quarantined node that leaves stays quarantined (it is not schedulable either way)
+            state = QUARANTINED if rec.state == QUARANTINED else LEFT
+            self.store.set_node_state(node_id, state, heartbeat_ts_ms=timestamp_ms)
+            self._failed.discard(node_id)
+        log.info("node %s left", short(node_id))
+        self._changed(node_id, rec.state, state, "leave")
+
+    # ---------------------------------------------------------------- state
+
+    def set_state(self, node_id: str, state: str, reason: str = "set by gateway") -> None:
+        """Force a node's stored state (the ledger quarantines with this; "healthy" lifts it)."""
+        if state not in STATES:
+            raise InvalidArgument(f"state: unknown state {state!r} (one of {', '.join(STATES)})")
+        with self._lock:
+            rec = self.store.get_node(node_id)
+            if rec is None:
+                raise NotFound(f"unknown node {node_id!r}")
+            self.store.set_node_state(node_id, state)
+        self._changed(node_id, rec.state, state, reason)
+
+    def report_failure(self, node_id: str, reason: str = "call failed") -> None:
+        """Skip the node in scheduling until its next heartbeat (it failed or timed out)."""
+        with self._lock:
+            if node_id in self._failed:
+                return
+            self._failed.add(node_id)
+        log.warning("node %s: marked failed until its next heartbeat (%s)", short(node_id), reason)
+
+    def sweep(self) -> list[str]:
+        """Write back liveness: healthy nodes without a recent heartbeat become stale. Returns their ids."""
+        limit_ms = self._now_ms() - int(self.stale_after * 1000)
+        expired = []
+        with self._lock:
+            for rec in self.store.list_nodes():
+                if rec.state == HEALTHY and rec.last_heartbeat_ms < limit_ms:
+                    self.store.set_node_state(rec.node_id, STALE)
+                    expired.append(rec)
+        for rec in expired:
+            age = (self._now_ms() - rec.last_heartbeat_ms) / 1000
+            self._changed(rec.node_id, HEALTHY, STALE, f"no heartbeat for {age:.0f} s")
+        self.store.purge_challenges(self._now_ms())
+        return [r.node_id for r in expired]
+
+    # ----------------------------------------------------------------- reads
+
+    def _info(self, rec: NodeRecord) -> NodeInfo:
+        state = rec.state
+        if state == HEALTHY and rec.last_heartbeat_ms < self._now_ms() - int(self.stale_after * 1000):
+            state = STALE
+        return NodeInfo(
+            node_id=rec.node_id, public_key=rec.public_key, operator=rec.operator, address=rec.address,
+            targets=rec.targets, loaded={(n, v): (t, s) for n, v, t, s in rec.loaded},
+            outstanding=rec.outstanding, capacity=rec.capacity, state=state,
+            last_heartbeat=rec.last_heartbeat_ms / 1000, joined_at=rec.joined_at_ms / 1000,
+            devices=rec.devices, failed=rec.node_id in self._failed, software_version=rec.software_version,
+        )
+
+    def get(self, node_id: str) -> NodeInfo:
+        rec = self.store.get_node(node_id)
+        if rec is None:
+            raise NotFound(f"unknown node {node_id!r}")
+        return self._info(rec)
+
+    def all_nodes(self) -> list[NodeInfo]:
+        return [self._info(r) for r in self.store.list_nodes()]
+
+    def serves(self, node: NodeInfo, model_name: str, model_version: int) -> bool:
+        """The node reported this model loaded with the digest the manifest lists for its target."""
+        got = node.loaded.get((model_name, int(model_version)))
+        if got is None:
+            return False
+        if self.catalog is None:
+            return True
+        expected = self.catalog.artifact_sha256(model_name, int(model_version), got[0])
+        return expected is not None and expected == got[1]
+
+    def resolve_version(self, model_name: str, model_version: int | str | None) -> int | None:
+        """None, 0 or "" mean the latest version the catalog offers (None if it offers none)."""
+        if model_version not in (None, "", 0, "0"):
+            try:
+                return int(model_version)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"model_version: {model_version!r} is not an integer") from None
+        if self.catalog is None:
+            return None
+        versions = self.catalog.versions(model_name)
+        return versions[-1] if versions else None
+
+    def schedulable_nodes(self, model_name: str, model_version: int | str | None = None) -> list[NodeInfo]:
+        """Healthy, not failed, not quarantined nodes serving the model, least outstanding first."""
+        version = self.resolve_version(model_name, model_version)
+        if version is None:
+            return []
+        nodes = [n for n in self.all_nodes() if n.schedulable and self.serves(n, model_name, version)]
+        nodes.sort(key=lambda n: (n.outstanding / max(n.capacity, 1), n.outstanding, n.node_id))
+        return nodes

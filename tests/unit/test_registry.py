@@ -1,0 +1,282 @@
+"""Registry: join (signature, nonce replay/expiry/binding), heartbeats, liveness, restart, scheduling."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hyperinfer.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from hyperinfer.gateway.registry import Heartbeat, JoinRequest, Registry
+from hyperinfer.gateway.store import open_store
+from hyperinfer.verify import payloads
+from hyperinfer.verify.signing import fingerprint, public_bytes, sign
+
+GW = "gw" * 16
+SHA = "ab" * 32
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeCatalog:
+    """m/1 has artifacts for cpu-x86_64 (SHA) and cuda-sm90; m/2 for cpu-x86_64."""
+
+    digests = {("m", 1, "cpu-x86_64"): SHA, ("m", 1, "cuda-sm90"): "cd" * 32, ("m", 2, "cpu-x86_64"): "ef" * 32}
+
+    def artifact_sha256(self, name, version, target_id):
+        return self.digests.get((name, version, target_id))
+
+    def versions(self, name):
+        return sorted({v for (n, v, _) in self.digests if n == name})
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path / "gw.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def reg(store, clock):
+    return Registry(store, gateway_id=GW, catalog=FakeCatalog(), heartbeat_interval=5.0, clock=clock)
+
+
+def join_req(reg: Registry, key: Ed25519PrivateKey, *, nonce: bytes | None = None, operator="alice",
+             address="127.0.0.1:9001", targets=("cpu-x86_64",), max_concurrency=4, gateway_id=GW,
+             sign_with: Ed25519PrivateKey | None = None) -> JoinRequest:
+    pub = public_bytes(key)
+    if nonce is None:
+        nonce = reg.challenge(pub).nonce
+    data = payloads.join_payload(nonce=nonce, gateway_id=gateway_id, node_id=fingerprint(pub), operator=operator,
+                                 listen_address=address, targets=list(targets), max_concurrency=max_concurrency)
+    return JoinRequest(public_key=pub, nonce=nonce, signature=sign(sign_with or key, data), operator=operator,
+                       listen_address=address, targets=list(targets), max_concurrency=max_concurrency)
+
+
+def hb(key, clock, *, ts_ms=None, outstanding=0, capacity=4, loaded=(("m", 1, "cpu-x86_64", SHA),),
+       node_id=None, sign_with=None) -> Heartbeat:
+    node_id = node_id or fingerprint(public_bytes(key))
+    ts_ms = int(clock() * 1000) if ts_ms is None else ts_ms
+    data = payloads.heartbeat_payload(node_id=node_id, timestamp_ms=ts_ms, outstanding=outstanding,
+                                      capacity=capacity, loaded=loaded)
+    return Heartbeat(node_id, ts_ms, outstanding, capacity, list(loaded), sign(sign_with or key, data))
+
+
+def test_valid_join(reg, caplog):
+    key = Ed25519PrivateKey.generate()
+    with caplog.at_level(logging.INFO, logger="hyperinfer.gateway"):
+        node = reg.join(join_req(reg, key))
+    assert node.node_id == fingerprint(public_bytes(key))
+    assert node.state == "healthy" and node.capacity == 4 and node.operator == "alice"
+    assert reg.get(node.node_id).address == "127.0.0.1:9001"
+    assert any("joined" in r.message and node.node_id[:12] in r.message for r in caplog.records)
+
+
+def test_join_wrong_signature(reg):
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    with pytest.raises(Unauthenticated, match="join signature does not verify"):
+        reg.join(join_req(reg, key, sign_with=other))
+    # signed for another gateway: same error, the gateway id is part of what is signed
+    with pytest.raises(Unauthenticated, match="join signature"):
+        reg.join(join_req(reg, key, gateway_id="other-gateway"))
+    assert reg.all_nodes() == []
+
+
+def test_replayed_nonce(reg):
+    key = Ed25519PrivateKey.generate()
+    req = join_req(reg, key)
+    reg.join(req)
+    with pytest.raises(Unauthenticated, match="already used"):
+        reg.join(req)
+
+
+def test_unknown_nonce(reg):
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(Unauthenticated, match="nonce is unknown"):
+        reg.join(join_req(reg, key, nonce=b"\x05" * 32))
+
+
+def test_expired_nonce(reg, clock):
+    key = Ed25519PrivateKey.generate()
+    req = join_req(reg, key)
+    clock.t += 61
+    with pytest.raises(Unauthenticated, match="expired"):
+        reg.join(req)
+
+
+def test_nonce_bound_to_key(reg):
+    a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    nonce = reg.challenge(public_bytes(a)).nonce
+    with pytest.raises(PermissionDenied, match="different public key"):
+        reg.join(join_req(reg, b, nonce=nonce))
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"address": "no-port"}, "listen_address"),
+    ({"address": "host:99999"}, "listen_address"),
+    ({"address": "0.0.0.0:9000"}, "listen_address"),
+    ({"targets": ()}, "targets"),
+    ({"targets": ("CPU X86",)}, "targets"),
+    ({"operator": ""}, "operator"),
+    ({"max_concurrency": 0}, "max_concurrency"),
+])
+def test_join_invalid_declaration(reg, kw, field):
+    with pytest.raises(InvalidArgument, match=field):
+        reg.join(join_req(reg, Ed25519PrivateKey.generate(), **kw))
+
+
+def test_join_bad_key_and_nonce_lengths(reg):
+    with pytest.raises(InvalidArgument, match="public_key"):
+        reg.challenge(b"short")
+    key = Ed25519PrivateKey.generate()
+    req = join_req(reg, key)
+    with pytest.raises(InvalidArgument, match="nonce"):
+        reg.join(JoinRequest(**{**req.__dict__, "nonce": b"x"}))
+
+
+def test_heartbeat_unknown_node(reg, clock):
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(NotFound, match="unknown node .*join first"):
+        reg.heartbeat(hb(key, clock))
+
+
+def test_heartbeat_signature_and_timestamps(reg, clock):
+    key = Ed25519PrivateKey.generate()
+    node = reg.join(join_req(reg, key))
+    with pytest.raises(Unauthenticated, match="heartbeat signature"):
+        reg.heartbeat(hb(key, clock, sign_with=Ed25519PrivateKey.generate()))
+    first = hb(key, clock)
+    reg.heartbeat(first)
+    with pytest.raises(InvalidArgument, match="not newer"):
+        reg.heartbeat(first)  # replay
+    with pytest.raises(InvalidArgument, match="clock"):
+        reg.heartbeat(hb(key, clock, ts_ms=int((clock() + 400) * 1000)))
+    clock.t += 1
+    info = reg.heartbeat(hb(key, clock, outstanding=2))
+    assert info.outstanding == 2 and info.loaded == {("m", 1): ("cpu-x86_64", SHA)}
+    assert reg.get(node.node_id).state == "healthy"
+
+
+def test_liveness_expiry_and_recovery(reg, clock, caplog):
+    key = Ed25519PrivateKey.generate()
+    node = reg.join(join_req(reg, key))
+    reg.heartbeat(hb(key, clock))
+    assert [n.node_id for n in reg.schedulable_nodes("m", 1)] == [node.node_id]
+    clock.t += 14  # < 3 intervals
+    assert reg.get(node.node_id).state == "healthy"
+    clock.t += 2  # > 15 s: stale on read, before any sweep
+    assert reg.get(node.node_id).state == "stale"
+    assert reg.schedulable_nodes("m", 1) == []
+    with caplog.at_level(logging.INFO, logger="hyperinfer.gateway"):
+        assert reg.sweep() == [node.node_id]
+    assert any("healthy -> stale" in r.message for r in caplog.records)
+    assert reg.store.get_node(node.node_id).state == "stale"
+    reg.heartbeat(hb(key, clock))
+    assert reg.get(node.node_id).state == "healthy"
+    assert len(reg.schedulable_nodes("m", 1)) == 1
+
+
+def test_schedulable_requires_manifest_digest(reg, clock):
+    good, wrong_sha, other_model = (Ed25519PrivateKey.generate() for _ in range(3))
+    for k in (good, wrong_sha, other_model):
+        reg.join(join_req(reg, k))
+    reg.heartbeat(hb(good, clock, outstanding=1))
+    reg.heartbeat(hb(wrong_sha, clock, loaded=(("m", 1, "cpu-x86_64", "00" * 32),)))
+    reg.heartbeat(hb(other_model, clock, loaded=(("m", 2, "cpu-x86_64", "ef" * 32),)))
+    gid = fingerprint(public_bytes(good))
+    assert [n.node_id for n in reg.schedulable_nodes("m", 1)] == [gid]
+    # None / "" mean the newest version the catalog offers
+    assert [n.node_id for n in reg.schedulable_nodes("m", None)] == [fingerprint(public_bytes(other_model))]
+    assert reg.schedulable_nodes("unknown", 1) == []
+
+
+def test_least_outstanding_first(reg, clock):
+    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    for k, load in zip(keys, (3, 0, 1)):
+        reg.join(join_req(reg, k))
+        reg.heartbeat(hb(k, clock, outstanding=load))
+    loads = [n.outstanding for n in reg.schedulable_nodes("m", 1)]
+    assert loads == [0, 1, 3]
+
+
+def test_report_failure_until_next_heartbeat(reg, clock):
+    key = Ed25519PrivateKey.generate()
+    node = reg.join(join_req(reg, key))
+    reg.heartbeat(hb(key, clock))
+    reg.report_failure(node.node_id)
+    assert reg.schedulable_nodes("m", 1) == []
+    assert reg.get(node.node_id).failed
+    clock.t += 1
+    reg.heartbeat(hb(key, clock))
+    assert len(reg.schedulable_nodes("m", 1)) == 1
+
+
+def test_quarantine_survives_heartbeat_and_rejoin(reg, clock):
+    key = Ed25519PrivateKey.generate()
+    node = reg.join(join_req(reg, key))
+    reg.heartbeat(hb(key, clock))
+    changes = []
+    reg.on_state_change(lambda *a: changes.append(a))
+    reg.set_state(node.node_id, "quarantined")
+    clock.t += 1
+    reg.heartbeat(hb(key, clock))
+    assert reg.get(node.node_id).state == "quarantined"
+    reg.join(join_req(reg, key))
+    assert reg.get(node.node_id).state == "quarantined"
+    assert reg.schedulable_nodes("m", 1) == []
+    assert changes == [(node.node_id, "healthy", "quarantined")]
+    with pytest.raises(InvalidArgument, match="state"):
+        reg.set_state(node.node_id, "bogus")
+    with pytest.raises(NotFound):
+        reg.set_state("nope", "quarantined")
+
+
+def test_leave(reg, clock):
+    key = Ed25519PrivateKey.generate()
+    node = reg.join(join_req(reg, key))
+    ts = int(clock() * 1000)
+    with pytest.raises(Unauthenticated, match="leave signature"):
+        reg.leave(node.node_id, ts, sign(Ed25519PrivateKey.generate(), payloads.leave_payload(
+            node_id=node.node_id, timestamp_ms=ts)))
+    reg.leave(node.node_id, ts, sign(key, payloads.leave_payload(node_id=node.node_id, timestamp_ms=ts)))
+    assert reg.get(node.node_id).state == "left"
+    with pytest.raises(NotFound, match="left the pool; join again"):
+        reg.heartbeat(hb(key, clock))
+    reg.join(join_req(reg, key))
+    assert reg.get(node.node_id).state == "healthy"
+
+
+def test_restart_keeps_nodes_stale_until_heartbeat(tmp_path, clock):
+    path = tmp_path / "gw.db"
+    s = open_store(path)
+    reg = Registry(s, gateway_id=GW, catalog=FakeCatalog(), clock=clock)
+    key = Ed25519PrivateKey.generate()
+    node = reg.join(join_req(reg, key))
+    reg.heartbeat(hb(key, clock))
+    first_ts = reg.store.get_node(node.node_id).heartbeat_ts_ms
+    s.close()
+
+    s = open_store(path)
+    reg = Registry(s, gateway_id=GW, catalog=FakeCatalog(), clock=clock)
+    again = reg.get(node.node_id)
+    assert again.state == "stale" and again.operator == "alice" and again.public_key == public_bytes(key)
+    assert reg.schedulable_nodes("m", 1) == []
+    with pytest.raises(InvalidArgument, match="not newer"):  # replay protection survives the restart
+        reg.heartbeat(hb(key, clock, ts_ms=first_ts))
+    clock.t += 1
+    reg.heartbeat(hb(key, clock))
+    assert reg.get(node.node_id).state == "healthy"
+    s.close()
