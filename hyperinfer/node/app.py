@@ -69,6 +69,9 @@ class Node:
             raise InvalidArgument(f"--max-concurrency must be >= 1, got {c.max_concurrency}")
         if c.threads is not None and c.threads < 1:
             raise InvalidArgument(f"--threads must be >= 1, got {c.threads}")
+        if c.listen.rsplit(":", 1)[0] in ("0.0.0.0", "[::]", "::", "") and not c.advertise:
+            raise InvalidArgument(f"--listen {c.listen} is a wildcard address the gateway cannot dial; "
+                                  "also give --advertise HOST:PORT")
         self.key, self.key_created = load_or_create_key(c.key_path)
         self.trust = TrustPolicy([load_public_key(k) for k in c.trust_publishers], c.allow_unsigned)
         if not self.trust.trusted_publishers and not c.allow_unsigned:

@@ -84,10 +84,19 @@ class PoolClient:
         self.joins = 0  # how many times this client joined (re-joins after a gateway restart count)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_ts = 0
+        self._ts_lock = threading.Lock()
 
     @property
     def node_id(self) -> str:
         return self.dataplane.node_id
+
+    def _timestamp_ms(self) -> int:
+        """Wall-clock ms, strictly increasing: the gateway refuses a signed message that is
+        not newer than the last one (replay protection)."""
+        with self._ts_lock:
+            self._last_ts = max(_now_ms(), self._last_ts + 1)
+            return self._last_ts
 
     # ------------------------------------------------------------ one call each
 
@@ -126,7 +135,7 @@ class PoolClient:
 
     def heartbeat(self) -> pool_pb2.HeartbeatResponse:
         dp = self.dataplane
-        ts, outstanding, loaded = _now_ms(), dp.outstanding, dp.loaded_tuples()
+        ts, outstanding, loaded = self._timestamp_ms(), dp.outstanding, dp.loaded_tuples()
         payload = payloads.heartbeat_payload(node_id=self.node_id, timestamp_ms=ts, outstanding=outstanding,
                                              capacity=dp.capacity, loaded=loaded)
         resp = self._call(self.stub.Heartbeat, pool_pb2.HeartbeatRequest(
@@ -141,7 +150,7 @@ class PoolClient:
         """Best effort: a gateway that is down forgets us on its own."""
         if not self.joined:
             return False
-        ts = _now_ms()
+        ts = self._timestamp_ms()
         sig = sign(self._key, payloads.leave_payload(node_id=self.node_id, timestamp_ms=ts))
         try:
             self._call(self.stub.Leave, pool_pb2.LeaveRequest(node_id=self.node_id, timestamp_ms=ts, signature=sig),
@@ -194,7 +203,9 @@ class PoolClient:
                     self.joined = False
                     wait = 0.0
                 else:
-                    level = logging.WARNING if backoff == 0.25 else logging.INFO  # once per outage
+                    # an outage is logged once; anything else (a refused join) every time
+                    transient = e.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+                    level = logging.WARNING if not transient or backoff == 0.25 else logging.DEBUG
                     log.log(level, "gateway %s: %s: %s; retrying in %.1fs",
                             self.gateway, e.code.value, e, backoff)
                     wait = backoff
