@@ -68,17 +68,26 @@ _STATE_STYLE = {"healthy": "green", "stale": "yellow", "failed": "yellow", "left
 
 
 def render(status: dict[str, Any]) -> None:
+    from rich import box
+    from rich.console import Console
     from rich.table import Table
 
     from hyperinfer.cli._console import out
+
+    if not out.is_terminal:  # piped: no terminal width to respect, do not squeeze into 80 columns
+        out = Console(highlight=False, width=200)
 
     now = time.time()
     out.print(f"gateway {status['gateway_id']}")
     nodes = status["nodes"]
     show_ledger = any(n[k] for n in nodes for k in _LEDGER_KEYS)
-    t = Table(title=f"nodes ({len(nodes)})", title_justify="left")
-    for col in ("node", "operator", "address", "state", "targets", "load", "heartbeat", "loaded"):
-        t.add_column(col, justify="right" if col == "load" else "left")
+    t = Table(title=f"nodes ({len(nodes)})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)
+    # identifiers never wrap or get cut; lists go one item per line
+    for col in ("node", "operator", "address", "state", "targets", "load", "seen", "loaded"):
+        t.add_column(col, justify="right" if col == "load" else "left",
+                     no_wrap=col in ("node", "operator", "address", "state", "load", "seen"),
+                     min_width=10 if col in ("targets", "loaded") else None, overflow="fold")
     if show_ledger:
         for col in ("jobs", "checks", "faults", "credits", "stake", "slashed", "rep"):
             t.add_column(col, justify="right")
@@ -87,7 +96,7 @@ def render(status: dict[str, Any]) -> None:
         state = n["state"] + (" (probation)" if n["probation"] else "")
         row = [
             n["node_id"][:12], n["operator"], n["address"], f"[{style}]{state}[/]" if style else state,
-            ",".join(n["targets"]), f"{n['outstanding']}/{n['capacity']}",
+            "\n".join(n["targets"]), f"{n['outstanding']}/{n['capacity']}",
             _age(n["last_heartbeat_unix_ms"], now),
             "\n".join(f"{m['name']}/{m['version']} {m['target_id']}" for m in n["loaded"]) or "-",
         ]
@@ -99,7 +108,7 @@ def render(status: dict[str, Any]) -> None:
         out.print(t)
     else:
         out.print("no nodes have joined")
-    m = Table(title=f"models ({len(status['models'])})", title_justify="left")
+    m = Table(title=f"models ({len(status['models'])})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("model", "version", "targets", "ready nodes", "sample rate"):
         m.add_column(col, justify="right" if col in ("version", "ready nodes", "sample rate") else "left")
     for x in status["models"]:

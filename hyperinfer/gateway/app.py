@@ -24,7 +24,7 @@ import signal
 import threading
 from typing import Any, Callable
 
-from hyperinfer.errors import FailedPrecondition
+from hyperinfer.errors import FailedPrecondition, HyperinferError
 from hyperinfer.gateway.artifacts import Catalog
 from hyperinfer.gateway.config import GatewayConfig
 from hyperinfer.gateway.pool_servicer import SERVICE_NAME as POOL_SERVICE
@@ -147,7 +147,13 @@ def install_extensions(gateway: Gateway, names: tuple[str, ...] = EXTENSIONS) ->
         if fn is None:
             log.debug("extension %s has no %s(); skipped", module_name, fn_name)
             continue
-        fn(gateway)
+        try:
+            fn(gateway)
+        except HyperinferError:
+            raise
+        except Exception as e:  # a component bug: one line naming it; the traceback at debug level
+            log.debug("extension %s failed", spec, exc_info=True)
+            raise FailedPrecondition(f"gateway component {spec} failed to start: {type(e).__name__}: {e}") from e
         attached.append(spec)
     return attached
 
