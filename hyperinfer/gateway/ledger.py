@@ -1,0 +1,362 @@
+"""The ledger: what each node did, earned and lost (design §6), and the audit trail.
+
+Per node (table ``ledger``, one row created lazily with the initial stake the
+first time the node is seen):
+
+    jobs        results the gateway accepted from it (primary, validator or tiebreaker runs)
+    checks      times a validator's result was compared with its own (as primary or validator)
+    agreements  checks it came out right (agreed, or found right by the referee)
+    faults      rejected attestations plus disputes it lost
+    skipped     times it was sampled but no independent validator existed
+    credits     reward_per_job per accepted job, minus the reward of every job it lost a dispute on
+    stake       initial_stake, minus what was slashed (never below 0)
+    slashed     total slashed: min(slash_per_fault, stake) per fault
+    quarantined set once faults reach quarantine_after; on_quarantine(node_id) is called once
+
+Derived: ``reputation = (agreements + a) / (checks + n)`` with the prior
+(a, n) = ``reputation_prior`` (rule of succession: 0.5 before any check), and
+``probation = jobs < probation_jobs`` (0 disables probation).
+
+Audit tables: ``attestations`` (every signed attestation the gateway accepted:
+request id, node id, role, bytes, signature, time), ``faults`` (one row per
+fault with its reason), ``evidence`` (one row per dispute with the full
+:class:`~hyperinfer.verify.dispute.Dispute` as JSON), ``receipts`` (the latest
+signed receipt per request id; a pending receipt is replaced when its
+background check ends).
+
+Storage: any object with ``transaction()`` — a context manager yielding a
+sqlite3 connection inside one transaction — and optionally
+``migrate(component, migrations)``, i.e. :class:`hyperinfer.gateway.store.SQLiteStore`.
+:class:`SQLiteTransactions` is a minimal stand-alone implementation (tests, the
+audit CLI reading a database file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from hyperinfer.errors import InvalidArgument, NotFound
+from hyperinfer.verify.dispute import Dispute
+from hyperinfer.verify.receipt import Receipt, receipt_from_json, receipt_to_json
+
+log = logging.getLogger("hyperinfer.gateway.ledger")
+
+COMPONENT = "ledger"
+SUMMARY_KEYS = ("jobs", "checks", "faults", "credits", "stake", "slashed", "reputation", "probation")
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE IF NOT EXISTS ledger (
+            node_id TEXT PRIMARY KEY,
+            jobs INTEGER NOT NULL DEFAULT 0,
+            checks INTEGER NOT NULL DEFAULT 0,
+            agreements INTEGER NOT NULL DEFAULT 0,
+            faults INTEGER NOT NULL DEFAULT 0,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            credits DOUBLE PRECISION NOT NULL DEFAULT 0,
+            stake DOUBLE PRECISION NOT NULL,
+            slashed DOUBLE PRECISION NOT NULL DEFAULT 0,
+            quarantined INTEGER NOT NULL DEFAULT 0,
+            created BIGINT NOT NULL,
+            updated BIGINT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS attestations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id TEXT NOT NULL,
+            node_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            attestation BLOB NOT NULL,
+            signature BLOB NOT NULL,
+            accepted BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS attestations_request ON attestations (request_id)",
+        "CREATE INDEX IF NOT EXISTS attestations_node ON attestations (node_id)",
+        """CREATE TABLE IF NOT EXISTS faults (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            node_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            dispute_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            slashed DOUBLE PRECISION NOT NULL,
+            at BIGINT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS faults_node ON faults (node_id)",
+        """CREATE TABLE IF NOT EXISTS evidence (
+            dispute_id TEXT PRIMARY KEY,
+            created BIGINT NOT NULL,
+            model_name TEXT NOT NULL,
+            model_version BIGINT NOT NULL,
+            primary_node TEXT NOT NULL,
+            validator_node TEXT NOT NULL,
+            faults TEXT NOT NULL,
+            resolved INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS receipts (
+            request_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            receipt TEXT NOT NULL,
+            updated BIGINT NOT NULL
+        )""",
+    ],
+]
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    reward_per_job: float = 1.0  # R
+    initial_stake: float = 100.0  # stake a node starts with when it is first seen
+    slash_per_fault: float = 10.0  # S: taken from the stake per fault (at most what is left)
+    quarantine_after: int = 3  # faults before quarantine; 0 disables
+    probation_jobs: int = 10  # K: a node is on probation for its first K jobs; 0 disables
+    reputation_prior: tuple[float, float] = (1.0, 2.0)  # (a, n): (agreements + a) / (checks + n)
+
+    def __post_init__(self) -> None:
+        for name in ("reward_per_job", "initial_stake", "slash_per_fault"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v < 0 or v != v or v == float("inf"):
+                raise InvalidArgument(f"{name}: must be a finite number >= 0, got {v!r}")
+        for name in ("quarantine_after", "probation_jobs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise InvalidArgument(f"{name}: must be an integer >= 0, got {v!r}")
+        a, n = self.reputation_prior
+        if not (0 <= a <= n) or n <= 0:
+            raise InvalidArgument(f"reputation_prior: need 0 <= a <= n and n > 0, got {self.reputation_prior}")
+
+
+class SQLiteTransactions:
+    """Minimal ``transaction()`` provider over one SQLite file (or ``":memory:"``)."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        self._conn.row_factory = sqlite3.Row
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode=WAL")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Ledger:
+    def __init__(self, store: Any, config: LedgerConfig | None = None,
+                 on_quarantine: Callable[[str], None] | None = None):
+        self.store = store
+        self.config = config or LedgerConfig()
+        self.on_quarantine = on_quarantine
+        if hasattr(store, "migrate"):
+            store.migrate(COMPONENT, MIGRATIONS)
+        else:
+            with store.transaction() as c:
+                for step in MIGRATIONS:
+                    for sql in step:
+                        c.execute(sql)
+
+    # ------------------------------------------------------------ internals
+
+    def _ensure(self, c: sqlite3.Connection, node_id: str, now: int) -> None:
+        c.execute("INSERT OR IGNORE INTO ledger (node_id, stake, created, updated) VALUES (?, ?, ?, ?)",
+                  (node_id, float(self.config.initial_stake), now, now))
+
+    def _fault(self, c: sqlite3.Connection, node_id: str, kind: str, request_id: str, dispute_id: str,
+               reason: str, now: int, forfeit_reward: bool) -> bool:
+        """Count a fault, slash, maybe revoke the job's reward; True if it newly quarantines the node."""
+        self._ensure(c, node_id, now)
+        row = c.execute("SELECT stake, faults, quarantined FROM ledger WHERE node_id = ?", (node_id,)).fetchone()
+        slash = min(float(self.config.slash_per_fault), float(row[0]))
+        forfeit = float(self.config.reward_per_job) if forfeit_reward else 0.0
+        faults = int(row[1]) + 1
+        n = self.config.quarantine_after
+        quarantine = bool(n) and faults >= n and not row[2]
+        c.execute(
+            """UPDATE ledger SET faults = faults + 1, stake = stake - ?, slashed = slashed + ?,
+               credits = credits - ?, quarantined = CASE WHEN ? THEN 1 ELSE quarantined END, updated = ?
+               WHERE node_id = ?""",
+            (slash, slash, forfeit, 1 if quarantine else 0, now, node_id),
+        )
+        c.execute("INSERT INTO faults (node_id, kind, request_id, dispute_id, reason, slashed, at) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)", (node_id, kind, request_id, dispute_id, reason, slash, now))
+        return quarantine
+
+    def _after_quarantine(self, node_ids: Iterable[str]) -> list[str]:
+        done = list(node_ids)
+        for node_id in done:
+            log.warning("node %s quarantined after %d faults", node_id, self.config.quarantine_after)
+            if self.on_quarantine is not None:
+                try:
+                    self.on_quarantine(node_id)
+                except Exception:  # noqa: BLE001 - the ledger row is already final; keep serving
+                    log.exception("on_quarantine(%s) failed", node_id)
+        return done
+
+    # ------------------------------------------------------------ recording
+
+    def record_job(self, node_id: str, request_id: str, attestation: bytes, signature: bytes,
+                   role: str = "primary") -> None:
+        """An accepted, correctly signed result: one job, one reward, one attestation row."""
+        now = _now_ms()
+        with self.store.transaction() as c:
+            self._ensure(c, node_id, now)
+            c.execute("UPDATE ledger SET jobs = jobs + 1, credits = credits + ?, updated = ? WHERE node_id = ?",
+                      (float(self.config.reward_per_job), now, node_id))
+            c.execute("INSERT INTO attestations (request_id, node_id, role, attestation, signature, accepted) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", (request_id, node_id, role, bytes(attestation), bytes(signature), now))
+
+    def record_fault(self, node_id: str, reason: str, request_id: str = "", kind: str = "attestation") -> bool:
+        """A rejected result (bad signature, replay, mismatch). True if the node is now quarantined."""
+        now = _now_ms()
+        with self.store.transaction() as c:
+            q = self._fault(c, node_id, kind, request_id, "", reason, now, forfeit_reward=False)
+        return bool(self._after_quarantine([node_id] if q else []))
+
+    def record_check(self, node_ids: Sequence[str], agreed: bool) -> None:
+        """A comparison without fault: an agreement, or an unresolved/unrefereed disagreement."""
+        now = _now_ms()
+        with self.store.transaction() as c:
+            for node_id in node_ids:
+                self._ensure(c, node_id, now)
+                c.execute("UPDATE ledger SET checks = checks + 1, agreements = agreements + ?, updated = ? "
+                          "WHERE node_id = ?", (1 if agreed else 0, now, node_id))
+
+    def record_skipped(self, node_id: str) -> None:
+        now = _now_ms()
+        with self.store.transaction() as c:
+            self._ensure(c, node_id, now)
+            c.execute("UPDATE ledger SET skipped = skipped + 1, updated = ? WHERE node_id = ?", (now, node_id))
+
+    def record_dispute(self, dispute: Dispute) -> list[str]:
+        """Store the evidence and apply the verdict; return the nodes newly quarantined."""
+        now = _now_ms()
+        v = dispute.verdict
+        quarantined = []
+        with self.store.transaction() as c:
+            c.execute(
+                """INSERT INTO evidence (dispute_id, created, model_name, model_version, primary_node,
+                   validator_node, faults, resolved, reason, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (dispute.dispute_id, dispute.created_ms, dispute.model_name, dispute.model_version,
+                 dispute.primary.node_id, dispute.validator.node_id, json.dumps(list(v.faults)),
+                 1 if v.resolved else 0, v.reason, dispute.to_json()),
+            )
+            for e in (dispute.primary, dispute.validator):
+                self._ensure(c, e.node_id, now)
+                right = v.resolved and e.node_id not in v.faults
+                c.execute("UPDATE ledger SET checks = checks + 1, agreements = agreements + ?, updated = ? "
+                          "WHERE node_id = ?", (1 if right else 0, now, e.node_id))
+                if e.node_id in v.faults:
+                    request_id = e.parsed.request_id
+                    if self._fault(c, e.node_id, "dispute", request_id, dispute.dispute_id, v.reason, now,
+                                   forfeit_reward=True):
+                        quarantined.append(e.node_id)
+        return self._after_quarantine(quarantined)
+
+    def store_receipt(self, receipt: Receipt) -> None:
+        with self.store.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO receipts (request_id, status, receipt, updated) VALUES (?, ?, ?, ?)",
+                      (receipt.request_id, receipt.status, receipt_to_json(receipt), _now_ms()))
+
+    # ------------------------------------------------------------ reading
+
+    def _row(self, node_id: str) -> sqlite3.Row | None:
+        with self.store.transaction() as c:
+            return c.execute("SELECT * FROM ledger WHERE node_id = ?", (node_id,)).fetchone()
+
+    def details(self, node_id: str) -> dict[str, Any]:
+        """Everything the ledger knows about a node (a fresh node's defaults if unseen)."""
+        r = self._row(node_id)
+        cfg = self.config
+        if r is None:
+            d = dict(jobs=0, checks=0, agreements=0, faults=0, skipped=0, credits=0.0,
+                     stake=float(cfg.initial_stake), slashed=0.0, quarantined=False)
+        else:
+            d = dict(jobs=int(r["jobs"]), checks=int(r["checks"]), agreements=int(r["agreements"]),
+                     faults=int(r["faults"]), skipped=int(r["skipped"]), credits=float(r["credits"]),
+                     stake=float(r["stake"]), slashed=float(r["slashed"]), quarantined=bool(r["quarantined"]))
+        a, n = cfg.reputation_prior
+        d["reputation"] = (d["agreements"] + a) / (d["checks"] + n)
+        d["probation"] = d["jobs"] < cfg.probation_jobs
+        return d
+
+    def summary(self, node_id: str) -> dict[str, Any]:
+        """The keys Pool.Status reports: jobs, checks, faults, credits, stake, slashed, reputation, probation."""
+        d = self.details(node_id)
+        return {k: d[k] for k in SUMMARY_KEYS}
+
+    def receipt(self, request_id: str) -> Receipt | None:
+        with self.store.transaction() as c:
+            row = c.execute("SELECT receipt FROM receipts WHERE request_id = ?", (request_id,)).fetchone()
+        return receipt_from_json(row[0]) if row else None
+
+    def evidence(self, dispute_id: str) -> Dispute:
+        with self.store.transaction() as c:
+            row = c.execute("SELECT data FROM evidence WHERE dispute_id = ?", (dispute_id,)).fetchone()
+            if row is None:
+                # allow a unique prefix, as printed in short form
+                rows = c.execute("SELECT data FROM evidence WHERE dispute_id LIKE ?",
+                                 (dispute_id.replace("%", "").replace("_", "") + "%",)).fetchall() if dispute_id else []
+                if len(rows) > 1:
+                    raise InvalidArgument(f"dispute id prefix {dispute_id!r} is ambiguous ({len(rows)} matches)")
+                row = rows[0] if rows else None
+        if row is None:
+            raise NotFound(f"no evidence with dispute id {dispute_id!r}")
+        return Dispute.from_json(row[0])
+
+    def list_evidence(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.store.transaction() as c:
+            rows = c.execute("SELECT dispute_id, created, model_name, model_version, primary_node, validator_node, "
+                             "faults, resolved, reason FROM evidence ORDER BY created DESC LIMIT ?",
+                             (int(limit),)).fetchall()
+        return [dict(dispute_id=r[0], created_ms=int(r[1]), model_name=r[2], model_version=int(r[3]),
+                     primary_node=r[4], validator_node=r[5], faults=json.loads(r[6]), resolved=bool(r[7]),
+                     reason=r[8]) for r in rows]
+
+    def faults(self, node_id: str) -> list[dict[str, Any]]:
+        with self.store.transaction() as c:
+            rows = c.execute("SELECT kind, request_id, dispute_id, reason, slashed, at FROM faults "
+                             "WHERE node_id = ? ORDER BY id", (node_id,)).fetchall()
+        return [dict(kind=r[0], request_id=r[1], dispute_id=r[2], reason=r[3], slashed=float(r[4]), at_ms=int(r[5]))
+                for r in rows]
+
+    def attestation_count(self, node_id: str | None = None) -> int:
+        with self.store.transaction() as c:
+            if node_id is None:
+                return int(c.execute("SELECT COUNT(*) FROM attestations").fetchone()[0])
+            return int(c.execute("SELECT COUNT(*) FROM attestations WHERE node_id = ?", (node_id,)).fetchone()[0])
