@@ -1,0 +1,1 @@
+"""Rule-based schedules applied at build time, per target kind."""

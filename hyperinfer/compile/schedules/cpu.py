@@ -1,0 +1,589 @@
+"""Rule-based CPU schedules (no search): one pass over the fused PrimFuncs.
+
+Per function, after LegalizeOps/FuseOps/FuseTIR:
+
+1. Inline elementwise producers and consumers (``compute_inline``), except
+   padding (a block whose value is an ``if_then_else``), which stays
+   materialized so the hot loops carry no bound checks, and expensive
+   blocks with several consumers (an ``exp`` read twice by softmax).
+2. Each contraction block (conv, matmul: a reduction of a product of two
+   buffers) and each other reduction whose output's innermost axis is
+   contiguous in its inputs (pooling) gets a register tile:
+
+   - the innermost output axis is split by a multiple of the target's vector
+     width (``TargetInfo.vector_lanes``) and vectorized;
+   - one outer spatial axis that the vectorized operand does not depend on
+     (output channels of a conv, rows of a matmul) is split by an unroll
+     factor (<= 8) for register reuse; depthwise convs use the output rows;
+   - loop order: parallel spatial tiles (fused) -> reduction loops ->
+     register tile -> vector lanes;
+   - the accumulator is a small local buffer (``cache_write`` when the block
+     writes the function's output directly) and the elementwise epilogue is
+     fused into its write-back (``reverse_compute_at``);
+   - the reduction's init is split off (``decompose_reduction``).
+
+   When the innermost output axis is not contiguous in the input (stride-2
+   convs, tiny widths), the conv is vectorized over output channels instead,
+   with the weights repacked to ``[O/V, I, KH, KW, V]`` and the accumulator
+   kept in the same channel-blocked layout.
+3. Other reductions (softmax, mean): parallel over the fused spatial loops.
+4. Elementwise/injective blocks left at the root: fuse, parallel, vectorize.
+
+Every function is scheduled inside a try: if a rule throws, the function
+falls back to the simple rule (parallel outer loops, vectorized inner loop),
+and if that throws too it is left unscheduled (slow but correct). The build
+never fails because of a schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from hyperinfer.compile.targets import TargetInfo
+
+log = logging.getLogger("hyperinfer.compile")
+
+# below this many output elements a loop nest is not worth a parallel launch
+_PARALLEL_MIN = 2048
+# register tile: accumulators = unroll x vector (<= ~24 of AVX-512's 32 zmm registers)
+_UNROLL = 8
+
+
+@dataclass
+class CpuScheduleReport:
+    """What the pass did, per function (for logs, tests and the benchmark)."""
+
+    rules: dict[str, str] = field(default_factory=dict)  # function name -> rule used
+    fallbacks: list[str] = field(default_factory=list)  # "name: error" for rules that threw
+
+    def count(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rules.values():
+            out[r] = out.get(r, 0) + 1
+        return out
+
+
+# ---------------------------------------------------------------- IR helpers
+
+def _loads(stmt):
+    from tvm import tirx
+
+    found = []
+
+    def visit(node):
+        if isinstance(node, tirx.BufferLoad):
+            found.append(node)
+
+    tirx.stmt_functor.post_order_visit(stmt, visit)
+    return found
+
+
+def _has(stmt, pred) -> bool:
+    from tvm import tirx
+
+    hit = []
+
+    def visit(node):
+        if not hit and pred(node):
+            hit.append(node)
+
+    tirx.stmt_functor.post_order_visit(stmt, visit)
+    return bool(hit)
+
+
+def _is_call(node, names=None) -> bool:
+    from tvm import tirx
+
+    if not isinstance(node, tirx.Call):
+        return False
+    name = getattr(node.op, "name", "")
+    if names is None:
+        return name not in ("tirx.if_then_else", "tirx.likely", "tir.if_then_else", "tir.likely")
+    return name in names
+
+
+def _is_pad(block) -> bool:
+    return _has(block.body, lambda n: _is_call(n, ("tirx.if_then_else", "tir.if_then_else")))
+
+
+def _is_reduction(block) -> bool:
+    from tvm import tirx
+
+    return any(iv.iter_type != tirx.IterVar.DataPar for iv in block.iter_vars)
+
+
+def _coef(expr, var) -> int | None:
+    """Coefficient of ``var`` in ``expr`` if linear with a constant coefficient, else None."""
+    from tvm import arith, tirx
+
+    if not _has(expr, lambda n: isinstance(n, tirx.Var) and n.same_as(var)):
+        return 0
+    res = arith.detect_linear_equation(expr, [var])
+    if len(res) != 2 or not isinstance(res[0], tirx.IntImm):
+        return None
+    return int(res[0].value)
+
+
+def _uses(expr, var) -> bool:
+    from tvm import tirx
+
+    return _has(expr, lambda n: isinstance(n, tirx.Var) and n.same_as(var))
+
+
+def _ext(sch, loop) -> int | None:
+    from tvm import tirx
+
+    e = sch.get(loop).extent
+    return int(e.value) if isinstance(e, tirx.IntImm) else None
+
+
+def _vector_factor(extent: int, lanes: int) -> int:
+    """Largest good vector length dividing ``extent`` (0: do not vectorize)."""
+    if extent <= 1:
+        return 0
+    for f in (2 * lanes, lanes):
+        if extent % f == 0:
+            return f
+    # a divisor between lanes/2 and 2*lanes (e.g. 20, 24: LLVM splits them into legal vectors)
+    for f in range(min(extent, 2 * lanes), max(lanes // 2, 2) - 1, -1):
+        if extent % f == 0:
+            return f
+    return 0
+
+
+def _unroll_factor(extent: int, limit: int = _UNROLL) -> int:
+    for f in range(min(extent, limit), 0, -1):
+        if extent % f == 0:
+            return f
+    return 1
+
+
+def _root_blocks(sch):
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _block_loops_vars(sch, block):
+    """Loops of ``block`` and, for each, the block iter var it binds directly (or None)."""
+    from tvm import tirx
+    from tvm.s_tir.schedule.analysis import get_sblock_realize
+
+    loops = list(sch.get_loops(block))
+    realize = get_sblock_realize(sch, block)
+    blk = sch.get(block)
+    by_loop = {}
+    for iv, value in zip(blk.iter_vars, realize.iter_values):
+        if isinstance(value, tirx.Var):
+            by_loop[value] = iv
+    out = []
+    for lp in loops:
+        out.append(by_loop.get(sch.get(lp).loop_var))
+    return loops, out
+
+
+# ---------------------------------------------------------------- rules
+
+def _inline_all(sch) -> None:
+    """compute_inline every spatial block that can go (not padding, not outputs)."""
+    changed = True
+    while changed:
+        changed = False
+        for block in _root_blocks(sch):
+            blk = sch.get(block)
+            if _is_reduction(blk) or _is_pad(blk):
+                continue
+            consumers = sch.get_consumers(block)
+            if not consumers:
+                continue  # writes a function output
+            if len(consumers) > 1 and _has(blk.body, lambda n: _is_call(n)):
+                continue  # an exp read twice: compute once
+            # a pure copy feeding a padding block is fine to inline; padding itself stays
+            try:
+                sch.compute_inline(block)
+                changed = True
+            except Exception:  # noqa: BLE001 - not inlinable (e.g. multiple writes)
+                continue
+
+
+def _is_contraction(blk) -> bool:
+    from tvm import tirx
+
+    if not _is_reduction(blk):
+        return False
+    store = blk.body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+    out = store.buffer
+    reads = {ld.buffer for ld in _loads(store.value) if not ld.buffer.same_as(out)}
+    return len(reads) >= 2 and _has(store.value, lambda n: isinstance(n, tirx.Mul))
+
+
+def _parallel_outer(sch, loops, threads_hint: int = 0):
+    """Fuse ``loops`` and mark parallel; returns the fused loop."""
+    loops = [lp for lp in loops]
+    if not loops:
+        return None
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    ext = _ext(sch, fused)
+    if ext is None or ext > 1:
+        sch.parallel(fused)
+    return fused
+
+
+def _schedule_elementwise(sch, block, lanes: int) -> str:
+    """Fuse all loops, split off a vector, parallelize the rest."""
+    loops = list(sch.get_loops(block))
+    if not loops:
+        return "none"
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    n = _ext(sch, fused) or 0
+    blk = sch.get(block)
+    vec = 0 if _is_pad(blk) else _vector_factor(n, lanes)
+    if vec:
+        outer, inner = sch.split(fused, [None, vec])
+        sch.vectorize(inner)
+    else:
+        outer = fused
+    if n >= _PARALLEL_MIN and (_ext(sch, outer) or 0) > 1:
+        sch.parallel(outer)
+    return "elementwise"
+
+
+def _schedule_plain_reduction(sch, block) -> str:
+    """Parallel over the leading spatial loops (softmax, mean)."""
+    from tvm import tirx
+
+    loops, ivs = _block_loops_vars(sch, block)
+    spatial = []
+    for lp, iv in zip(loops, ivs):
+        if iv is None or iv.iter_type != tirx.IterVar.DataPar:
+            break
+        spatial.append(lp)
+    total = 1
+    for lp in spatial:
+        total *= _ext(sch, lp) or 1
+    reduce_total = 1
+    for lp in loops[len(spatial):]:
+        reduce_total *= _ext(sch, lp) or 1
+    if spatial and total > 1 and total * reduce_total >= _PARALLEL_MIN:
+        _parallel_outer(sch, spatial)
+    return "reduction"
+
+
+def _epilogue_of(sch, block):
+    """The single consumer block of ``block`` (its elementwise epilogue), or None."""
+    consumers = list(sch.get_consumers(block))
+    if len(consumers) != 1:
+        return None
+    c = consumers[0]
+    if _is_reduction(sch.get(c)):
+        return None
+    return c
+
+
+def _tile_reduction(sch, block, lanes: int, threads: int) -> str:
+    """Register-tile a reduction block vectorized over its innermost output axis.
+
+    Raises ValueError when the block does not fit (caller tries the next rule).
+    """
+    from tvm import tirx
+
+    blk = sch.get(block)
+    store = blk.body
+    if not isinstance(store, tirx.BufferStore):
+        raise ValueError("not a single store")
+    loops, ivs = _block_loops_vars(sch, block)
+    if any(iv is None for iv in ivs) or len(loops) != len(blk.iter_vars):
+        raise ValueError("loops are not a plain grid")
+    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    if not reduce or not spatial:
+        raise ValueError("no reduction or no spatial axis")
+    # the vector axis: the var indexing the output's innermost dim
+    last = store.indices[-1]
+    vec_iv = None
+    for _, iv in spatial:
+        if _coef(last, iv.var) == 1 and all(not _uses(ix, iv.var) for ix in store.indices[:-1]):
+            vec_iv = iv
+    if vec_iv is None:
+        raise ValueError("innermost output axis is not a plain loop")
+    loads = [ld for ld in _loads(store.value) if not ld.buffer.same_as(store.buffer)]
+    vec_loads = []
+    for ld in loads:
+        if any(_uses(ix, vec_iv.var) for ix in ld.indices[:-1]):
+            raise ValueError("vector axis not innermost in an input")
+        if ld.indices and _uses(ld.indices[-1], vec_iv.var):
+            if _coef(ld.indices[-1], vec_iv.var) != 1:
+                raise ValueError("vector axis strided in an input")
+            vec_loads.append(ld)
+    vec_loop = next(lp for lp, iv in spatial if iv.same_as(vec_iv))
+    vec_ext = _ext(sch, vec_loop)
+    vf = _vector_factor(vec_ext or 0, lanes)
+    if not vf:
+        raise ValueError(f"innermost extent {vec_ext} does not vectorize")
+    # register axis: largest other spatial axis the vectorized operand does not read
+    reg = None
+    cands = [(lp, iv) for lp, iv in spatial if not iv.same_as(vec_iv) and (_ext(sch, lp) or 1) > 1]
+    free = [(lp, iv) for lp, iv in cands if not any(_uses(ix, iv.var) for ld in vec_loads for ix in ld.indices)]
+    pool = free or cands
+    if pool:
+        reg = max(pool, key=lambda t: _ext(sch, t[0]) or 1)
+    # accumulate locally: the intermediate conv buffer, or a cache of the output
+    epi = _epilogue_of(sch, block)
+    if epi is None:
+        sch.cache_write(block, 0, "local")
+        epi = sch.get_consumers(block)[0]
+    else:
+        sch.set_scope(block, 0, "local")
+    # split
+    vec_o, vec_i = sch.split(vec_loop, [None, vf])
+    reg_o = reg_i = None
+    uf = 1
+    if reg is not None:
+        uf = _unroll_factor(_ext(sch, reg[0]) or 1, max(1, (_UNROLL * 2 * lanes) // (vf * 2)) if vf > lanes else _UNROLL)
+        if uf > 1:
+            reg_o, reg_i = sch.split(reg[0], [None, uf])
+    outer = []
+    for lp, iv in spatial:
+        if iv.same_as(vec_iv):
+            outer.append(vec_o)
+        elif reg is not None and iv.same_as(reg[1]) and reg_o is not None:
+            outer.append(reg_o)
+        else:
+            outer.append(lp)
+    inner = ([reg_i] if reg_i is not None else []) + [vec_i]
+    sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
+    # drop unit outer loops from the parallel nest, keep order
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
+    if (_ext(sch, fused) or 2) > 1:
+        sch.parallel(fused)
+    # epilogue: vectorize its innermost loop
+    eloops = list(sch.get_loops(epi))[1:]
+    if eloops:
+        einner = eloops[-1]
+        e_ext = _ext(sch, einner) or 0
+        if e_ext > 1 and e_ext <= 4 * lanes:
+            sch.vectorize(einner)
+    # reduction init before the first reduction loop
+    rloop = sch.get_loops(block)[1]
+    init = sch.decompose_reduction(block, rloop)
+    iloops = list(sch.get_loops(init))
+    if iloops:
+        sch.vectorize(iloops[-1])
+    # small reduction loops (kernel window) unrolled
+    for lp in list(sch.get_loops(block))[2:-len(inner)][1:]:
+        e = _ext(sch, lp)
+        if e is not None and 1 < e <= 7:
+            sch.unroll(lp)
+    if reg_i is not None:
+        sch.unroll(reg_i)
+    sch.vectorize(vec_i)
+    return "tiled"
+
+
+def _tile_channels(sch, block, lanes: int, threads: int) -> str:
+    """Conv-like contraction vectorized over the output channel axis with repacked weights."""
+    from tvm import tirx
+
+    blk = sch.get(block)
+    store = blk.body
+    if not isinstance(store, tirx.BufferStore) or len(store.indices) < 3:
+        raise ValueError("not a conv")
+    loops, ivs = _block_loops_vars(sch, block)
+    if any(iv is None for iv in ivs):
+        raise ValueError("loops are not a plain grid")
+    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    # channel axis: output dim 1 (NCHW), read by exactly one input (the weight) at its dim 0
+    ch = store.indices[1]
+    ch_iv = next((iv for _, iv in spatial if _coef(ch, iv.var) == 1 and _uses(ch, iv.var)), None)
+    if ch_iv is None:
+        raise ValueError("no channel axis")
+    loads = [ld for ld in _loads(store.value) if not ld.buffer.same_as(store.buffer)]
+    users = [ld for ld in loads if any(_uses(ix, ch_iv.var) for ix in ld.indices)]
+    if len(users) != 1:
+        raise ValueError("channel axis read by several inputs (depthwise)")
+    w = users[0]
+    if not (_coef(w.indices[0], ch_iv.var) == 1 and all(not _uses(ix, ch_iv.var) for ix in w.indices[1:])):
+        raise ValueError("weight not indexed by channel at dim 0")
+    ch_loop = next(lp for lp, iv in spatial if iv.same_as(ch_iv))
+    ch_ext = _ext(sch, ch_loop) or 0
+    vf = next((f for f in (lanes, lanes // 2) if f >= 4 and ch_ext % f == 0), 0)
+    if not vf:
+        raise ValueError(f"{ch_ext} channels do not vectorize")
+    # innermost output axis as the register axis
+    last = store.indices[-1]
+    x_iv = next((iv for _, iv in spatial if _coef(last, iv.var) == 1 and _uses(last, iv.var)), None)
+    widx = [i for i, ld in enumerate(blk.reads) if ld.buffer.same_as(w.buffer)][0]
+    wcache = sch.cache_read(block, widx, "global")
+    ndim = len(w.indices)
+    sch.transform_layout(
+        wcache, ("write", 0),
+        lambda *ax: (ax[0] // vf, *ax[1:], ax[0] % vf) if len(ax) == ndim else ax,
+    )
+    epi = _epilogue_of(sch, block)
+    if epi is None:
+        sch.cache_write(block, 0, "local")
+        epi = sch.get_consumers(block)[0]
+    else:
+        sch.set_scope(block, 0, "local")
+    sch.transform_layout(
+        block, ("write", 0),
+        lambda n, c, *rest: (n, c // vf, *rest, c % vf),
+    )
+    loops, ivs = _block_loops_vars(sch, block)
+    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    ch_loop = next(lp for lp, iv in spatial if iv.same_as(ch_iv))
+    c_o, c_i = sch.split(ch_loop, [None, vf])
+    x_o = x_i = None
+    if x_iv is not None:
+        x_loop = next(lp for lp, iv in spatial if iv.same_as(x_iv))
+        uf = _unroll_factor(_ext(sch, x_loop) or 1, _UNROLL)
+        if uf > 1:
+            x_o, x_i = sch.split(x_loop, [None, uf])
+    outer = []
+    for lp, iv in spatial:
+        if iv.same_as(ch_iv):
+            outer.append(c_o)
+        elif x_iv is not None and iv.same_as(x_iv) and x_o is not None:
+            outer.append(x_o)
+        else:
+            outer.append(lp)
+    inner = ([x_i] if x_i is not None else []) + [c_i]
+    sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
+    if (_ext(sch, fused) or 2) > 1:
+        sch.parallel(fused)
+    rloop = sch.get_loops(block)[1]
+    init = sch.decompose_reduction(block, rloop)
+    iloops = list(sch.get_loops(init))
+    if iloops:
+        sch.vectorize(iloops[-1])
+    for lp in list(sch.get_loops(block))[2:-len(inner)][1:]:
+        e = _ext(sch, lp)
+        if e is not None and 1 < e <= 7:
+            sch.unroll(lp)
+    if x_i is not None:
+        sch.unroll(x_i)
+    sch.vectorize(c_i)
+    # the weight repack runs once per call: parallel copy
+    _schedule_elementwise(sch, wcache, lanes)
+    return "tiled-channels"
+
+
+def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | None = None, name: str = ""):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    _inline_all(sch)
+    used = []
+    heavy = [sch.get(b).name_hint for b in _root_blocks(sch) if _is_reduction(sch.get(b))]
+    for bname in heavy:
+        block = sch.get_sblock(bname)
+        blk = sch.get(block)
+        rules = []
+        if _is_contraction(blk):
+            rules = [_tile_reduction, _tile_channels]
+            # strided conv: channel vectorization first
+            store = blk.body
+            if any(_coef(ix, iv.var) not in (0, 1) for ld in _loads(store.value) for ix in ld.indices[-1:]
+                   for iv in blk.iter_vars):
+                rules = [_tile_channels, _tile_reduction]
+        elif sch.get(block).body is not None:
+            rules = [_tile_reduction]
+        done = False
+        for rule in rules:
+            snapshot = sch.copy()
+            try:
+                used.append(rule(sch, block, lanes, threads))
+                done = True
+                break
+            except Exception as e:  # noqa: BLE001 - the next rule, or the plain one
+                if report is not None and not isinstance(e, ValueError):
+                    report.fallbacks.append(f"{name}/{blk.name_hint}: {rule.__name__}: {_short(e)}")
+                sch = snapshot
+                block = sch.get_sblock(bname)
+        if not done:
+            used.append(_schedule_plain_reduction(sch, block))
+    # whatever is left at the root and still a plain loop nest
+    for block in _root_blocks(sch):
+        blk = sch.get(block)
+        if _is_reduction(blk):
+            continue
+        loops = sch.get_loops(block)
+        if loops and any(sch.get(lp).kind != 0 for lp in loops):
+            continue  # already scheduled (parallel/vectorized)
+        try:
+            used.append(_schedule_elementwise(sch, block, lanes))
+        except Exception as e:  # noqa: BLE001
+            if report is not None:
+                report.fallbacks.append(f"{name}/{blk.name_hint}: elementwise: {_short(e)}")
+    rule = next((u for u in ("tiled", "tiled-channels") if u in used), used[0] if used else "none")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True), rule
+
+
+def _short(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:160]
+
+
+def _simple_func(func, lanes: int):
+    """The fallback: parallel leading spatial loops, vectorized innermost spatial loop when legal."""
+    from tvm import s_tir, tirx
+
+    sch = s_tir.Schedule(func)
+    for block in _root_blocks(sch):
+        try:
+            blk = sch.get(block)
+            if _is_reduction(blk):
+                _schedule_plain_reduction(sch, block)
+            else:
+                _schedule_elementwise(sch, block, lanes)
+        except Exception:  # noqa: BLE001 - leave this block as it is
+            continue
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def schedule_function(func, target: TargetInfo, threads: int = 0, report: CpuScheduleReport | None = None,
+                      name: str = ""):
+    """Schedule one PrimFunc; never raises (falls back to simpler schedules)."""
+    lanes = max(1, int(target.vector_lanes))
+    try:
+        out, rule = _schedule_func(func, lanes, threads, report, name)
+        if report is not None:
+            report.rules[name] = rule
+        return out
+    except Exception as e:  # noqa: BLE001
+        if report is not None:
+            report.fallbacks.append(f"{name}: {_short(e)}")
+    try:
+        out = _simple_func(func, lanes)
+        if report is not None:
+            report.rules[name] = "simple"
+        return out
+    except Exception as e:  # noqa: BLE001
+        if report is not None:
+            report.fallbacks.append(f"{name}: simple: {_short(e)}")
+            report.rules[name] = "unscheduled"
+        return func
+
+
+def schedule_pass(target: TargetInfo, report: CpuScheduleReport | None = None, threads: int = 0):
+    """Module pass scheduling every PrimFunc not yet scheduled (e.g. by a tuning database)."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="HyperinferCpuSchedule")
+    def apply(mod, _ctx):
+        updated = {}
+        for gv, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc) and func.attrs.get("tirx.is_scheduled", 0) != 1:
+                updated[gv] = schedule_function(func, target, threads, report, gv.name_hint)
+        for gv, func in updated.items():
+            mod[gv] = func
+        return mod
+
+    return apply
