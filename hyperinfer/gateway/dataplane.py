@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
 from hyperinfer import __version__, dtypes
-from hyperinfer.errors import InvalidArgument, NotFound
+from hyperinfer.errors import InvalidArgument, NotFound, Unavailable
+from hyperinfer.gateway.verification import ResultRejected, VerifyRequest, WorkerResult
 from hyperinfer.package import Manifest
+from hyperinfer.verify.digest import tensors_digest
+from hyperinfer.verify.receipt import RECEIPT_PARAMETER, Receipt, receipt_to_json
 
 PLATFORM = "hyperinfer-tvm"
-RECEIPT_PARAMETER = "hyperinfer.receipt"
 VERIFY_PARAMETER = "verify"
+VERIFY_ALIAS = "hyperinfer.verify"  # the name gateway.verification's docs use
 VERIFY_MODES = ("auto", "sync", "always")
 
 
@@ -110,8 +114,9 @@ class Registry(Protocol):
 
 
 class Verifier(Protocol):
-    def verify(self, manifest: Manifest, inputs: Mapping[str, np.ndarray], primary: Any, mode: str,
-               client_request_id: str = "") -> Any: ...
+    """gateway.verification.Verifier."""
+
+    def verify(self, req: VerifyRequest) -> Receipt: ...
 
 
 # ---------------------------------------------------------------- checks
@@ -125,12 +130,13 @@ def parse_version(version: str, where: str = "model_version") -> int | None:
 
 
 def parse_verify_mode(parameters: Mapping[str, Any]) -> str:
-    value = parameters.get(VERIFY_PARAMETER)
+    key = VERIFY_PARAMETER if VERIFY_PARAMETER in parameters else VERIFY_ALIAS
+    value = parameters.get(key)
     if value is None:
         return "auto"
     if not isinstance(value, str) or value.strip().lower() not in VERIFY_MODES:
         raise InvalidArgument(
-            f"parameters.{VERIFY_PARAMETER}: {value!r} is not a verification mode; use a string_param, "
+            f"parameters.{key}: {value!r} is not a verification mode; use a string_param, "
             f"one of: {', '.join(VERIFY_MODES)}"
         )
     return value.strip().lower()
@@ -244,20 +250,16 @@ class DataPlane:
     def infer(self, req: InferRequest, deadline: float | None = None) -> InferResponse:
         """``deadline``: time.monotonic() value by which the client stops waiting."""
         if not self._accepting:
-            from hyperinfer.errors import Unavailable
-
             raise Unavailable("the gateway is shutting down")
         manifest = self.manifest(req.model_name, req.model_version, "model_")
         mode = parse_verify_mode(req.parameters)
         inputs = check_inputs(manifest, req.inputs)
         chosen = select_outputs(manifest, req.outputs)
 
-        primary = self.scheduler.run(manifest, inputs, deadline=deadline)
+        primary, receipt = self._run_verified(manifest, inputs, mode, deadline)
         parameters: dict[str, Any] = {}
-        if self.verifier is not None:
-            receipt = self.verifier.verify(manifest, inputs, primary, mode, client_request_id=req.id)
-            if receipt is not None:
-                parameters[RECEIPT_PARAMETER] = receipt if isinstance(receipt, str) else str(receipt)
+        if receipt is not None:
+            parameters[RECEIPT_PARAMETER] = receipt_to_json(receipt)
         return InferResponse(
             model_name=manifest.name,
             model_version=str(manifest.version),
@@ -266,6 +268,56 @@ class DataPlane:
             parameters=parameters,
             typed=wants_typed(req),
         )
+
+    def _run_verified(self, manifest: Manifest, inputs: dict[str, np.ndarray], mode: str,
+                      deadline: float | None) -> tuple[Any, Receipt | None]:
+        """Primary result (scheduler) and its receipt (verifier). A result the verifier rejects
+        (bad attestation, or found at fault in sync/always mode) is never returned: the
+        request runs again on another node, within the scheduler's attempt budget."""
+        digest = tensors_digest(self._input_names(manifest), inputs)
+        tried: list[str] = []
+        last: ResultRejected | None = None
+        for _ in range(self.scheduler.max_attempts):
+            primary = self.scheduler.run(manifest, inputs, deadline=deadline, input_digest=digest, exclude=tried)
+            if self.verifier is None:
+                return primary, None
+            try:
+                receipt = self.verifier.verify(VerifyRequest(
+                    manifest=manifest, inputs=inputs, primary=primary.node, request_id=primary.request_id,
+                    result=WorkerResult(primary.outputs, primary.attestation_bytes, primary.signature),
+                    candidates=_Candidates(self.registry, manifest), mode=mode, input_digest=digest,
+                ))
+            except ResultRejected as e:
+                last = e
+                tried.append(primary.node.node_id)
+                self.registry.report_failure(primary.node.node_id, f"result rejected: {e}")
+                continue
+            return primary, receipt
+        raise Unavailable(f"model {manifest.name} version {manifest.version}: results of {len(tried)} node(s) "
+                          f"were rejected by verification; last: {last}")
+
+    @staticmethod
+    def _input_names(manifest: Manifest) -> list[str]:
+        return [s.name for s in manifest.inputs]
+
+
+class _Candidates(Sequence):
+    """Validator candidates, read from the registry only if the request is sampled
+    (most are not: no registry read on their hot path)."""
+
+    def __init__(self, registry: Registry, manifest: Manifest):
+        self._registry, self._manifest, self._nodes = registry, manifest, None
+
+    def _load(self) -> list[Any]:
+        if self._nodes is None:
+            self._nodes = self._registry.schedulable_nodes(self._manifest.name, self._manifest.version)
+        return self._nodes
+
+    def __getitem__(self, i):
+        return self._load()[i]
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
 def deadline_from(time_remaining: float | None) -> float | None:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from hyperinfer.errors import Code, HyperinferError, InvalidArgument, Unavailable
+from hyperinfer.errors import Code, HyperinferError, InvalidArgument, ResourceExhausted, Unavailable
 from hyperinfer.package import Manifest
 from hyperinfer.verify.attestation import Attestation, AttestationError, verify_attestation
 from hyperinfer.verify.digest import tensors_digest
@@ -139,6 +139,7 @@ class Scheduler:
         self._check = check
         self._known_nodes = known_nodes
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._inflight: dict[str, int] = {}
 
     # -------------------------------------------------------------- choice
@@ -147,23 +148,48 @@ class Scheduler:
         with self._lock:
             return self._inflight.get(node_id, 0)
 
-    def _pick(self, candidates: Sequence[Any]) -> Any:
+    def _pick(self, candidates: Sequence[Any]) -> Any | None:
         """Least in-flight (counted here, so it is current, unlike heartbeats); ties at random.
-        Called with the lock held; reserves a slot on the chosen node."""
-        counts = [self._inflight.get(n.node_id, 0) for n in candidates]
-        low = min(counts)
-        best = [n for n, c in zip(candidates, counts) if c == low]
+        Nodes at their declared capacity are skipped (they would refuse with RESOURCE_EXHAUSTED).
+        Called with the lock held; reserves a slot on the chosen node, or returns None."""
+        best: list[Any] = []
+        low = None
+        for n in candidates:
+            c = self._inflight.get(n.node_id, 0)
+            cap = getattr(n, "capacity", 0) or 0
+            if cap and c >= cap:
+                continue
+            if low is None or c < low:
+                low, best = c, [n]
+            elif c == low:
+                best.append(n)
+        if not best:
+            return None
         node = best[0] if len(best) == 1 else self._rng.choice(best)
         self._inflight[node.node_id] = low + 1
         return node
 
+    def _acquire(self, candidates: Sequence[Any], until: float) -> Any | None:
+        """A node with a free slot, waiting (bounded) while every candidate is at capacity:
+        a short queue at the gateway beats an error when the pool is momentarily full."""
+        with self._cond:
+            while True:
+                node = self._pick(candidates)
+                if node is not None:
+                    return node
+                left = until - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(min(left, 0.5))
+
     def _release(self, node_id: str) -> None:
-        with self._lock:
+        with self._cond:
             left = self._inflight.get(node_id, 0) - 1
             if left > 0:
                 self._inflight[node_id] = left
             else:
                 self._inflight.pop(node_id, None)
+            self._cond.notify_all()  # waiters may want different nodes
 
     def _no_node(self, manifest: Manifest, healthy: int) -> Unavailable:
         known = self._known_nodes() if self._known_nodes is not None else healthy
@@ -206,8 +232,18 @@ class Scheduler:
                     raise HyperinferError(
                         f"deadline exceeded after {attempts} attempt(s) for model {name} version {version}"
                         + (f"; last error: {last}" if last else ""), Code.DEADLINE_EXCEEDED)
-            with self._lock:
-                node = self._pick(nodes)
+            node = self._acquire(nodes, time.monotonic() + timeout)
+            if node is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise HyperinferError(
+                        f"deadline exceeded waiting for a free node for model {name} version {version} "
+                        f"({len(nodes)} nodes, all at capacity)", Code.DEADLINE_EXCEEDED)
+                raise ResourceExhausted(
+                    f"all {len(nodes)} nodes serving model {name} version {version} are at capacity; "
+                    "retry later"
+                )
+            if deadline is not None:  # time spent waiting for a slot counts against the call
+                timeout = max(min(self.call_timeout, deadline - time.monotonic()), 0.001)
             attempts += 1
             tried.add(node.node_id)
             request_id = uuid.uuid4().hex  # never the client's id: nodes must not link retries or checks

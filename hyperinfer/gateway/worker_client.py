@@ -10,26 +10,19 @@ decide what to retry without knowing about gRPC.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import grpc
 import numpy as np
 
 from hyperinfer.errors import Code, HyperinferError
+from hyperinfer.gateway.verification import WorkerResult
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
 from hyperinfer.transport import tensors
 from hyperinfer.transport.errors import error_from_rpc
 from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES, channel
 
 DEFAULT_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class WorkerResult:
-    outputs: dict[str, np.ndarray]
-    attestation_bytes: bytes
-    signature: bytes
 
 
 class GrpcWorkerClient:
@@ -85,3 +78,25 @@ class GrpcWorkerClient:
             # malformed tensors from a node are the node's fault, not the client's
             raise HyperinferError(f"node {node.node_id} returned a malformed output: {e}", Code.DATA_LOSS) from None
         return WorkerResult(outputs, bytes(response.attestation), bytes(response.signature))
+
+
+class LocalWorkerClient:
+    """WorkerClient that calls node data planes in this process (tests, one-process pools).
+
+    ``dataplanes``: node id -> object with ``infer(request_id, model_name, model_version, inputs)``
+    returning (outputs, attestation, signature), e.g. :class:`hyperinfer.node.dataplane.DataPlane`.
+    """
+
+    def __init__(self, dataplanes: Mapping[str, Any]):
+        self.dataplanes = dict(dataplanes)
+
+    def infer(self, node: Any, request_id: str, model_name: str, model_version: int,
+              inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> WorkerResult:
+        dp = self.dataplanes.get(node.node_id)
+        if dp is None:
+            raise HyperinferError(f"node {node.node_id} is not reachable", Code.UNAVAILABLE)
+        outputs, attestation, signature = dp.infer(request_id, model_name, int(model_version), inputs)
+        return WorkerResult(dict(outputs), attestation, signature)
+
+    def close(self) -> None:
+        pass

@@ -38,6 +38,7 @@ class Node:
     node_id: str = ""
     public_key: bytes = b""
     loaded: dict = field(default_factory=lambda: {("m", 2): ("cpu-x86_64", SHA)})
+    capacity: int = 0
 
     def __post_init__(self):
         self.node_id = key_id(self.key)
@@ -253,3 +254,38 @@ def test_check_result_rejects_wrong_input_digest():
     check_result(MANIFEST, node, "rid", tensors_digest(["x"], X), r)
     with pytest.raises(HyperinferError, match="input_digest"):
         check_result(MANIFEST, node, "rid", "00" * 32, r)
+
+
+def test_capacity_is_respected_and_waits_are_bounded():
+    nodes = make_nodes(1)
+    nodes[0].capacity = 1
+    client = FakeClient()
+    client.gate = threading.Event()
+    s = Scheduler(FakeRegistry(nodes), client, call_timeout=0.3)
+    t = threading.Thread(target=s.run, args=(MANIFEST, X))
+    t.start()
+    deadline = time.monotonic() + 5
+    while not client.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    with pytest.raises(ResourceExhausted, match="at capacity"):
+        s.run(MANIFEST, X)  # the only node is full: wait up to call_timeout, then give up
+    assert 0.25 < time.monotonic() - t0 < 2
+    client.gate.set()
+    t.join(5)
+
+
+def test_waiter_gets_the_slot_when_it_frees():
+    nodes = make_nodes(1)
+    nodes[0].capacity = 1
+    client = FakeClient()
+    client.gate = threading.Event()
+    s = Scheduler(FakeRegistry(nodes), client, call_timeout=5)
+    first = threading.Thread(target=s.run, args=(MANIFEST, X))
+    first.start()
+    while not client.calls:
+        time.sleep(0.01)
+    threading.Timer(0.2, client.gate.set).start()
+    r = s.run(MANIFEST, X)  # queued behind the first, then runs
+    assert r.node is nodes[0] and len(client.calls) == 2
+    first.join(5)

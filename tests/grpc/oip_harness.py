@@ -1,0 +1,119 @@
+"""A gateway with two in-process nodes, run as a child process by tests/grpc/test_oip*.py.
+
+Why a child process: tritonclient registers its own copy of the protocol's
+``inference.*`` protobuf messages in the default descriptor pool, and so does
+``hyperinfer.proto.inference``; the two cannot be imported into one process.
+So the test process holds the client (tritonclient) and this process the
+server. Only stdlib imports at module level: the test process imports
+:func:`make_package` from here.
+
+The nodes run ONNX Runtime through a runner factory instead of a TVM artifact,
+so no compile step is needed; tests/e2e runs compiled artifacts.
+
+Protocol: prints ``READY <address> <gateway public key hex>`` once serving,
+then serves until stdin closes or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+TARGET = "cpu-x86_64"
+
+
+def make_package(repo: Path, name: str, version: int = 1, atol: float = 1e-5) -> Path:
+    """A package of a zoo model whose artifact is a placeholder file (the nodes here run ORT)."""
+    import numpy as np
+    import onnx
+
+    from hyperinfer import dtypes, zoo
+    from hyperinfer.package import ArtifactInfo, Manifest, OutputSpec, TensorSpec, Tolerance
+    from hyperinfer.runtime import ORTRunner
+
+    src, shapes = zoo.build_small(name, Path(repo).parent / "onnx")
+    model = onnx.load(str(src))
+    inputs = []
+    for vi in model.graph.input:
+        dims = tuple(shapes.get(vi.name) or (d.dim_value for d in vi.type.tensor_type.shape.dim))
+        inputs.append(TensorSpec(vi.name, dtypes.from_onnx(vi.type.tensor_type.elem_type).name, dims))
+    runner = ORTRunner(src, inputs)
+    rng = np.random.default_rng(0)
+    sample = runner.run({t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in inputs})
+    outputs = [OutputSpec(n, a.dtype.name, a.shape, tolerance=Tolerance(atol, atol)) for n, a in sample.items()]
+    pdir = Path(repo) / name / str(version)
+    (pdir / "artifacts").mkdir(parents=True, exist_ok=True)
+    data = src.read_bytes()
+    (pdir / "model.onnx").write_bytes(data)
+    art = f"placeholder artifact for {name}/{version}".encode()
+    (pdir / "artifacts" / f"{TARGET}.so").write_bytes(art)
+    m = Manifest(
+        name=name, version=version, source_sha256=hashlib.sha256(data).hexdigest(),
+        model_sha256=hashlib.sha256(data).hexdigest(), inputs=inputs, outputs=outputs, tvm_version="none",
+        artifacts={TARGET: ArtifactInfo(TARGET, {"kind": "llvm"}, f"artifacts/{TARGET}.so",
+                                        hashlib.sha256(art).hexdigest(), len(art))},
+    )
+    (pdir / "manifest.json").write_bytes(m.dumps())
+    return pdir
+
+
+def ort_factory(repo: Path):
+    from hyperinfer.runtime import ORTRunner
+
+    def make(path, manifest, target_id):
+        pdir = Path(repo) / manifest.name / str(manifest.version)
+        return ORTRunner(pdir / "model.onnx", manifest.inputs, [o.name for o in manifest.outputs], threads=1)
+
+    return make
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repo", required=True, type=Path)
+    p.add_argument("--tmp", required=True, type=Path)
+    p.add_argument("--max-message", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--sample-rate", type=float, default=0.0)
+    p.add_argument("--nodes", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import logging
+    import signal
+    import threading
+
+    from hyperinfer.gateway.app import Gateway
+    from hyperinfer.gateway.config import GatewayConfig
+    from hyperinfer.gateway.oip_servicer import install
+    from hyperinfer.node.app import Node, NodeConfig
+    from hyperinfer.node.devices import Device, Hardware
+    from hyperinfer.verify.sampling import SamplingPolicy
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    cfg = GatewayConfig(repository=args.repo, listen="127.0.0.1:0", db=":memory:", key=args.tmp / "gateway.key",
+                        heartbeat_interval=0.2, max_message_bytes=args.max_message, max_workers=8)
+    gw = Gateway(cfg)
+    # probation off: the sample rate alone decides, so tests know which requests are checked
+    install(gw, policy=SamplingPolicy(default_rate=args.sample_rate, probation_rate=args.sample_rate))
+    gw.start()
+    nodes = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        for i in range(args.nodes):
+            nc = NodeConfig(gateway=gw.address, key_path=args.tmp / f"node{i}.key", operator=f"operator{i}",
+                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=True, max_concurrency=4, grace_s=1)
+            hw = Hardware([Device("cpu", "test cpu", "x86_64", 1)], [TARGET])
+            nodes.append(Node(nc, runner_factory=ort_factory(args.repo), hardware=hw).start())
+        print(f"READY {gw.address} {gw.public_key.hex()}", flush=True)
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+        stop.wait()
+    finally:
+        for n in nodes:
+            n.stop()
+        gw.stop(grace=0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
