@@ -275,7 +275,7 @@ def self_test(package: pkg.ModelPackage, threads: int | None = None,
         msgs = []
         for i, (x, y) in enumerate(zip(inputs, outputs)):
             res = within_tolerance(runner.run(x), y, m.outputs)
-            if not res.ok:
+            if not res.agree:
                 msgs.append(f"{tid}: sample {i}: {res.reason}")
         problems += msgs
         say(tid, not msgs, msgs[0] if msgs else f"{len(inputs)} reference samples within tolerance")

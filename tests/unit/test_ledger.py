@@ -1,0 +1,100 @@
+import threading
+
+import pytest
+
+from hyperinfer.errors import InvalidArgument, NotFound
+from hyperinfer.gateway.ledger import SUMMARY_KEYS, Ledger, LedgerConfig, SQLiteTransactions
+
+
+def ledger(tmp_path=None, **cfg):
+    quarantined = []
+    store = SQLiteTransactions(str(tmp_path / "l.db") if tmp_path else ":memory:")
+    return Ledger(store, LedgerConfig(**cfg), on_quarantine=quarantined.append), quarantined
+
+
+def test_fresh_node_defaults():
+    lg, _ = ledger(initial_stake=50.0, probation_jobs=3)
+    s = lg.summary("nobody")
+    assert tuple(s) == SUMMARY_KEYS
+    assert s == dict(jobs=0, checks=0, faults=0, credits=0.0, stake=50.0, slashed=0.0, reputation=0.5,
+                     probation=True)
+
+
+def test_jobs_credits_checks_reputation_probation():
+    lg, _ = ledger(reward_per_job=2.0, probation_jobs=2)
+    for i in range(3):
+        lg.record_job("a", f"r{i}", b"att", b"sig")
+    lg.record_check(["a", "b"], agreed=True)
+    lg.record_check(["a"], agreed=False)
+    s = lg.summary("a")
+    assert (s["jobs"], s["credits"], s["checks"], s["probation"]) == (3, 6.0, 2, False)
+    assert s["reputation"] == pytest.approx((1 + 1) / (2 + 2))
+    assert lg.summary("b")["checks"] == 1
+    assert lg.attestation_count("a") == 3
+
+
+def test_faults_slash_capped_and_quarantine_once():
+    lg, q = ledger(initial_stake=25.0, slash_per_fault=10.0, quarantine_after=3)
+    for i in range(4):
+        lg.record_fault("x", f"bad {i}", f"r{i}")
+    d = lg.details("x")
+    assert d["faults"] == 4 and d["slashed"] == 25.0 and d["stake"] == 0.0 and d["quarantined"]
+    assert q == ["x"]
+    assert [f["slashed"] for f in lg.faults("x")] == [10.0, 10.0, 5.0, 0.0]
+
+
+def test_quarantine_disabled_and_callback_errors_contained():
+    lg, q = ledger(quarantine_after=0)
+    for _ in range(5):
+        lg.record_fault("x", "bad")
+    assert q == [] and not lg.details("x")["quarantined"]
+
+    def boom(node_id):
+        raise RuntimeError("registry down")
+
+    lg2 = Ledger(SQLiteTransactions(":memory:"), LedgerConfig(quarantine_after=1), on_quarantine=boom)
+    assert lg2.record_fault("y", "bad")  # still recorded
+    assert lg2.details("y")["quarantined"]
+
+
+@pytest.mark.parametrize("kw, field", [({"initial_stake": -1}, "initial_stake"),
+                                       ({"quarantine_after": 1.5}, "quarantine_after"),
+                                       ({"reputation_prior": (3, 2)}, "reputation_prior")])
+def test_config_validated(kw, field):
+    with pytest.raises(InvalidArgument, match=field):
+        LedgerConfig(**kw)
+
+
+def test_evidence_not_found_names_id():
+    lg, _ = ledger()
+    with pytest.raises(NotFound, match="nope"):
+        lg.evidence("nope")
+    assert lg.receipt("nope") is None
+
+
+def test_concurrent_updates_are_atomic(tmp_path):
+    lg, _ = ledger(tmp_path)
+
+    def work(k):
+        for i in range(50):
+            lg.record_job("n", f"{k}-{i}", b"a", b"s")
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert lg.summary("n")["jobs"] == 200
+
+
+def test_works_on_the_gateway_store(tmp_path):
+    store_mod = pytest.importorskip("hyperinfer.gateway.store")
+    store = store_mod.open_store(tmp_path / "gw.db")
+    try:
+        lg = Ledger(store)
+        lg.record_job("n", "r", b"a", b"s")
+        assert lg.summary("n")["jobs"] == 1
+        Ledger(store)  # migrating again is a no-op
+        assert Ledger(store).summary("n")["jobs"] == 1
+    finally:
+        store.close()
