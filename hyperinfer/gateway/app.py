@@ -131,10 +131,10 @@ class Gateway:
         self.store.close()
 
 
-def install_extensions(gateway: Gateway, names: tuple[str, ...] = EXTENSIONS) -> list[str]:
-    """Attach each ``module:function`` that exists; return the ones attached."""
+def install_extensions(gateway: Gateway, names: tuple[str, ...] | None = None) -> list[str]:
+    """Attach each ``module:function`` that exists (default :data:`EXTENSIONS`); return the ones attached."""
     attached = []
-    for spec in names:
+    for spec in EXTENSIONS if names is None else names:
         module_name, _, fn_name = spec.partition(":")
         try:
             module = importlib.import_module(module_name)

@@ -169,10 +169,11 @@ class Catalog:
 
     def artifact_sha256(self, name: str, version: int, target_id: str) -> str | None:
         """The manifest's digest for a target, or None if the model/version/target is not offered."""
-        try:
-            return self.artifact(name, version, target_id).sha256
-        except NotFound:
-            return None
+        # on the scheduling path (per node, per request): plain lookups, no error building
+        self.refresh()
+        offer = self._offers.get((name, int(version)))
+        info = offer.manifest.artifacts.get(target_id) if offer is not None else None
+        return info.sha256 if info is not None else None
 
     # ------------------------------------------------------------- artifacts
 

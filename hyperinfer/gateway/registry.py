@@ -29,7 +29,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from hyperinfer.errors import (
@@ -194,6 +194,9 @@ class Registry:
         self._lock = threading.RLock()
         self._failed: set[str] = set()
         self._listeners: list[Callable[[str, str, str], None]] = []
+        # write-through cache of the nodes table: the scheduler reads it on every request.
+        # Valid while this registry is the only writer (one gateway per store).
+        self._records: dict[str, NodeRecord] = {}
         self._restart_marks_stale()
 
     @property
@@ -208,6 +211,8 @@ class Registry:
         for rec in self.store.list_nodes():
             if rec.state == HEALTHY:
                 self.store.set_node_state(rec.node_id, STALE)
+                rec = replace(rec, state=STALE)
+            self._records[rec.node_id] = rec
 
     def on_state_change(self, listener: Callable[[str, str, str], None]) -> None:
         """Call ``listener(node_id, old_state, new_state)`` after each state change."""
@@ -278,7 +283,7 @@ class Registry:
 
         with self._lock:
             now_ms = self._now_ms()
-            old = self.store.get_node(node_id)
+            old = self._records.get(node_id)
             # quarantine is a verdict of the ledger: re-joining does not lift it
             state = QUARANTINED if old is not None and old.state == QUARANTINED else HEALTHY
             rec = NodeRecord(
@@ -289,6 +294,7 @@ class Registry:
                 outstanding=0, loaded=(), software_version=software_version,
             )
             self.store.put_node(rec)
+            self._records[node_id] = rec
             self._failed.discard(node_id)
         log.info("node %s joined: operator=%s address=%s targets=%s capacity=%d%s",
                  short(node_id), operator, address, ",".join(targets), req.max_concurrency,
@@ -299,7 +305,7 @@ class Registry:
     # ------------------------------------------------------------- heartbeat
 
     def _known(self, node_id: str) -> NodeRecord:
-        rec = self.store.get_node(node_id) if node_id else None
+        rec = self._records.get(node_id)
         if rec is None:
             raise NotFound(f"unknown node {node_id!r}; join first")
         if rec.state == LEFT:
@@ -338,17 +344,18 @@ class Registry:
             rec = self._known(hb.node_id)  # re-read under the lock: ordering against other heartbeats
             self._check_timestamp(rec, hb.timestamp_ms, "heartbeat")
             state = QUARANTINED if rec.state == QUARANTINED else HEALTHY
+            new = replace(rec, last_heartbeat_ms=self._now_ms(), heartbeat_ts_ms=hb.timestamp_ms,
+                          outstanding=hb.outstanding, capacity=hb.capacity, loaded=loaded, state=state)
             self.store.update_heartbeat(
-                hb.node_id, last_heartbeat_ms=self._now_ms(), heartbeat_ts_ms=hb.timestamp_ms,
-                outstanding=hb.outstanding, capacity=hb.capacity, loaded=loaded, state=state,
+                hb.node_id, last_heartbeat_ms=new.last_heartbeat_ms, heartbeat_ts_ms=new.heartbeat_ts_ms,
+                outstanding=new.outstanding, capacity=new.capacity, loaded=loaded, state=state,
             )
+            self._records[hb.node_id] = new
             was_failed = hb.node_id in self._failed
             self._failed.discard(hb.node_id)
-            new = self.store.get_node(hb.node_id)
         self._changed(hb.node_id, rec.state, state, "heartbeat")
         if was_failed:
             log.info("node %s: failure cleared by heartbeat", short(hb.node_id))
-        assert new is not None
         return self._info(new)
 
     def leave(self, node_id: str, timestamp_ms: int, signature: bytes) -> None:
@@ -362,6 +369,7 @@ class Registry:
             # a quarantined node that leaves stays quarantined (it is not schedulable either way)
             state = QUARANTINED if rec.state == QUARANTINED else LEFT
             self.store.set_node_state(node_id, state, heartbeat_ts_ms=timestamp_ms)
+            self._records[node_id] = replace(rec, state=state, heartbeat_ts_ms=timestamp_ms)
             self._failed.discard(node_id)
         log.info("node %s left", short(node_id))
         self._changed(node_id, rec.state, state, "leave")
@@ -373,10 +381,11 @@ class Registry:
         if state not in STATES:
             raise InvalidArgument(f"state: unknown state {state!r} (one of {', '.join(STATES)})")
         with self._lock:
-            rec = self.store.get_node(node_id)
+            rec = self._records.get(node_id)
             if rec is None:
                 raise NotFound(f"unknown node {node_id!r}")
             self.store.set_node_state(node_id, state)
+            self._records[node_id] = replace(rec, state=state)
         self._changed(node_id, rec.state, state, reason)
 
     def report_failure(self, node_id: str, reason: str = "call failed") -> None:
@@ -392,9 +401,10 @@ class Registry:
         limit_ms = self._now_ms() - int(self.stale_after * 1000)
         expired = []
         with self._lock:
-            for rec in self.store.list_nodes():
+            for rec in list(self._records.values()):
                 if rec.state == HEALTHY and rec.last_heartbeat_ms < limit_ms:
                     self.store.set_node_state(rec.node_id, STALE)
+                    self._records[rec.node_id] = replace(rec, state=STALE)
                     expired.append(rec)
         for rec in expired:
             age = (self._now_ms() - rec.last_heartbeat_ms) / 1000
@@ -417,13 +427,15 @@ class Registry:
         )
 
     def get(self, node_id: str) -> NodeInfo:
-        rec = self.store.get_node(node_id)
+        rec = self._records.get(node_id)
         if rec is None:
             raise NotFound(f"unknown node {node_id!r}")
         return self._info(rec)
 
     def all_nodes(self) -> list[NodeInfo]:
-        return [self._info(r) for r in self.store.list_nodes()]
+        with self._lock:
+            records = sorted(self._records.values(), key=lambda r: r.node_id)
+        return [self._info(r) for r in records]
 
     def serves(self, node: NodeInfo, model_name: str, model_version: int) -> bool:
         """The node reported this model loaded with the digest the manifest lists for its target."""
