@@ -12,14 +12,18 @@ from hyperinfer.node.devices import DEVICE_CHOICES
 
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
     from hyperinfer.cli._console import err
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)]
-                        if err.is_terminal else None)
-    logging.getLogger("hyperinfer.grpc").setLevel(logging.WARNING if not verbose else logging.DEBUG)
+    level = logging.DEBUG if verbose else logging.INFO
+    if err.is_terminal:
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=level, format="%(message)s",
+                            handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)])
+    else:  # a log file or a supervisor: one plain line per event
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # per-request status lines are noise at INFO
+        logging.getLogger("hyperinfer.grpc").setLevel(logging.WARNING)
 
 
 def node(
@@ -46,7 +50,7 @@ def node(
     def loaded(m) -> None:
         signed = f"signed by {m.publisher_id}" if m.publisher_id else "UNSIGNED"
         out.print(f"loaded model {m.manifest.name}/{m.manifest.version} target={m.target_id} "
-                  f"artifact={m.artifact_sha256[:16]} ({signed})")
+                  f"artifact={m.artifact_sha256[:16]} ({signed})", soft_wrap=True)
 
     n = Node(NodeConfig(
         gateway=gateway, listen=listen, advertise=advertise, key_path=key or default_key_path(),
@@ -54,10 +58,10 @@ def node(
         trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned, grace_s=grace,
     ), on_loaded=loaded)
     if n.key_created:
-        out.print(f"created node key {n.config.key_path}")
+        out.print(f"created node key {n.config.key_path}", soft_wrap=True)
     n.start()
     out.print(f"node {n.node_id} listening on {n.address} targets={','.join(n.hardware.targets)} "
-              f"gateway={gateway}")
+              f"gateway={gateway}", soft_wrap=True)
     n.run_until_signal()
     out.print("node stopped")
 
