@@ -114,7 +114,8 @@ class ArtifactCache:
         cached = self.lookup(sha256, size)
         if cached is not None:
             return cached
-        self.root.mkdir(parents=True, exist_ok=True)
+        # private: whoever can write here can swap a verified artifact before it is loaded
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         label = label or sha256[:12]
         last: HyperinferError | None = None
         for attempt in range(self.retries + 1):
