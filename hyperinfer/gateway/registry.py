@@ -90,6 +90,9 @@ class NodeInfo:
     def schedulable(self) -> bool:
         return self.state == HEALTHY and not self.failed
 
+    def __hash__(self) -> int:  # `loaded` is a dict; hash by identity of the node
+        return hash(self.node_id)
+
 
 @dataclass(frozen=True)
 class Challenge:

@@ -280,3 +280,22 @@ def test_restart_keeps_nodes_stale_until_heartbeat(tmp_path, clock):
     reg.heartbeat(hb(key, clock))
     assert reg.get(node.node_id).state == "healthy"
     s.close()
+
+
+def test_open_challenges_are_bounded(reg, clock, monkeypatch):
+    from hyperinfer.errors import ResourceExhausted
+    from hyperinfer.gateway import registry as registry_mod
+
+    monkeypatch.setattr(registry_mod, "MAX_OPEN_CHALLENGES", 3)
+    pub = public_bytes(Ed25519PrivateKey.generate())
+    for _ in range(3):
+        reg.challenge(pub)
+    with pytest.raises(ResourceExhausted, match="too many open join challenges"):
+        reg.challenge(pub)
+    clock.t += 61  # expired ones are purged on the next request
+    reg.challenge(pub)
+
+
+def test_node_info_is_hashable(reg):
+    node = reg.join(join_req(reg, Ed25519PrivateKey.generate()))
+    assert len({node, reg.get(node.node_id)}) == 1
