@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from hyperinfer.errors import InvalidArgument, NotFound
+from hyperinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from hyperinfer.verify.dispute import Dispute
 from hyperinfer.verify.receipt import Receipt, receipt_from_json, receipt_to_json
 
@@ -327,26 +327,11 @@ class Ledger:
 
     def evidence(self, dispute_id: str) -> Dispute:
         with self.store.transaction() as c:
-            row = c.execute("SELECT data FROM evidence WHERE dispute_id = ?", (dispute_id,)).fetchone()
-            if row is None:
-                # allow a unique prefix, as printed in short form
-                rows = c.execute("SELECT data FROM evidence WHERE dispute_id LIKE ?",
-                                 (dispute_id.replace("%", "").replace("_", "") + "%",)).fetchall() if dispute_id else []
-                if len(rows) > 1:
-                    raise InvalidArgument(f"dispute id prefix {dispute_id!r} is ambiguous ({len(rows)} matches)")
-                row = rows[0] if rows else None
-        if row is None:
-            raise NotFound(f"no evidence with dispute id {dispute_id!r}")
-        return Dispute.from_json(row[0])
+            return _evidence(c, dispute_id)
 
     def list_evidence(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.store.transaction() as c:
-            rows = c.execute("SELECT dispute_id, created, model_name, model_version, primary_node, validator_node, "
-                             "faults, resolved, reason FROM evidence ORDER BY created DESC LIMIT ?",
-                             (int(limit),)).fetchall()
-        return [dict(dispute_id=r[0], created_ms=int(r[1]), model_name=r[2], model_version=int(r[3]),
-                     primary_node=r[4], validator_node=r[5], faults=json.loads(r[6]), resolved=bool(r[7]),
-                     reason=r[8]) for r in rows]
+            return _list_evidence(c, limit)
 
     def faults(self, node_id: str) -> list[dict[str, Any]]:
         with self.store.transaction() as c:
@@ -360,3 +345,83 @@ class Ledger:
             if node_id is None:
                 return int(c.execute("SELECT COUNT(*) FROM attestations").fetchone()[0])
             return int(c.execute("SELECT COUNT(*) FROM attestations WHERE node_id = ?", (node_id,)).fetchone()[0])
+
+
+def _evidence(c: sqlite3.Connection, dispute_id: str) -> Dispute:
+    row = c.execute("SELECT data FROM evidence WHERE dispute_id = ?", (dispute_id,)).fetchone()
+    if row is None and dispute_id:
+        # a unique prefix is enough, as ids are printed short
+        prefix = dispute_id.replace("%", "").replace("_", "")
+        rows = c.execute("SELECT data FROM evidence WHERE dispute_id LIKE ?", (prefix + "%",)).fetchall()
+        if len(rows) > 1:
+            raise InvalidArgument(f"dispute id prefix {dispute_id!r} is ambiguous ({len(rows)} matches)")
+        row = rows[0] if rows else None
+    if row is None:
+        raise NotFound(f"no evidence with dispute id {dispute_id!r}")
+    return Dispute.from_json(row[0])
+
+
+def _list_evidence(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    rows = c.execute("SELECT dispute_id, created, model_name, model_version, primary_node, validator_node, "
+                     "faults, resolved, reason FROM evidence ORDER BY created DESC LIMIT ?", (int(limit),)).fetchall()
+    return [dict(dispute_id=r[0], created_ms=int(r[1]), model_name=r[2], model_version=int(r[3]),
+                 primary_node=r[4], validator_node=r[5], faults=json.loads(r[6]), resolved=bool(r[7]),
+                 reason=r[8]) for r in rows]
+
+
+class LedgerReader:
+    """Read-only access to a gateway database file (the audit commands; safe while the gateway runs)."""
+
+    def __init__(self, path: str | Any):
+        from pathlib import Path
+
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise NotFound(f"gateway database {p} not found (pass --db)")
+        try:
+            self._conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+            self._conn.execute("SELECT 1 FROM evidence LIMIT 1")
+        except sqlite3.DatabaseError as e:
+            raise FailedPrecondition(f"{p} is not a gateway database with a ledger: {e}") from None
+
+    def evidence(self, dispute_id: str) -> Dispute:
+        return _evidence(self._conn, dispute_id)
+
+    def list_evidence(self, limit: int = 50) -> list[dict[str, Any]]:
+        return _list_evidence(self._conn, limit)
+
+    def receipt(self, request_id: str) -> Receipt | None:
+        row = self._conn.execute("SELECT receipt FROM receipts WHERE request_id = ?", (request_id,)).fetchone()
+        return receipt_from_json(row[0]) if row else None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def config_from(obj: Any) -> LedgerConfig:
+    """A LedgerConfig from any settings object, using the fields it has (same names)."""
+    defaults = LedgerConfig()
+    kw = {}
+    for name in ("reward_per_job", "initial_stake", "slash_per_fault", "quarantine_after", "probation_jobs"):
+        value = getattr(obj, name, None)
+        if value is not None:
+            kw[name] = type(getattr(defaults, name))(value)
+    return LedgerConfig(**kw)
+
+
+def install(gateway: Any) -> Ledger:
+    """Gateway component (see gateway.app.EXTENSIONS): the ledger on the gateway's store,
+    quarantining through the registry, reported by Pool.Status."""
+
+    def quarantine(node_id: str) -> None:
+        gateway.registry.set_state(node_id, "quarantined", reason="ledger: repeated verification faults")
+
+    ledger = Ledger(gateway.store, config_from(gateway.config), on_quarantine=quarantine)
+    gateway.ledger = ledger
+    c = ledger.config
+    log.info("ledger: reward %g per job, stake %g, slash %g per fault, quarantine after %s faults, "
+             "probation %s jobs; cheating is unprofitable when the sample rate p > C / %g "
+             "(C: compute cost saved per job; see `hyperinfer economics`)",
+             c.reward_per_job, c.initial_stake, c.slash_per_fault, c.quarantine_after or "never",
+             c.probation_jobs or "no", c.reward_per_job + c.slash_per_fault)
+    return ledger

@@ -98,3 +98,19 @@ def test_works_on_the_gateway_store(tmp_path):
         assert Ledger(store).summary("n")["jobs"] == 1
     finally:
         store.close()
+
+
+def test_install_wires_quarantine_to_registry_and_reads_config():
+    from types import SimpleNamespace
+
+    from hyperinfer.gateway.ledger import install
+
+    calls = []
+    gw = SimpleNamespace(store=SQLiteTransactions(":memory:"), ledger=None,
+                         config=SimpleNamespace(quarantine_after=2, reward_per_job=3),
+                         registry=SimpleNamespace(set_state=lambda *a, **k: calls.append((a, k))))
+    lg = install(gw)
+    assert gw.ledger is lg and lg.config.quarantine_after == 2 and lg.config.reward_per_job == 3.0
+    lg.record_fault("n", "bad")
+    lg.record_fault("n", "bad")
+    assert calls and calls[0][0] == ("n", "quarantined")

@@ -1,0 +1,49 @@
+"""``hyperinfer economics``: is the sample rate high enough that cheating does not pay?"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from hyperinfer.errors import InvalidArgument
+
+
+def economics_cmd(
+    reward: float = typer.Option(..., "--reward", help="R: reward per job"),
+    stake: float = typer.Option(..., "--stake", help="S: stake slashed per fault"),
+    cost: float = typer.Option(..., "--cost", help="C: compute cost a node saves by not computing a job"),
+    sample_rate: Optional[float] = typer.Option(None, "--sample-rate", help="P: the sample rate to judge (offline)"),
+    gateway: Optional[str] = typer.Option(None, "--gateway", help="HOST:PORT: judge each model's configured "
+                                          "sample rate, read via Pool.Status"),
+) -> None:
+    """Print the bound C / (R + S) and whether the sample rate is above it (safe) or not (unsafe)."""
+    from hyperinfer.cli._console import out
+    from hyperinfer.verify.economics import assess, min_sample_rate
+
+    if sample_rate is not None and gateway:
+        raise InvalidArgument("pass either --sample-rate or --gateway, not both")
+    bound = min_sample_rate(reward, stake, cost)
+    out.print(f"bound: cheating is unprofitable when p > C / (R + S) = {cost:g} / ({reward:g} + {stake:g}) "
+              f"= {bound:.6g}", soft_wrap=True)
+    rates: list[tuple[str, float]] = []
+    if sample_rate is not None:
+        rates.append(("verdict", sample_rate))
+    elif gateway:
+        from hyperinfer.cli.pool_cmd import fetch_status
+
+        status = fetch_status(gateway)
+        rates = [(f"model {m['name']}/{m['version']}", m["sample_rate"]) for m in status["models"]]
+        if not rates:
+            out.print(f"gateway {gateway} offers no models")
+    else:
+        out.print(f"pick a sample rate above {bound:.6g}" if bound < 1 else
+                  "no sample rate deters cheating: raise the stake or the reward")
+    for label, p in rates:
+        a = assess(reward, stake, cost, p)
+        style = "green" if a.safe else "red"
+        out.print(f"{label}: [{style}]{a.verdict()}[/]", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("economics")(economics_cmd)
