@@ -69,7 +69,25 @@ class ModelManager:
         self.retry_after_s = retry_after_s
         # offer digest -> (monotonic time of failure, reason, permanent)
         self.failed: dict[str, tuple[float, str, bool]] = {}
+        # (name, version) -> digest of the offer it was loaded from: a republished
+        # package (same name and version, new manifest) is loaded again
+        self._loaded_from: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()  # one apply at a time
+
+    def wanted(self, offers: Sequence[Offer]) -> list[Offer]:
+        """Offers that need work: not loaded from this exact manifest, and not refused
+        (or failed recently)."""
+        now = time.monotonic()
+        out = []
+        for offer in offers:
+            key = (offer.name, int(offer.version))
+            if self._loaded_from.get(key) == offer.digest and self.dataplane.has(*key):
+                continue
+            prev = self.failed.get(offer.digest)
+            if prev is not None and (prev[2] or now - prev[0] < self.retry_after_s):
+                continue
+            out.append(offer)
+        return out
 
     def apply(self, offers: Sequence[Offer]) -> list[LoadedModel]:
         """Load every offered model not loaded yet; returns the newly loaded ones.
@@ -80,12 +98,7 @@ class ModelManager:
         """
         loaded = []
         with self._lock:
-            for offer in offers:
-                if self.dataplane.has(offer.name, offer.version):
-                    continue
-                prev = self.failed.get(offer.digest)
-                if prev is not None and (prev[2] or time.monotonic() - prev[0] < self.retry_after_s):
-                    continue
+            for offer in self.wanted(offers):
                 try:
                     model = self.load(offer)
                 except HyperinferError as e:
@@ -95,6 +108,7 @@ class ModelManager:
                                 "" if permanent else f" (will retry in {self.retry_after_s:.0f}s)")
                     continue
                 self.failed.pop(offer.digest, None)
+                self._loaded_from[model.key] = offer.digest
                 loaded.append(model)
                 if self.on_loaded is not None:
                     self.on_loaded(model)
@@ -162,9 +176,8 @@ class BackgroundLoader:
         return self
 
     def submit(self, offers: Sequence[Offer]) -> None:
-        pending = [o for o in offers if not self.manager.dataplane.has(o.name, o.version)]
         self._offers = list(offers)
-        if pending:
+        if self.manager.wanted(offers):
             self._wake.set()
 
     def _loop(self) -> None:

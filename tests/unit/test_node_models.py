@@ -147,3 +147,15 @@ def test_one_bad_offer_does_not_block_others(setup, publisher):
     gw, dp, mgr, _ = setup
     loaded = mgr.apply([Offer("two", 9, b"{not json", b""), signed_offer(publisher, version=2)])
     assert [m.key for m in loaded] == [("two", 2)]
+
+
+def test_republished_package_is_loaded_again(setup, publisher):
+    gw, dp, mgr, made = setup
+    mgr.apply([signed_offer(publisher, targets=("cpu-x86_64",))])
+    assert dp.loaded_tuples()[0][2] == "cpu-x86_64"
+    # same name and version, new manifest (now with an avx2 artifact): replaces the loaded one
+    new = signed_offer(publisher)
+    assert mgr.wanted([new]) == [new]
+    assert [m.target_id for m in mgr.apply([new])] == ["cpu-x86_64-avx2"]
+    assert [t[2] for t in dp.loaded_tuples()] == ["cpu-x86_64-avx2"]
+    assert mgr.wanted([new]) == []
