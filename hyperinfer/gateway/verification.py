@@ -333,6 +333,9 @@ class Verifier:
         name, version = manifest.name, manifest.version
         pool = []
         for c in candidates:
+            loaded = getattr(c, "loaded", None)
+            if isinstance(loaded, Mapping) and (name, int(version)) not in loaded:
+                continue  # a registry node that has not loaded this model cannot run it
             ref = node_ref(c, name, version)
             if ref.node_id != primary.node.node_id:
                 pool.append((ref, c))
