@@ -117,3 +117,21 @@ def test_economics(capsys):
     assert "unsafe" in capsys.readouterr().out
     assert main(["economics", "--reward", "0", "--stake", "0", "--cost", "2"]) == 1
     assert "reward + stake" in capsys.readouterr().err
+
+
+def test_gateway_lookups_use_pool_status(tmp_path, capsys, monkeypatch):
+    import hyperinfer.cli.pool_cmd as pool_cmd
+
+    path, gw, _ = make_receipt(tmp_path)
+    status = {"gateway_public_key": public_bytes(gw).hex(),
+              "models": [{"name": "toy", "version": 1, "sample_rate": 0.3},
+                         {"name": "big", "version": 2, "sample_rate": 0.1}]}
+    monkeypatch.setattr(pool_cmd, "fetch_status", lambda address, timeout=10.0: status)
+    assert main(["audit", "verify", str(path), "--gateway", "127.0.0.1:1"]) == 0
+    other = Ed25519PrivateKey.generate()
+    assert main(["audit", "verify", str(path), "--gateway", "127.0.0.1:1",
+                 "--gateway-key", public_bytes(other).hex()]) == 1
+    assert "✗ --gateway-key matches the key gateway 127.0.0.1:1 reports" in capsys.readouterr().out
+    assert main(["economics", "--reward", "1", "--stake", "9", "--cost", "2", "--gateway", "127.0.0.1:1"]) == 0
+    out = capsys.readouterr().out
+    assert "model toy/1: safe" in out and "model big/2: unsafe" in out
