@@ -122,6 +122,9 @@ class VerifyRequest:
     candidates: Sequence[Any] = field(default_factory=tuple)  # nodes serving the model; the primary is skipped
     mode: Mode | str = Mode.AUTO
     input_digest: str | None = None  # computed from inputs if not given
+    # time.monotonic() by which a sync/always check must end (the client's deadline); a check
+    # that cannot start in time is recorded as skipped. Background (auto) checks ignore it.
+    deadline: float | None = None
 
 
 def node_ref(node: Any, model_name: str, model_version: int) -> NodeRef:
@@ -283,7 +286,7 @@ class Verifier:
                 self._pending.add(fut)
             fut.add_done_callback(self._done)
             return pending
-        final = self._run_check(manifest, inputs, input_digest, primary, candidates)
+        final = self._run_check(manifest, inputs, input_digest, primary, candidates, req.deadline)
         if final.status == rc.DISPUTED_LOST:
             raise ResultRejected(f"node {primary.node.node_id}: result failed verification "
                                  f"(dispute {final.dispute_id}): {final.detail}", primary.node.node_id, final)
@@ -300,19 +303,25 @@ class Verifier:
             log.exception("background check of request %s failed", primary.request_id)
             return self._receipt(primary, rc.SKIPPED, f"check failed: {type(e).__name__}")
 
-    def _run_on(self, manifest: Manifest, inputs, input_digest: str, handle: Any, role: str) -> _Run:
+    def _run_on(self, manifest: Manifest, inputs, input_digest: str, handle: Any, role: str,
+                timeout: float) -> _Run:
         request_id = uuid.uuid4().hex  # fresh: a check looks like any other request
-        result = self.client.infer(handle, request_id, manifest.name, manifest.version, inputs,
-                                   timeout=self.call_timeout)
+        result = self.client.infer(handle, request_id, manifest.name, manifest.version, inputs, timeout=timeout)
         return self._accept(manifest, handle, request_id, input_digest, result, role)
 
     def _find(self, manifest, inputs, input_digest, primary: _Run, pool: list[tuple[NodeRef, Any]],
-              role: str, exclude_operators: Sequence[str] = (), same_artifact_only: bool = False
-              ) -> tuple[_Run | None, list[str]]:
+              role: str, exclude_operators: Sequence[str] = (), same_artifact_only: bool = False,
+              deadline: float | None = None) -> tuple[_Run | None, list[str]]:
         """Run on an independent node; try another if one fails. Returns (run, failure notes)."""
         notes: list[str] = []
         left = list(pool)
         for _ in range(self.max_validator_attempts):
+            timeout = self.call_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    notes.append("the client's deadline left no time for a check")
+                    break
             refs = [r for r, _ in left]
             if same_artifact_only:
                 refs = [r for r in refs if r.same_artifact(primary.node)]
@@ -322,14 +331,17 @@ class Verifier:
             handle = next(h for r, h in left if r is choice.node)
             left = [(r, h) for r, h in left if r is not choice.node]
             try:
-                return self._run_on(manifest, inputs, input_digest, handle, role), notes
+                return self._run_on(manifest, inputs, input_digest, handle, role, timeout), notes
             except HyperinferError as e:
                 notes.append(f"{role} {choice.node.node_id}: {e}")
                 log.warning("%s %s failed: %s", role, choice.node.node_id, e)
+            except Exception as e:  # noqa: BLE001 - a broken client call is that validator's failure only
+                notes.append(f"{role} {choice.node.node_id}: {type(e).__name__}")
+                log.exception("%s %s failed", role, choice.node.node_id)
         return None, notes
 
     def _run_check(self, manifest: Manifest, inputs, input_digest: str, primary: _Run,
-                   candidates: Sequence[Any]) -> Receipt:
+                   candidates: Sequence[Any], deadline: float | None = None) -> Receipt:
         name, version = manifest.name, manifest.version
         pool = []
         for c in candidates:
@@ -339,7 +351,7 @@ class Verifier:
             ref = node_ref(c, name, version)
             if ref.node_id != primary.node.node_id:
                 pool.append((ref, c))
-        validator, notes = self._find(manifest, inputs, input_digest, primary, pool, "validator")
+        validator, notes = self._find(manifest, inputs, input_digest, primary, pool, "validator", deadline=deadline)
         if validator is None:
             self.ledger.record_skipped(primary.node.node_id)
             detail = "no independent validator" + (f" ({'; '.join(notes)})" if notes else "")
@@ -372,7 +384,8 @@ class Verifier:
         if needs_tiebreaker(p_exec, v_exec, reference, manifest.outputs, same_artifact):
             rest = [(r, h) for r, h in pool if r.node_id != validator.node.node_id]
             run, _ = self._find(manifest, inputs, input_digest, primary, rest, "tiebreaker",
-                                exclude_operators=[validator.node.effective_operator], same_artifact_only=True)
+                                exclude_operators=[validator.node.effective_operator], same_artifact_only=True,
+                                deadline=deadline)
             if run is not None and (run.attestation.target_id, run.attestation.artifact_sha256) == (
                     pa.target_id, pa.artifact_sha256):
                 tiebreaker = run.execution("tiebreaker")

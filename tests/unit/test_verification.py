@@ -142,6 +142,11 @@ class Down(FakeWorker):
         raise Unavailable(f"node {self.node_id} is down")
 
 
+class Broken(FakeWorker):
+    def infer(self, request_id, inputs):
+        raise RuntimeError("client bug")
+
+
 class InProcessClient:
     def __init__(self, workers):
         self.workers = {w.node_id: w for w in workers}
@@ -215,6 +220,17 @@ def test_failed_validator_replaced_by_another(closing):
     closing(p)
     statuses = {p.request("always").status for _ in range(6)}
     assert statuses == {rc.AGREED}
+
+
+def test_broken_validator_call_replaced_and_deadline_respected(closing):
+    p = Pool(FakeWorker("op1"), [Broken("op2"), FakeWorker("op3")])
+    closing(p)
+    assert {p.request("always").status for _ in range(6)} == {rc.AGREED}
+    x = {"x": np.ones((4, 8), dtype=np.float32)}
+    req = VerifyRequest(MANIFEST, x, p.primary.ref, "late", p.primary.infer("late", x),
+                        [w.ref for w in p.others], "always", deadline=time.monotonic() - 1)
+    r = p.verifier.verify(req)
+    assert r.status == rc.SKIPPED and "deadline" in r.detail
 
 
 def test_sync_tamperer_rejected_with_evidence_that_rechecks(closing):
