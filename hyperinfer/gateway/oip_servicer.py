@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from hyperinfer.gateway import converters
@@ -93,6 +94,92 @@ class PackageReferee:
         return runner.run(inputs)
 
 
+class WriteBehindLedger:
+    """The ledger as the verifier sees it, with the per-request writes off the request path.
+
+    Every answered request credits a job and stores a receipt: two SQLite
+    transactions, about half a millisecond, more than the rest of the gateway's
+    work. Those writes (jobs, receipts, checks, skips) go in order to one
+    background thread that commits them in batches; everything else (faults,
+    disputes, reads) first waits for the queued writes, then runs as before, so
+    the order of events in the ledger is the order they happened. ``summary``
+    (the sampling policy's probation/reputation input, read on every request)
+    is cached per node for ``summary_ttl`` seconds. A crash loses at most the
+    queued writes; the receipts already returned are signed and self-contained.
+    """
+
+    _DEFERRED = frozenset({"record_job", "store_receipt", "record_check", "record_skipped"})
+
+    def __init__(self, ledger: Any, *, max_queue: int = 10_000, summary_ttl: float = 0.5):
+        import queue
+
+        self.ledger = ledger
+        self.summary_ttl = summary_ttl
+        self._queue: "queue.Queue[tuple[str, tuple, dict] | None]" = queue.Queue(max_queue)
+        self._summaries: dict[str, tuple[float, Any]] = {}
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import queue
+
+        store = self.ledger.store
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while item is not None and len(batch) < 256:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+            ops = [op for op in batch if op is not None]
+            try:
+                with store.transaction():  # one commit for the batch; nested calls join it
+                    for name, args, kwargs in ops:
+                        getattr(self.ledger, name)(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - retry one by one so one bad row loses only itself
+                for name, args, kwargs in ops:
+                    try:
+                        getattr(self.ledger, name)(*args, **kwargs)
+                    except Exception:  # noqa: BLE001
+                        log.exception("ledger %s failed", name)
+            for _ in batch:
+                self._queue.task_done()
+            if batch[-1] is None:
+                return
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def summary(self, node_id: str) -> Any:
+        now = time.monotonic()
+        hit = self._summaries.get(node_id)
+        if hit is not None and now - hit[0] < self.summary_ttl:
+            return hit[1]
+        value = self.ledger.summary(node_id)
+        self._summaries[node_id] = (now, value)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.ledger, name)
+        if not callable(attr):
+            return attr
+        if name in self._DEFERRED:
+            return lambda *args, **kwargs: self._queue.put((name, args, kwargs))
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.flush()
+            return attr(*args, **kwargs)
+
+        return call
+
+
 def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = None,
                   call_timeout: float = DEFAULT_CALL_TIMEOUT_S) -> Verifier:
     """A Verifier on the gateway's ledger (created here if no component installed one),
@@ -106,8 +193,11 @@ def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = Non
             default_rate=getattr(gateway.config, "sample_rate", None) or SamplingPolicy.default_rate)
     if gateway.sample_rate is None:
         gateway.sample_rate = lambda name, version: policy.model_rate(name)
-    verifier = Verifier(gateway.ledger, policy, PackageReferee(gateway.catalog), client, gateway.key,
+    ledger = WriteBehindLedger(gateway.ledger)
+    verifier = Verifier(ledger, policy, PackageReferee(gateway.catalog), client, gateway.key,
                         call_timeout=call_timeout)
+    # hooks run in reverse: background checks end first, then the queued ledger writes are committed
+    gateway.add_shutdown_hook(ledger.close)
     gateway.add_shutdown_hook(lambda: verifier.close(wait=False))
     return verifier
 
@@ -129,8 +219,9 @@ def build(gateway: Any, *, client: Any = None, verifier: Verifier | None = None,
     registry = gateway.registry
     if verifier is None:
         verifier = make_verifier(gateway, client, policy, call_timeout)
-    scheduler = Scheduler(registry, client, call_timeout=call_timeout, max_attempts=max_attempts,
-                          check=verifier.check_result,  # a bad attestation on any attempt is a ledger fault
+    # no check in the scheduler: verifier.verify checks the attestation (one Ed25519 verify per
+    # result, not two) and a rejected result is retried elsewhere by the data plane
+    scheduler = Scheduler(registry, client, call_timeout=call_timeout, max_attempts=max_attempts, check=None,
                           known_nodes=lambda: sum(1 for n in registry.all_nodes() if n.state != "left"))
     return DataPlane(gateway.catalog, registry, scheduler, verifier)
 

@@ -72,7 +72,7 @@ class Scheduled:
     node: Any
     request_id: str
     outputs: dict[str, np.ndarray]  # manifest order
-    attestation: Attestation
+    attestation: Attestation | None  # None when the scheduler was built without a check
     attestation_bytes: bytes
     signature: bytes
     input_digest: str
@@ -125,7 +125,7 @@ class Scheduler:
     def __init__(self, registry: Registry, client: WorkerClient, *,
                  call_timeout: float = DEFAULT_CALL_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  rng: random.Random | None = None,
-                 check: Callable[[Manifest, Any, str, str, Any], Attestation] = check_result,
+                 check: Callable[[Manifest, Any, str, str, Any], Attestation] | None = check_result,
                  known_nodes: Callable[[], int] | None = None):
         if max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be >= 1, got {max_attempts}")
@@ -250,7 +250,7 @@ class Scheduler:
             t0 = time.perf_counter()
             try:
                 result = self.client.infer(node, request_id, name, version, inputs, timeout=timeout)
-                att = self._check(manifest, node, request_id, input_digest, result)
+                att = self._check(manifest, node, request_id, input_digest, result) if self._check else None
             except HyperinferError as e:
                 if e.code == Code.INVALID_ARGUMENT:
                     raise
