@@ -286,6 +286,7 @@ class DataPlane:
                     manifest=manifest, inputs=inputs, primary=primary.node, request_id=primary.request_id,
                     result=WorkerResult(primary.outputs, primary.attestation_bytes, primary.signature),
                     candidates=_Candidates(self.registry, manifest), mode=mode, input_digest=digest,
+                    deadline=deadline,
                 ))
             except ResultRejected as e:
                 last = e
