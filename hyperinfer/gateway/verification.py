@@ -20,6 +20,8 @@ How the Open Inference Protocol front door uses it::
         result=WorkerResult(scheduled.outputs, scheduled.attestation_bytes, scheduled.signature),
         candidates=registry.schedulable_nodes(manifest.name, manifest.version),
         mode=Mode.parse(params.get("hyperinfer.verify")),   # auto | sync | always
+        input_digest=digest,                                 # optional, computed if absent
+        deadline=deadline,                                   # optional time.monotonic() bound for sync checks
     ))
     response.parameters[RECEIPT_PARAMETER] = receipt_to_json(receipt)
 
@@ -29,7 +31,9 @@ request), or, in mode ``sync``/``always``, the check found it at fault. The
 caller retries on another node, as for any node failure. Otherwise it returns
 the signed receipt: ``unchecked``; ``pending`` (mode ``auto``, the check runs
 on a background thread and the final receipt replaces it in the ledger, see
-:meth:`Verifier.receipt`); or the final status.
+:meth:`Verifier.receipt`); or the final status. ``close(wait=False)`` at
+shutdown drops background checks not yet started: their receipts stay
+``pending``.
 
 Nodes are duck-typed: a :class:`~hyperinfer.verify.sampling.NodeRef`, or a
 registry entry with ``node_id``, ``public_key``, ``operator``, ``address`` and
