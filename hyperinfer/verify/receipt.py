@@ -37,7 +37,7 @@ Status values:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -88,7 +88,7 @@ class Receipt:
     format_version: int = FORMAT_VERSION
 
     def _json_fields(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # flat and immutable: asdict's deep copy is slow
         for k in _BYTES:
             d[k] = None if d[k] is None else b64(d[k])
         for k in _HEX:
