@@ -12,6 +12,7 @@ on the gateway's port, next to the Pool service, health and reflection;
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -110,11 +111,13 @@ class WriteBehindLedger:
 
     _DEFERRED = frozenset({"record_job", "store_receipt", "record_check", "record_skipped"})
 
-    def __init__(self, ledger: Any, *, max_queue: int = 10_000, summary_ttl: float = 0.5):
+    def __init__(self, ledger: Any, *, max_queue: int = 10_000, summary_ttl: float = 0.5,
+                 batch_seconds: float = 0.05):
         import queue
 
         self.ledger = ledger
         self.summary_ttl = summary_ttl
+        self.batch_seconds = batch_seconds
         self._queue: "queue.Queue[tuple[str, tuple, dict] | None]" = queue.Queue(max_queue)
         self._summaries: dict[str, tuple[float, Any]] = {}
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -127,9 +130,12 @@ class WriteBehindLedger:
         while True:
             item = self._queue.get()
             batch = [item]
-            while item is not None and len(batch) < 256:
+            # gather for a moment: one commit per batch, and less GIL traffic next to requests
+            until = time.monotonic() + self.batch_seconds
+            while item is not None and len(batch) < 512:
+                left = until - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 batch.append(item)
@@ -226,8 +232,16 @@ def build(gateway: Any, *, client: Any = None, verifier: Verifier | None = None,
     return DataPlane(gateway.catalog, registry, scheduler, verifier)
 
 
+# GIL switch interval for the gateway process. The default (5 ms) lets a background thread
+# (ledger writer, background checks, heartbeats) hold the GIL for up to 5 ms while a request
+# thread waits; 0.5 ms measured about 0.4 ms less added latency at p50 on the MLP.
+SWITCH_INTERVAL_S = 0.0005
+
+
 def install(gateway: Any, **kwargs: Any) -> OIPServicer:
     """Serve the Open Inference Protocol on ``gateway``'s port (before ``gateway.start()``)."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     servicer = OIPServicer(build(gateway, **kwargs))
     gateway.add_servicer(pb_grpc.add_GRPCInferenceServiceServicer_to_server, servicer, SERVICE_NAME)
     return servicer

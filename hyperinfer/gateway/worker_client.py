@@ -20,7 +20,7 @@ from hyperinfer.gateway.verification import WorkerResult
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
 from hyperinfer.transport import tensors
 from hyperinfer.transport.errors import error_from_rpc
-from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES, channel
+from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -40,7 +40,9 @@ class GrpcWorkerClient:
             with self._lock:
                 entry = self._stubs.get(address)
                 if entry is None:
-                    ch = channel(address, self.max_message_bytes)
+                    # no transparent gRPC retries: the scheduler retries on another node itself
+                    ch = grpc.insecure_channel(
+                        address, options=channel_options(self.max_message_bytes) + [("grpc.enable_retries", 0)])
                     entry = (ch, pool_pb2_grpc.WorkerStub(ch))
                     self._stubs[address] = entry
         return entry[1]

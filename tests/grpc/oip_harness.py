@@ -1,17 +1,19 @@
 """A gateway with two in-process nodes, run as a child process by tests/grpc/test_oip*.py.
 
-Why a child process: tritonclient registers its own copy of the protocol's
-``inference.*`` protobuf messages in the default descriptor pool, and so does
-``hyperinfer.proto.inference``; the two cannot be imported into one process.
-So the test process holds the client (tritonclient) and this process the
-server. Only stdlib imports at module level: the test process imports
-:func:`make_package` from here.
+Why a child process: the server's threads (gRPC, nodes, ledger writer) do not
+share a GIL with the client under test, as in production. Only stdlib imports
+at module level: test modules import :func:`make_package` and
+:func:`import_tritonclient_grpc` from here.
 
 The nodes run ONNX Runtime through a runner factory instead of a TVM artifact,
 so no compile step is needed; tests/e2e runs compiled artifacts.
 
 Protocol: prints ``READY <address> <gateway public key hex>`` once serving,
 then serves until stdin closes or SIGTERM.
+
+:func:`import_tritonclient_grpc` is how test modules import tritonclient: its
+messages go to a private descriptor pool, so a pytest session can hold both
+tritonclient and hyperinfer's OIP module (see its docstring).
 """
 
 from __future__ import annotations
@@ -22,6 +24,29 @@ import sys
 from pathlib import Path
 
 TARGET = "cpu-x86_64"
+
+
+def import_tritonclient_grpc():
+    """``tritonclient.grpc``, with its protobuf messages in a private descriptor pool.
+
+    tritonclient and ``hyperinfer.proto.inference`` both define the protocol's
+    ``inference.*`` messages (same names, different .proto files); protobuf
+    refuses the second registration in the default pool. Building tritonclient's
+    into a pool of their own lets one process (a pytest session) import both;
+    the wire format is the same. Raises ImportError if tritonclient is missing.
+    """
+    if "tritonclient.grpc" in sys.modules:
+        return sys.modules["tritonclient.grpc"]
+    from google.protobuf import descriptor_pool
+
+    default = descriptor_pool.Default
+    private = descriptor_pool.DescriptorPool()
+    descriptor_pool.Default = lambda: private  # generated modules call Default() while importing
+    try:
+        import tritonclient.grpc
+    finally:
+        descriptor_pool.Default = default
+    return tritonclient.grpc
 
 
 def make_package(repo: Path, name: str, version: int = 1, atol: float = 1e-5) -> Path:

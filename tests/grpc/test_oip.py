@@ -3,7 +3,7 @@
 A real gateway (Pool + OIP + health + reflection on one 127.0.0.1:0 port) and
 two real nodes of different operators that joined it over the Pool service,
 downloaded their artifact and heartbeat, run in a child process
-(tests/grpc/oip_harness.py says why). The nodes run ONNX Runtime instead of a
+(keeps the server's threads and GIL apart from the client's). The nodes run ONNX Runtime instead of a
 TVM artifact, so this module needs no compile step; tests/e2e runs compiled
 artifacts in separate processes.
 """
@@ -21,18 +21,21 @@ import grpc
 import numpy as np
 import pytest
 
-tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+from hyperinfer import dtypes
+from hyperinfer.package import Manifest, OutputSpec
+from hyperinfer.runtime import ORTRunner
+from hyperinfer.verify.receipt import RECEIPT_PARAMETER, receipt_from_json, verify_receipt
+
+sys.path.insert(0, str(Path(__file__).parent))  # importlib mode: the harness is a plain module here
+from oip_harness import import_tritonclient_grpc, make_package  # noqa: E402
+
+try:
+    tritonclient_grpc = import_tritonclient_grpc()
+except ImportError:
+    pytest.skip("tritonclient[grpc] is not installed", allow_module_level=True)
 from tritonclient.grpc import service_pb2 as tpb  # noqa: E402
 from tritonclient.grpc import service_pb2_grpc as tpb_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
-from hyperinfer import dtypes  # noqa: E402
-from hyperinfer.package import Manifest, OutputSpec  # noqa: E402
-from hyperinfer.runtime import ORTRunner  # noqa: E402
-from hyperinfer.verify.receipt import RECEIPT_PARAMETER, receipt_from_json, verify_receipt  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from oip_harness import make_package  # noqa: E402
 
 HARNESS = Path(__file__).parent / "oip_harness.py"
 MAX_MESSAGE = 4 * 1024 * 1024

@@ -1,0 +1,326 @@
+#!/usr/bin/env python
+"""Gateway benchmark: what the Open Inference Protocol front door and verification cost.
+
+Starts (all on 127.0.0.1, every child killed at exit):
+
+- a gateway in a child process (the same Gateway + OIP install as ``hyperinfer
+  gateway``, with a sample rate this script can change through the child's stdin),
+- two ``hyperinfer node`` processes of different operators, serving the MLP
+  compiled for cpu-x86_64 with TVM,
+
+then prints, in one run:
+
+1. latency p50/p99, sequential, direct to a node (``hyperinfer.v1.Worker/Infer``)
+   vs through the gateway (OIP ModelInfer, raw contents) in auto/sync/always;
+2. verification compute vs sample rate: node CPU per request, gateway CPU per
+   request and validator runs per request, for several rates (mode auto);
+3. throughput (requests/s, several client threads) with 2 nodes, then 1 node.
+
+The client is hyperinfer's own OIP stub (tritonclient cannot share a process
+with hyperinfer's protobuf modules). Numbers depend on the machine and on what
+else runs on it: the script prints the CPU count and load average first.
+
+    python scripts/bench_gateway.py [--requests 500] [--seconds 4] [--threads 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+
+from hyperinfer import zoo
+from hyperinfer.proto.inference import grpc_service_pb2 as pb
+from hyperinfer.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
+from hyperinfer.transport import tensors
+from hyperinfer.transport.server import channel
+
+TARGET = "cpu-x86_64"
+
+# the gateway child: the extensions `hyperinfer gateway` installs, with a settable sample rate
+LAUNCHER = r"""
+import sys, threading
+from pathlib import Path
+from hyperinfer.gateway.app import EXTENSIONS, Gateway, install_extensions
+from hyperinfer.gateway.config import GatewayConfig
+from hyperinfer.gateway.oip_servicer import install
+from hyperinfer.verify.sampling import SamplingPolicy
+
+repo, tmp, rate = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gateway.db",
+                           key=tmp / "gateway.key", heartbeat_interval=0.5))
+install_extensions(gw, tuple(e for e in EXTENSIONS if "oip_servicer" not in e))
+policy = SamplingPolicy(default_rate=rate)
+install(gw, policy=policy)
+gw.start()
+print("READY", gw.address, flush=True)
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd and cmd[0] == "rate":
+        policy.default_rate = float(cmd[1])
+        print("OK", flush=True)
+gw.stop(grace=1)
+"""
+
+
+class Child:
+    def __init__(self, name: str, args: list[str], log_dir: Path, stdin=subprocess.DEVNULL):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE if stdin == subprocess.PIPE
+                                     else self._log, stderr=self._log, stdin=stdin, env=env,
+                                     text=stdin == subprocess.PIPE)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    box: list[str] = []
+    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box or not box[0]:
+        raise SystemExit(f"gateway did not answer within {timeout:.0f}s")
+    return box[0].strip()
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def fmt_ms(xs: list[float]) -> str:
+    return f"p50 {pct(xs, 50) * 1e3:7.3f} ms   p99 {pct(xs, 99) * 1e3:7.3f} ms   mean {statistics.fmean(xs) * 1e3:7.3f} ms"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="hyperinfer-bench-"))
+        self.children: list[Child] = []
+        self.x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+
+    # ------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        from hyperinfer.compile import compile_model
+
+        repo = self.tmp / "repo"
+        src, shapes = zoo.build_small("mlp", self.tmp / "onnx")
+        t0 = time.perf_counter()
+        compile_model(src, name="mlp", out_dir=repo, targets=[TARGET], input_shapes=shapes, version=1,
+                      progress=False, threads=1)
+        print(f"compiled mlp for {TARGET} in {time.perf_counter() - t0:.1f}s")
+        self.gateway = Child("gateway", ["-c", LAUNCHER, str(repo), str(self.tmp), str(self.args.rate)],
+                             self.tmp, stdin=subprocess.PIPE)
+        self.children.append(self.gateway)
+        line = read_line(self.gateway.proc, 60)
+        if not line.startswith("READY"):
+            raise SystemExit(f"gateway failed: {line}\n{self.gateway.log_path.read_text()[-2000:]}")
+        self.address = line.split()[1]
+        self.nodes = []
+        for i in range(2):
+            n = Child(f"node{i}", ["-m", "hyperinfer", "node", "--gateway", self.address,
+                                   "--key", str(self.tmp / f"node{i}.key"), "--operator", f"operator{i}",
+                                   "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", "--device", "cpu",
+                                   "--threads", "1", "--max-concurrency", "8", "--grace", "1"], self.tmp)
+            self.children.append(n)
+            self.nodes.append(n)
+        self.gw_channel = channel(self.address)
+        self.oip = pb_grpc.GRPCInferenceServiceStub(self.gw_channel)
+        self.pool = pool_pb2_grpc.PoolStub(self.gw_channel)
+        wait_for(lambda: self.ready_nodes() == 2, 120, "both nodes to load mlp")
+        status = self.pool.Status(pool_pb2.StatusRequest(), timeout=5)
+        self.node_addresses = [n.address for n in status.nodes if n.state == "healthy"]
+
+    def ready_nodes(self) -> int:
+        status = self.pool.Status(pool_pb2.StatusRequest(), timeout=5)
+        return next((m.ready_nodes for m in status.models if m.name == "mlp"), 0)
+
+    def set_rate(self, p: float) -> None:
+        self.gateway.proc.stdin.write(f"rate {p}\n")
+        self.gateway.proc.stdin.flush()
+        if read_line(self.gateway.proc, 10) != "OK":
+            raise SystemExit("gateway did not take the new rate")
+
+    def close(self) -> None:
+        for c in reversed(self.children):
+            if c is self.gateway and c.proc.poll() is None:
+                try:
+                    c.proc.stdin.close()
+                    c.proc.wait(15)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            c.stop()
+
+    # ------------------------------------------------------------ calls
+
+    def oip_request(self, mode: str) -> pb.ModelInferRequest:
+        req = pb.ModelInferRequest(model_name="mlp")
+        req.parameters["verify"].string_param = mode
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+        req.raw_input_contents.append(self.x.tobytes())
+        return req
+
+    def via_gateway(self, mode: str, n: int, stub=None) -> list[float]:
+        stub = stub or self.oip
+        req = self.oip_request(mode)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            stub.ModelInfer(req, timeout=30)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def direct(self, n: int) -> list[float]:
+        stub = pool_pb2_grpc.WorkerStub(channel(self.node_addresses[0]))
+        req = pool_pb2.InferRequest(model_name="mlp", model_version=1, inputs=tensors.many_to_proto({"x": self.x}))
+        times = []
+        for _ in range(n):
+            req.request_id = uuid.uuid4().hex  # as the gateway does
+            t0 = time.perf_counter()
+            stub.Infer(req, timeout=30)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def throughput(self, seconds: float, threads: int) -> tuple[float, int]:
+        stop = time.monotonic() + seconds
+        counts = [0] * threads
+        errors = [0] * threads
+
+        def work(i: int) -> None:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel(self.address))
+            req = self.oip_request("auto")
+            while time.monotonic() < stop:
+                try:
+                    stub.ModelInfer(req, timeout=30)
+                    counts[i] += 1
+                except grpc.RpcError:
+                    errors[i] += 1
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(seconds + 60)
+        return sum(counts) / (time.perf_counter() - t0), sum(errors)
+
+    def jobs(self) -> int:
+        status = self.pool.Status(pool_pb2.StatusRequest(), timeout=5)
+        return sum(n.jobs for n in status.nodes)
+
+    # ------------------------------------------------------------ phases
+
+    def run(self) -> None:
+        a = self.args
+        n = a.requests
+        print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        self.setup()
+        # past every node's probation (checked on each of its first jobs), then steady state
+        self.via_gateway("auto", 100)
+        self.direct(50)
+        time.sleep(1.0)
+
+        print(f"\n1. latency, sequential, {n} requests each (MLP 1x64 -> 1x10, sample rate {a.rate})")
+        direct = self.direct(n)
+        print(f"   direct to node          {fmt_ms(direct)}")
+        results = {}
+        for mode in ("auto", "sync", "always"):
+            results[mode] = self.via_gateway(mode, n)
+            extra = (pct(results[mode], 50) - pct(direct, 50)) * 1e3
+            print(f"   gateway verify={mode:6s}  {fmt_ms(results[mode])}   (+{extra:.3f} ms p50 vs direct)")
+        overhead = (pct(results["auto"], 50) - pct(direct, 50)) * 1e3
+        print(f"   gateway overhead at p50 in auto mode: {overhead:.3f} ms "
+              f"({'within' if overhead <= 1.0 else 'ABOVE'} the 1 ms budget)")
+
+        print(f"\n2. verification compute vs sample rate (mode auto, {a.rate_requests} requests per rate)")
+        print("   rate   validator runs/req   node CPU/req   gateway CPU/req   p50 latency")
+        base = None
+        for p in (0.0, 0.1, 0.25, 0.5, 1.0):
+            self.set_rate(p)
+            time.sleep(0.3)
+            jobs0, cpu_n0, cpu_g0 = self.jobs(), sum(c.cpu() for c in self.nodes), self.gateway.cpu()
+            lat = self.via_gateway("auto", a.rate_requests)
+            time.sleep(0.5)  # let background checks finish
+            wait_for(lambda: self.jobs() >= jobs0 + a.rate_requests, 30, "ledger to record the jobs")
+            time.sleep(0.2)
+            jobs = self.jobs() - jobs0
+            node_cpu = (sum(c.cpu() for c in self.nodes) - cpu_n0) / a.rate_requests
+            gw_cpu = (self.gateway.cpu() - cpu_g0) / a.rate_requests
+            base = base or node_cpu
+            print(f"   {p:4.2f}   {jobs / a.rate_requests - 1:18.2f}   {node_cpu * 1e3:9.3f} ms   "
+                  f"{gw_cpu * 1e3:12.3f} ms   {pct(lat, 50) * 1e3:8.3f} ms   "
+                  f"(node CPU x{node_cpu / base:.2f} vs rate 0)")
+        self.set_rate(a.rate)
+
+        print(f"\n3. throughput, mode auto, {a.threads} client threads, {a.seconds:.0f}s each")
+        rps2, err2 = self.throughput(a.seconds, a.threads)
+        print(f"   2 nodes: {rps2:8.1f} requests/s ({err2} errors)")
+        self.nodes[1].stop()  # SIGTERM: the node leaves the pool
+        wait_for(lambda: self.ready_nodes() == 1, 30, "the pool to shrink to one node")
+        rps1, err1 = self.throughput(a.seconds, a.threads)
+        print(f"   1 node:  {rps1:8.1f} requests/s ({err1} errors)")
+        print(f"   2 nodes / 1 node: x{rps2 / rps1:.2f}  (client, gateway and nodes share {os.cpu_count()} CPUs)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=500, help="sequential requests per latency row")
+    p.add_argument("--rate-requests", type=int, default=200, help="requests per sample-rate row")
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds per throughput row")
+    p.add_argument("--threads", type=int, default=4, help="client threads for throughput")
+    p.add_argument("--rate", type=float, default=0.1, help="the gateway's sample rate for rows 1 and 3")
+    args = p.parse_args()
+    b = Bench(args)
+    t0 = time.perf_counter()
+    try:
+        b.run()
+    finally:
+        b.close()
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s; logs in {b.tmp}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
