@@ -223,12 +223,12 @@ def build(gateway: Any, *, client: Any = None, verifier: Verifier | None = None,
         client = GrpcWorkerClient(timeout=call_timeout, max_message_bytes=cfg.max_message_bytes)
         gateway.add_shutdown_hook(client.close)
     registry = gateway.registry
-    if verifier is None:
-        verifier = make_verifier(gateway, client, policy, call_timeout)
     # no check in the scheduler: verifier.verify checks the attestation (one Ed25519 verify per
     # result, not two) and a rejected result is retried elsewhere by the data plane
     scheduler = Scheduler(registry, client, call_timeout=call_timeout, max_attempts=max_attempts, check=None,
                           known_nodes=lambda: sum(1 for n in registry.all_nodes() if n.state != "left"))
+    if verifier is None:
+        verifier = make_verifier(gateway, scheduler.counted(client), policy, call_timeout)
     return DataPlane(gateway.catalog, registry, scheduler, verifier)
 
 

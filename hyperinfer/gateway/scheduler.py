@@ -191,6 +191,11 @@ class Scheduler:
                 self._inflight.pop(node_id, None)
             self._cond.notify_all()  # waiters may want different nodes
 
+    def counted(self, client: WorkerClient) -> "CountedClient":
+        """``client`` with its calls counted as in flight here: give it to the verifier, so that
+        validator runs count toward least-outstanding like primary requests do."""
+        return CountedClient(self, client)
+
     def _no_node(self, manifest: Manifest, healthy: int) -> Unavailable:
         known = self._known_nodes() if self._known_nodes is not None else healthy
         return Unavailable(
@@ -271,3 +276,20 @@ class Scheduler:
             f"model {name} version {version}: {attempts} attempt(s) on different nodes failed; "
             f"last error ({last.code.value}): {last}"
         )
+
+
+class CountedClient:
+    """A WorkerClient whose calls hold an in-flight slot of their node in a Scheduler."""
+
+    def __init__(self, scheduler: Scheduler, client: WorkerClient):
+        self._scheduler = scheduler
+        self._client = client
+
+    def infer(self, node: Any, request_id: str, model_name: str, model_version: int,
+              inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> Any:
+        with self._scheduler._lock:
+            self._scheduler._inflight[node.node_id] = self._scheduler._inflight.get(node.node_id, 0) + 1
+        try:
+            return self._client.infer(node, request_id, model_name, model_version, inputs, timeout=timeout)
+        finally:
+            self._scheduler._release(node.node_id)

@@ -289,3 +289,24 @@ def test_waiter_gets_the_slot_when_it_frees():
     r = s.run(MANIFEST, X)  # queued behind the first, then runs
     assert r.node is nodes[0] and len(client.calls) == 2
     first.join(5)
+
+
+def test_counted_client_holds_a_slot_while_it_runs():
+    nodes = make_nodes(2)
+    validator_client = FakeClient()
+    validator_client.gate = threading.Event()
+    s = Scheduler(FakeRegistry(nodes), FakeClient())
+    counted = s.counted(validator_client)
+    t = threading.Thread(target=counted.infer, args=(nodes[0], "v1", "m", 2, X))
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not validator_client.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.inflight(nodes[0].node_id) == 1
+        for _ in range(5):
+            assert s.run(MANIFEST, X).node is nodes[1]  # a validator run counts like a primary one
+    finally:
+        validator_client.gate.set()
+        t.join(5)
+    assert s.inflight(nodes[0].node_id) == 0
