@@ -49,7 +49,7 @@ def import_tritonclient_grpc():
     return tritonclient.grpc
 
 
-def make_package(repo: Path, name: str, version: int = 1, atol: float = 1e-5) -> Path:
+def make_package(repo: Path, name: str, version: int = 1, atol: float = 1e-5, target: str = TARGET) -> Path:
     """A package of a zoo model whose artifact is a placeholder file (the nodes here run ORT)."""
     import numpy as np
     import onnx
@@ -73,11 +73,11 @@ def make_package(repo: Path, name: str, version: int = 1, atol: float = 1e-5) ->
     data = src.read_bytes()
     (pdir / "model.onnx").write_bytes(data)
     art = f"placeholder artifact for {name}/{version}".encode()
-    (pdir / "artifacts" / f"{TARGET}.so").write_bytes(art)
+    (pdir / "artifacts" / f"{target}.so").write_bytes(art)
     m = Manifest(
         name=name, version=version, source_sha256=hashlib.sha256(data).hexdigest(),
         model_sha256=hashlib.sha256(data).hexdigest(), inputs=inputs, outputs=outputs, tvm_version="none",
-        artifacts={TARGET: ArtifactInfo(TARGET, {"kind": "llvm"}, f"artifacts/{TARGET}.so",
+        artifacts={target: ArtifactInfo(target, {"kind": "llvm"}, f"artifacts/{target}.so",
                                         hashlib.sha256(art).hexdigest(), len(art))},
     )
     (pdir / "manifest.json").write_bytes(m.dumps())

@@ -70,6 +70,7 @@ def pool(tmp_path_factory):
     repo = tmp / "repo"
     for name in MODELS:
         make_package(repo, name)
+    make_package(repo, "cnn", target="cuda-sm90")  # offered, but no node here can run it
     proc = subprocess.Popen(
         [sys.executable, str(HARNESS), "--repo", str(repo), "--tmp", str(tmp), "--max-message", str(MAX_MESSAGE),
          "--sample-rate", "0"],
@@ -334,6 +335,16 @@ def test_typed_count_mismatch(pool):
     del req.inputs[0].contents.fp32_contents[-1]
     expect_rpc_error(lambda: pool["stub"].ModelInfer(req, timeout=10), grpc.StatusCode.INVALID_ARGUMENT,
                      "inputs[0].contents.fp32_contents", "63 values")
+
+
+def test_model_no_node_can_serve_is_unavailable(pool):
+    c = pool["client"]
+    assert not c.is_model_ready("cnn")
+    image = np.zeros((1, 3, 32, 32), np.float32)
+    t0 = time.monotonic()
+    expect_error(lambda: c.infer("cnn", infer_inputs({"image": image}), client_timeout=30), "UNAVAILABLE",
+                 "no node can serve model cnn version 1 (2 nodes known, 0 healthy)")
+    assert time.monotonic() - t0 < 5  # at once, not after a timeout
 
 
 def test_oversized_message(pool):
