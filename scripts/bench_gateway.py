@@ -14,7 +14,9 @@ then prints, in one run:
    vs through the gateway (OIP ModelInfer, raw contents) in auto/sync/always;
 2. verification compute vs sample rate: node CPU per request, gateway CPU per
    request and validator runs per request, for several rates (mode auto);
-3. throughput (requests/s, several client threads) with 2 nodes, then 1 node.
+3. throughput (requests/s, several client threads) with 2 nodes, then 1 node;
+4. what the gateway's own steps cost, timed in this process (where the added
+   latency goes: an extra gRPC hop, one Ed25519 verify, one Ed25519 signature).
 
 The client is hyperinfer's own OIP stub (tritonclient cannot share a process
 with hyperinfer's protobuf modules). Numbers depend on the machine and on what
@@ -246,6 +248,54 @@ class Bench:
             t.join(seconds + 60)
         return sum(counts) / (time.perf_counter() - t0), sum(errors)
 
+    def steps(self, n: int = 2000) -> None:
+        """Per-request steps of the gateway, timed here on this machine."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from hyperinfer.gateway import converters
+        from hyperinfer.gateway.dataplane import InferResponse, OutputTensor, check_inputs
+        from hyperinfer.package import ModelPackage
+        from hyperinfer.verify.attestation import Attestation, verify_attestation
+        from hyperinfer.verify.digest import tensors_digest
+        from hyperinfer.verify.receipt import Receipt, receipt_to_json, sign_receipt
+        from hyperinfer.verify.signing import key_id, public_bytes
+
+        m = ModelPackage.open(self.tmp / "repo" / "mlp" / "1").manifest
+        node, gw = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        y = {"probs": np.full((1, 10), 0.1, np.float32)}
+        att = Attestation(uuid.uuid4().hex, "mlp", 1, TARGET, "0" * 64, tensors_digest(["x"], {"x": self.x}),
+                          tensors_digest(["probs"], y), key_id(node), int(time.time() * 1000))
+        data, sig = att.sign(node)
+        pub = public_bytes(node)
+        receipt = sign_receipt(gw, Receipt(att.request_id, "mlp", 1, key_id(node), pub, data, sig, "unchecked", "",
+                                           int(time.time() * 1000)))
+        req = self.oip_request("auto")
+        resp = InferResponse("mlp", "1", "", [OutputTensor("probs", "FP32", y["probs"])],
+                             {"hyperinfer.receipt": receipt_to_json(receipt)})
+
+        def decode():
+            check_inputs(m, converters.request_from_proto(req).inputs)
+
+        rows = [
+            ("decode + check the OIP request", decode),
+            ("input digest (sha256)", lambda: tensors_digest(["x"], {"x": self.x})),
+            ("pool request/response tensors", lambda: tensors.many_from_proto(tensors.many_to_proto(y))),
+            ("verify the attestation (Ed25519)", lambda: verify_attestation(pub, data, sig)),
+            ("sign the receipt (Ed25519 + JSON)", lambda: sign_receipt(gw, receipt)),
+            ("receipt to JSON", lambda: receipt_to_json(receipt)),
+            ("encode the OIP response", lambda: converters.response_to_proto(resp).SerializeToString()),
+        ]
+        total = 0.0
+        for label, fn in rows:
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            us = (time.perf_counter() - t0) / n * 1e6
+            total += us
+            print(f"   {label:36s} {us:8.1f} us")
+        print(f"   {'sum':36s} {total:8.1f} us  (plus a Python gRPC server hop and a client call to the node)")
+
     def jobs(self) -> int:
         status = self.pool.Status(pool_pb2.StatusRequest(), timeout=5)
         return sum(n.jobs for n in status.nodes)
@@ -267,9 +317,12 @@ class Bench:
         print(f"   direct to node          {fmt_ms(direct)}")
         results = {}
         for mode in ("auto", "sync", "always"):
+            cpu0 = self.gateway.cpu()
             results[mode] = self.via_gateway(mode, n)
+            cpu = (self.gateway.cpu() - cpu0) / n * 1e3
             extra = (pct(results[mode], 50) - pct(direct, 50)) * 1e3
-            print(f"   gateway verify={mode:6s}  {fmt_ms(results[mode])}   (+{extra:.3f} ms p50 vs direct)")
+            print(f"   gateway verify={mode:6s}  {fmt_ms(results[mode])}   (+{extra:.3f} ms p50 vs direct; "
+                  f"gateway CPU {cpu:.2f} ms/req)")
         overhead = (pct(results["auto"], 50) - pct(direct, 50)) * 1e3
         print(f"   gateway overhead at p50 in auto mode: {overhead:.3f} ms "
               f"({'within' if overhead <= 1.0 else 'ABOVE'} the 1 ms budget)")
@@ -302,6 +355,9 @@ class Bench:
         rps1, err1 = self.throughput(a.seconds, a.threads)
         print(f"   1 node:  {rps1:8.1f} requests/s ({err1} errors)")
         print(f"   2 nodes / 1 node: x{rps2 / rps1:.2f}  (client, gateway and nodes share {os.cpu_count()} CPUs)")
+
+        print("\n4. the gateway's own steps per request, timed in this process")
+        self.steps()
 
 
 def main() -> int:
