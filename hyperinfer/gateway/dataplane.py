@@ -112,6 +112,8 @@ class Catalog(Protocol):
 class Registry(Protocol):
     def schedulable_nodes(self, model: str, version: int) -> list[Any]: ...
 
+    def report_failure(self, node_id: str, reason: str = "") -> None: ...
+
 
 class Verifier(Protocol):
     """gateway.verification.Verifier."""
@@ -202,7 +204,6 @@ class DataPlane:
         self.scheduler = scheduler
         self.verifier = verifier
         self.server_name = server_name
-        self._accepting = True
 
     # -------------------------------------------------------------- health
 
@@ -210,11 +211,9 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Accepting requests (False while shutting down). Per-model readiness is model_ready()."""
-        return self._accepting
-
-    def stop_accepting(self) -> None:
-        self._accepting = False
+        """The gateway takes requests (while shutting down, the health service says NOT_SERVING
+        and the port closes). Whether a model can be served is model_ready()."""
+        return True
 
     def manifest(self, name: str, version: str, where: str = "") -> Manifest:
         if not name:
@@ -249,8 +248,6 @@ class DataPlane:
 
     def infer(self, req: InferRequest, deadline: float | None = None) -> InferResponse:
         """``deadline``: time.monotonic() value by which the client stops waiting."""
-        if not self._accepting:
-            raise Unavailable("the gateway is shutting down")
         manifest = self.manifest(req.model_name, req.model_version, "model_")
         mode = parse_verify_mode(req.parameters)
         inputs = check_inputs(manifest, req.inputs)
@@ -278,7 +275,15 @@ class DataPlane:
         tried: list[str] = []
         last: ResultRejected | None = None
         for _ in range(self.scheduler.max_attempts):
-            primary = self.scheduler.run(manifest, inputs, deadline=deadline, input_digest=digest, exclude=tried)
+            try:
+                primary = self.scheduler.run(manifest, inputs, deadline=deadline, input_digest=digest,
+                                             exclude=tried)
+            except Unavailable as e:
+                if last is None:
+                    raise
+                raise Unavailable(f"model {manifest.name} version {manifest.version}: the results of "
+                                  f"{len(tried)} node(s) were rejected by verification ({last}) and no other "
+                                  f"node could run it ({e})") from None
             if self.verifier is None:
                 return primary, None
             try:

@@ -128,8 +128,9 @@ def test_rejected_result_is_retried_on_another_node(env):
 def test_every_node_rejected_is_unavailable(env):
     for n in env["nodes"]:
         env["client"].behaviour[n.node_id] = "bad-signature"
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable, match="2 node.*rejected by verification"):
         env["dp"].infer(request())
+    assert sorted(env["registry"].failed) == sorted(n.node_id for n in env["nodes"])
 
 
 def test_manifest_checks_name_the_field(env):
