@@ -221,6 +221,7 @@ class Scheduler:
             input_digest = tensors_digest([s.name for s in manifest.inputs], inputs)
         tried: set[str] = set(exclude)
         last: HyperinferError | None = None
+        codes: set[Code] = set()
         attempts = 0
         while attempts < self.max_attempts:
             nodes = [n for n in self.registry.schedulable_nodes(name, version)
@@ -259,11 +260,17 @@ class Scheduler:
             except HyperinferError as e:
                 if e.code == Code.INVALID_ARGUMENT:
                     raise
+                if (e.code == Code.DEADLINE_EXCEEDED and deadline is not None
+                        and time.monotonic() >= deadline - 0.001):
+                    # the client's deadline ran out, not the node's time: nobody to blame, nothing to retry
+                    raise HyperinferError(f"deadline exceeded while node {node.node_id} ran model {name} "
+                                          f"version {version}", Code.DEADLINE_EXCEEDED) from None
                 last = e
+                codes.add(e.code)
                 if e.code != Code.RESOURCE_EXHAUSTED:
                     log.warning("node %s failed %s/%s (%s): %s; retrying elsewhere",
                                 node.node_id, name, version, e.code.value, e)
-                    self.registry.report_failure(node.node_id)
+                    self.registry.report_failure(node.node_id, f"{e.code.value}: {e}")
                 continue
             finally:
                 self._release(node.node_id)
@@ -272,6 +279,9 @@ class Scheduler:
 
         if last is None:
             raise self._no_node(manifest, 0)
+        if codes == {Code.RESOURCE_EXHAUSTED}:  # every node said it is busy: say so, the client may back off
+            raise ResourceExhausted(f"model {name} version {version}: {attempts} node(s) are at capacity; "
+                                    f"retry later (last: {last})")
         raise Unavailable(
             f"model {name} version {version}: {attempts} attempt(s) on different nodes failed; "
             f"last error ({last.code.value}): {last}"

@@ -85,6 +85,8 @@ class FakeClient:
         if self.gate is not None:
             assert self.gate.wait(5)
         b = self.behaviour.get(node.node_id)
+        if callable(b):
+            b()
         if isinstance(b, Exception):
             raise b
         outputs = {"y": inputs["x"] * 2}
@@ -310,3 +312,30 @@ def test_counted_client_holds_a_slot_while_it_runs():
         validator_client.gate.set()
         t.join(5)
     assert s.inflight(nodes[0].node_id) == 0
+
+
+def test_client_deadline_is_not_the_nodes_fault():
+    nodes = make_nodes(2)
+    reg = FakeRegistry(nodes)
+    client = FakeClient()
+    def slow():  # like a node call cut off by the client's deadline
+        time.sleep(0.25)
+        raise HyperinferError("deadline", Code.DEADLINE_EXCEEDED)
+
+    for n in nodes:
+        client.behaviour[n.node_id] = slow
+    s = Scheduler(reg, client)
+    with pytest.raises(HyperinferError) as ei:
+        s.run(MANIFEST, X, deadline=time.monotonic() + 0.2)
+    assert ei.value.code == Code.DEADLINE_EXCEEDED and reg.failed == [] and len(client.calls) == 1
+
+
+def test_all_nodes_busy_is_resource_exhausted():
+    nodes = make_nodes(2)
+    client = FakeClient()
+    for n in nodes:
+        client.behaviour[n.node_id] = ResourceExhausted("busy")
+    reg = FakeRegistry(nodes)
+    with pytest.raises(ResourceExhausted, match="at capacity"):
+        Scheduler(reg, client).run(MANIFEST, X)
+    assert reg.failed == []
