@@ -219,10 +219,16 @@ def build(gateway: Any, *, client: Any = None, verifier: Verifier | None = None,
     cfg = gateway.config
     call_timeout = call_timeout or getattr(cfg, "node_timeout", None) or DEFAULT_CALL_TIMEOUT_S
     max_attempts = max_attempts or getattr(cfg, "max_attempts", None) or DEFAULT_MAX_ATTEMPTS
+    registry = gateway.registry
     if client is None:
         client = GrpcWorkerClient(timeout=call_timeout, max_message_bytes=cfg.max_message_bytes)
         gateway.add_shutdown_hook(client.close)
-    registry = gateway.registry
+
+        def forget_left(node_id: str, old: str, new: str) -> None:
+            if new == "left":  # its channel would only reconnect in vain
+                client.forget(registry.get(node_id).address)
+
+        registry.on_state_change(forget_left)
     # no check in the scheduler: verifier.verify checks the attestation (one Ed25519 verify per
     # result, not two) and a rejected result is retried elsewhere by the data plane
     scheduler = Scheduler(registry, client, call_timeout=call_timeout, max_attempts=max_attempts, check=None,
