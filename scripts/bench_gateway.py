@@ -51,6 +51,7 @@ from hyperinfer.transport import tensors
 from hyperinfer.transport.server import channel
 
 TARGET = "cpu-x86_64"
+HYPERINFER = ["-c", "from hyperinfer.cli import entrypoint; entrypoint()"]  # the CLI, without PATH
 
 # the gateway child: the extensions `hyperinfer gateway` installs, with a settable sample rate
 LAUNCHER = r"""
@@ -162,7 +163,7 @@ class Bench:
         self.address = line.split()[1]
         self.nodes = []
         for i in range(2):
-            n = Child(f"node{i}", ["-m", "hyperinfer", "node", "--gateway", self.address,
+            n = Child(f"node{i}", [*HYPERINFER, "node", "--gateway", self.address,
                                    "--key", str(self.tmp / f"node{i}.key"), "--operator", f"operator{i}",
                                    "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", "--device", "cpu",
                                    "--threads", "1", "--max-concurrency", "8", "--grace", "1"], self.tmp)

@@ -37,6 +37,8 @@ except ImportError:
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MODELS = ["mlp", "int-bool"]
+# the `hyperinfer` command, run by this interpreter (no reliance on PATH or a __main__ module)
+HYPERINFER = [sys.executable, "-c", "from hyperinfer.cli import entrypoint; entrypoint()"]
 TARGET = "cpu-x86_64"
 
 
@@ -62,8 +64,8 @@ class Child:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HYPERINFER_MODELS=str(log_dir))
-        self.proc = subprocess.Popen([sys.executable, "-m", "hyperinfer", *args], stdout=self._log,
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([*HYPERINFER, *args], stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
     def log(self) -> str:
@@ -201,7 +203,7 @@ def test_cli_infer(pool, tmp_path):
     x = np.random.default_rng(5).standard_normal((1, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     proc = subprocess.run(
-        [sys.executable, "-m", "hyperinfer", "infer", "--url", pool["address"], "--model", "mlp",
+        [*HYPERINFER, "infer", "--url", pool["address"], "--model", "mlp",
          "--input", f"x={tmp_path / 'x.npy'}", "--verify", "always", "--json", "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )

@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # importlib mode: the harness is
 from oip_harness import make_package  # noqa: E402
 
 HARNESS = Path(__file__).parent / "oip_harness.py"
+# the `hyperinfer` command, run by this interpreter (no reliance on PATH or a __main__ module)
+HYPERINFER = [sys.executable, "-c", "from hyperinfer.cli import entrypoint; entrypoint()"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def gateway(tmp_path_factory):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hyperinfer", "infer", *args], capture_output=True, text=True,
+    return subprocess.run([*HYPERINFER, "infer", *args], capture_output=True, text=True,
                           timeout=120)
 
 
