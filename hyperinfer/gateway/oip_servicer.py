@@ -118,6 +118,7 @@ class WriteBehindLedger:
         self.ledger = ledger
         self.summary_ttl = summary_ttl
         self.batch_seconds = batch_seconds
+        self._closed = False
         self._queue: "queue.Queue[tuple[str, tuple, dict] | None]" = queue.Queue(max_queue)
         self._summaries: dict[str, tuple[float, Any]] = {}
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -156,12 +157,17 @@ class WriteBehindLedger:
                 return
 
     def flush(self) -> None:
-        self._queue.join()
+        if not self._closed:
+            self._queue.join()
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+        """Commit what is queued and stop; later calls (a background check finishing during
+        shutdown) go straight to the ledger instead of waiting on a stopped writer."""
+        if self._closed:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self._closed = True
 
     def summary(self, node_id: str) -> Any:
         now = time.monotonic()
@@ -176,7 +182,7 @@ class WriteBehindLedger:
         attr = getattr(self.ledger, name)
         if not callable(attr):
             return attr
-        if name in self._DEFERRED:
+        if name in self._DEFERRED and not self._closed:
             return lambda *args, **kwargs: self._queue.put((name, args, kwargs))
 
         def call(*args: Any, **kwargs: Any) -> Any:

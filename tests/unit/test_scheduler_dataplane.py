@@ -202,3 +202,15 @@ def test_write_behind_ledger_keeps_order_and_flushes_before_reads(env):
     d = ledger.summary("n1")
     assert d["jobs"] == 50 and d["faults"] == 1
     assert wb.attestation_count("n1") == 50
+
+
+def test_write_behind_ledger_after_close_writes_through():
+    ledger = Ledger(SQLiteTransactions(":memory:"))
+    wb = WriteBehindLedger(ledger)
+    wb.record_job("n1", "r1", b"a", b"s")
+    wb.close()
+    assert ledger.summary("n1")["jobs"] == 1  # queued writes committed on close
+    wb.record_job("n1", "r2", b"a", b"s")  # a late background check: written at once, no hang
+    wb.record_fault("n1", "late", "r2")
+    assert ledger.summary("n1")["jobs"] == 2 and ledger.summary("n1")["faults"] == 1
+    wb.close()
