@@ -13,6 +13,12 @@ What a node error means:
 - anything else (UNAVAILABLE, DEADLINE_EXCEEDED, NOT_FOUND for a model the
   registry says it has, INTERNAL, a result whose attestation does not check
   out): the node is reported to the registry and the request retried elsewhere.
+
+``check(manifest, node, request_id, input_digest, result)`` (optional) judges a
+result before it is accepted, raising a HyperinferError (e.g.
+``gateway.verification.Verifier.check_result``, ResultRejected) to reject it.
+The gateway's data plane leaves it out and lets ``Verifier.verify`` check each
+result once; a rejected result is then retried by the data plane.
 """
 
 from __future__ import annotations
@@ -29,23 +35,12 @@ import numpy as np
 
 from hyperinfer.errors import Code, HyperinferError, InvalidArgument, ResourceExhausted, Unavailable
 from hyperinfer.package import Manifest
-from hyperinfer.verify.attestation import Attestation, AttestationError, verify_attestation
 from hyperinfer.verify.digest import tensors_digest
 
 log = logging.getLogger("hyperinfer.gateway.scheduler")
 
 DEFAULT_CALL_TIMEOUT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
-
-
-class NodeView(Protocol):
-    """What the scheduler needs of a registry entry (registry.NodeInfo)."""
-
-    node_id: str
-    public_key: bytes
-    operator: str
-    address: str
-    loaded: Mapping[tuple[str, int], tuple[str, str]]  # (name, version) -> (target id, artifact sha256)
 
 
 class Registry(Protocol):
@@ -59,12 +54,6 @@ class WorkerClient(Protocol):
               inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> Any: ...
 
 
-class BadResult(HyperinferError):
-    """A node returned a result the gateway cannot accept (attestation or outputs wrong)."""
-
-    code = Code.UNAVAILABLE
-
-
 @dataclass
 class Scheduled:
     """A checked result from one node."""
@@ -72,7 +61,7 @@ class Scheduled:
     node: Any
     request_id: str
     outputs: dict[str, np.ndarray]  # manifest order
-    attestation: Attestation | None  # None when the scheduler was built without a check
+    attestation: Any  # what ``check`` returned (an Attestation), None without a check
     attestation_bytes: bytes
     signature: bytes
     input_digest: str
@@ -80,52 +69,11 @@ class Scheduled:
     seconds: float  # wall time of the successful node call
 
 
-def check_result(manifest: Manifest, node: NodeView, request_id: str, input_digest: str, result: Any) -> Attestation:
-    """Check a node's result against what was asked; raise BadResult if anything is off.
-
-    The signature must verify with the key the node joined with, the attestation
-    must name this request, model, node and inputs and an artifact of this
-    model's manifest, and the outputs must be the manifest's and hash to the
-    signed digest (else a node could sign one answer and return another).
-    """
-    try:
-        att = verify_attestation(node.public_key, result.attestation_bytes, result.signature)
-    except AttestationError as e:
-        raise BadResult(f"node {node.node_id}: {e}") from None
-    expected = {
-        "request_id": request_id, "model_name": manifest.name, "model_version": manifest.version,
-        "node_id": node.node_id, "input_digest": input_digest,
-    }
-    for key, value in expected.items():
-        if getattr(att, key) != value:
-            raise BadResult(f"node {node.node_id}: attestation {key} {getattr(att, key)!r} is not {value!r}")
-    art = manifest.artifacts.get(att.target_id)
-    if art is None or art.sha256 != att.artifact_sha256:
-        raise BadResult(
-            f"node {node.node_id}: attested artifact {att.target_id}/{att.artifact_sha256[:16]} "
-            f"is not in the manifest of {manifest.name}/{manifest.version}"
-        )
-    outputs = result.outputs
-    names = [o.name for o in manifest.outputs]
-    if set(outputs) != set(names):
-        raise BadResult(f"node {node.node_id}: returned outputs {sorted(outputs)}, the manifest has {names}")
-    for spec in manifest.outputs:
-        a = outputs[spec.name]
-        if a.dtype.name != spec.dtype or tuple(a.shape) != tuple(spec.shape):
-            raise BadResult(
-                f"node {node.node_id}: output {spec.name!r} is {a.dtype.name}{list(a.shape)}, "
-                f"the manifest says {spec.dtype}{list(spec.shape)}"
-            )
-    if tensors_digest(names, outputs) != att.output_digest:
-        raise BadResult(f"node {node.node_id}: outputs do not match the attested output digest")
-    return att
-
-
 class Scheduler:
     def __init__(self, registry: Registry, client: WorkerClient, *,
                  call_timeout: float = DEFAULT_CALL_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  rng: random.Random | None = None,
-                 check: Callable[[Manifest, Any, str, str, Any], Attestation] | None = check_result,
+                 check: Callable[[Manifest, Any, str, str, Any], Any] | None = None,
                  known_nodes: Callable[[], int] | None = None):
         if max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be >= 1, got {max_attempts}")

@@ -12,11 +12,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer.errors import Code, HyperinferError, InvalidArgument, ResourceExhausted, Unavailable
-from hyperinfer.gateway.scheduler import Scheduler, check_result
+from hyperinfer.gateway.scheduler import Scheduler
+from hyperinfer.gateway.verification import ResultRejected, Verifier
 from hyperinfer.gateway.worker_client import WorkerResult
 from hyperinfer.package import ArtifactInfo, Manifest, OutputSpec, TensorSpec
 from hyperinfer.verify.attestation import Attestation
 from hyperinfer.verify.digest import tensors_digest
+from hyperinfer.verify.sampling import SamplingPolicy
 from hyperinfer.verify.signing import key_id, public_bytes
 
 SHA = "ab" * 32
@@ -59,6 +61,23 @@ class FakeRegistry:
 
     def report_failure(self, node_id, reason=""):
         self.failed.append(node_id)
+
+
+class FaultLedger:
+    """The one ledger call Verifier.check_result makes."""
+
+    def __init__(self):
+        self.faults: list[str] = []
+
+    def record_fault(self, node_id, reason, request_id="", kind="attestation"):
+        self.faults.append(node_id)
+        return False
+
+
+def verifier_check(ledger=None):
+    """The check the gateway uses: gateway.verification.Verifier.check_result."""
+    v = Verifier(ledger or FaultLedger(), SamplingPolicy(), lambda *a: None, None, Ed25519PrivateKey.generate())
+    return v.check_result
 
 
 def sign_result(node, rid, inputs, outputs, **override) -> WorkerResult:
@@ -108,7 +127,7 @@ class FakeClient:
 def test_runs_and_checks():
     nodes = make_nodes(1)
     client = FakeClient()
-    s = Scheduler(FakeRegistry(nodes), client)
+    s = Scheduler(FakeRegistry(nodes), client, check=verifier_check())
     r = s.run(MANIFEST, X)
     np.testing.assert_array_equal(r.outputs["y"], X["x"] * 2)
     assert r.node is nodes[0] and r.attempts == 1 and r.attestation.request_id == r.request_id
@@ -187,11 +206,12 @@ def test_bad_attestation_is_a_node_failure(tamper):
     nodes = make_nodes(2)
     reg = FakeRegistry(nodes)
     client = FakeClient()
-    s = Scheduler(reg, client)
+    ledger = FaultLedger()
+    s = Scheduler(reg, client, check=verifier_check(ledger))
     s._inflight = {nodes[1].node_id: 1}
     client.behaviour[nodes[0].node_id] = tamper
     r = s.run(MANIFEST, X)
-    assert r.node is nodes[1] and reg.failed == [nodes[0].node_id]
+    assert r.node is nodes[1] and reg.failed == [nodes[0].node_id] and ledger.faults == [nodes[0].node_id]
 
 
 def test_invalid_argument_from_node_is_returned_as_is():
@@ -250,12 +270,13 @@ def test_accept_and_prefer_filter_nodes():
         s.run(MANIFEST, X, accept=lambda n: False)
 
 
-def test_check_result_rejects_wrong_input_digest():
+def test_check_rejects_wrong_input_digest():
     node = make_nodes(1)[0]
     r = sign_result(node, "rid", X, {"y": X["x"] * 2})
-    check_result(MANIFEST, node, "rid", tensors_digest(["x"], X), r)
-    with pytest.raises(HyperinferError, match="input_digest"):
-        check_result(MANIFEST, node, "rid", "00" * 32, r)
+    check = verifier_check()
+    check(MANIFEST, node, "rid", tensors_digest(["x"], X), r)
+    with pytest.raises(ResultRejected, match="input_digest"):
+        check(MANIFEST, node, "rid", "00" * 32, r)
 
 
 def test_capacity_is_respected_and_waits_are_bounded():
