@@ -94,6 +94,46 @@ def ort_factory(repo: Path):
     return make
 
 
+class Harness:
+    """This module run as a child process: ``with Harness(repo, tmp) as h: h.address``."""
+
+    def __init__(self, repo: Path, tmp: Path, *, sample_rate: float = 0.0, max_message: int | None = None,
+                 timeout: float = 60.0):
+        import subprocess
+        import threading
+
+        args = [sys.executable, __file__, "--repo", str(repo), "--tmp", str(tmp), "--sample-rate", str(sample_rate)]
+        if max_message is not None:
+            args += ["--max-message", str(max_message)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        box: list[str] = []
+        t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
+        t.start()
+        t.join(timeout)
+        if not box or not box[0].startswith("READY"):
+            self.close()
+            raise RuntimeError(f"harness did not report READY within {timeout}s (exit code {self.proc.poll()})")
+        _, self.address, key = box[0].split()
+        self.gateway_key = bytes.fromhex(key)
+
+    def close(self) -> None:
+        import subprocess
+
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()  # the child stops when its stdin closes
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> "Harness":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--repo", required=True, type=Path)

@@ -11,9 +11,7 @@ artifacts in separate processes.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from hyperinfer.runtime import ORTRunner
 from hyperinfer.verify.receipt import RECEIPT_PARAMETER, receipt_from_json, verify_receipt
 
 sys.path.insert(0, str(Path(__file__).parent))  # importlib mode: the harness is a plain module here
-from oip_harness import import_tritonclient_grpc, make_package  # noqa: E402
+from oip_harness import Harness, import_tritonclient_grpc, make_package  # noqa: E402
 
 try:
     tritonclient_grpc = import_tritonclient_grpc()
@@ -37,7 +35,6 @@ from tritonclient.grpc import service_pb2 as tpb  # noqa: E402
 from tritonclient.grpc import service_pb2_grpc as tpb_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-HARNESS = Path(__file__).parent / "oip_harness.py"
 MAX_MESSAGE = 4 * 1024 * 1024
 MODELS = ["mlp", "int-bool", "two-inputs"]
 
@@ -54,16 +51,6 @@ def wait_for(pred, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def read_line(proc: subprocess.Popen, timeout: float) -> str:
-    box: list[str] = []
-    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-    t.start()
-    t.join(timeout)
-    if not box or not box[0]:
-        raise AssertionError(f"harness did not report READY within {timeout}s (exit code {proc.poll()})")
-    return box[0]
-
-
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("oip")
@@ -71,29 +58,14 @@ def pool(tmp_path_factory):
     for name in MODELS:
         make_package(repo, name)
     make_package(repo, "cnn", target="cuda-sm90")  # offered, but no node here can run it
-    proc = subprocess.Popen(
-        [sys.executable, str(HARNESS), "--repo", str(repo), "--tmp", str(tmp), "--max-message", str(MAX_MESSAGE),
-         "--sample-rate", "0"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        line = read_line(proc, 60).split()
-        assert line[0] == "READY", line
-        address, gateway_key = line[1], bytes.fromhex(line[2])
-        client = tritonclient_grpc.InferenceServerClient(address)
+    with Harness(repo, tmp, max_message=MAX_MESSAGE, sample_rate=0) as h:
+        client = tritonclient_grpc.InferenceServerClient(h.address)
         wait_for(lambda: all(client.is_model_ready(m) for m in MODELS), 30, "nodes to serve every model")
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(h.address)
         yield {"client": client, "stub": tpb_grpc.GRPCInferenceServiceStub(channel), "repo": repo,
-               "channel": channel, "gateway_key": gateway_key, "address": address}
+               "channel": channel, "gateway_key": h.gateway_key, "address": h.address}
         channel.close()
         client.close()
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def reference(repo: Path, name: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Manifest]:

@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,8 @@ import pytest
 from hyperinfer.verify.receipt import verify_receipt
 
 sys.path.insert(0, str(Path(__file__).parent))  # importlib mode: the harness is a plain module here
-from oip_harness import make_package  # noqa: E402
+from oip_harness import Harness, make_package  # noqa: E402
 
-HARNESS = Path(__file__).parent / "oip_harness.py"
 # the `hyperinfer` command, run by this interpreter (no reliance on PATH or a __main__ module)
 HYPERINFER = [sys.executable, "-c", "from hyperinfer.cli import entrypoint; entrypoint()"]
 
@@ -27,25 +25,10 @@ HYPERINFER = [sys.executable, "-c", "from hyperinfer.cli import entrypoint; entr
 def gateway(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("oip-cli")
     make_package(tmp / "repo", "mlp")
-    proc = subprocess.Popen([sys.executable, str(HARNESS), "--repo", str(tmp / "repo"), "--tmp", str(tmp),
-                             "--sample-rate", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        box: list[str] = []
-        t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
-        t.start()
-        t.join(60)
-        assert box and box[0].startswith("READY"), f"harness did not start (exit code {proc.poll()})"
-        _, address, key = box[0].split()
+    with Harness(tmp / "repo", tmp) as h:
         x = tmp / "x.npy"
         np.save(x, np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32))
-        yield {"address": address, "key": bytes.fromhex(key), "x": x, "tmp": tmp}
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        yield {"address": h.address, "key": h.gateway_key, "x": x, "tmp": tmp}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
