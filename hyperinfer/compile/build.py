@@ -112,7 +112,7 @@ def robust_gpu_schedule(report: GpuScheduleReport):
     return apply
 
 
-def _pipeline(target: TargetInfo, tvm_target, schedule_passes):
+def _pipeline(target: TargetInfo, tvm_target, schedule_passes, pre_passes=()):
     import tvm
 
     backend, pipeline = _backend(target.kind)
@@ -122,6 +122,7 @@ def _pipeline(target: TargetInfo, tvm_target, schedule_passes):
         with tvm_target:
             seq = tvm.transform.Sequential(
                 pipeline.library_dispatch_passes(tvm_target)
+                + list(pre_passes)
                 + _fusion_passes()
                 + schedule_passes
                 + pipeline.dataflow_lower_passes(tvm_target)
@@ -163,13 +164,16 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
     start = time.perf_counter()
     notes: list[str] = []
     tuned = False
+    pre_passes: list = []
     if target.kind in ("cuda", "rocm", "vulkan"):
         report = GpuScheduleReport()
         schedule = [robust_gpu_schedule(report)]
     else:
         from hyperinfer.compile.schedules import cpu as cpu_sched
+        from hyperinfer.compile.schedules import rewrites
 
         report = None
+        pre_passes = rewrites.cpu_pre_fusion_passes()
         schedule = [cpu_sched.schedule_pass(target)]
         if tuning_db is not None:
             from hyperinfer.compile import tune
@@ -180,7 +184,7 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
                 tuned = True
     try:
         with tvm.transform.PassContext(opt_level=3):
-            ex = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(target, tvm_target, schedule))
+            ex = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(target, tvm_target, schedule, pre_passes))
         out_path.parent.mkdir(parents=True, exist_ok=True)
         ex.export_library(str(out_path), **toolchain.export_kwargs(target))
     except FailedPrecondition:

@@ -38,12 +38,15 @@ never fails because of a schedule.
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass, field
 
 from hyperinfer.compile.targets import TargetInfo
 
 log = logging.getLogger("hyperinfer.compile")
 
+_DEBUG = bool(os.environ.get("HYPERINFER_SCHEDULE_DEBUG"))
 # below this many output elements a loop nest is not worth a parallel launch
 _PARALLEL_MIN = 2048
 # register tile: accumulators = unroll x vector (<= ~24 of AVX-512's 32 zmm registers)
@@ -66,45 +69,79 @@ class CpuScheduleReport:
 
 # ---------------------------------------------------------------- IR helpers
 
+def _walk(node, visit) -> None:
+    """Pre-order walk over a TIR expression/statement (the Python API has no stmt_functor)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n is None:
+            continue
+        if isinstance(n, (list, tuple)) or type(n).__name__ == "Array":
+            stack.extend(list(n))
+            continue
+        if visit(n) is False:
+            return
+        for attr in ("a", "b", "value", "indices", "args", "condition", "true_value", "false_value", "body"):
+            try:
+                child = getattr(n, attr)
+            except Exception:  # noqa: BLE001 - attribute missing on this node type
+                continue
+            if child is not None and not isinstance(child, (int, float, str)):
+                stack.append(child)
+
+
 def _loads(stmt):
     from tvm import tirx
 
+    import tvm
+
+    load_type = getattr(tvm.ir, "TensorLoad", None) or tirx.BufferLoad
     found = []
 
     def visit(node):
-        if isinstance(node, tirx.BufferLoad):
+        if isinstance(node, load_type):
             found.append(node)
 
-    tirx.stmt_functor.post_order_visit(stmt, visit)
+    _walk(stmt, visit)
     return found
 
 
-def _has(stmt, pred) -> bool:
-    from tvm import tirx
+def _buf(load):
+    """The buffer a load reads (``TensorLoad.source`` in TVM 0.27, ``BufferLoad.buffer`` before)."""
+    b = getattr(load, "buffer", None)
+    return b if b is not None else load.source
 
+
+def _has(stmt, pred) -> bool:
     hit = []
 
     def visit(node):
-        if not hit and pred(node):
+        if pred(node):
             hit.append(node)
+            return False
+        return True
 
-    tirx.stmt_functor.post_order_visit(stmt, visit)
+    _walk(stmt, visit)
     return bool(hit)
 
 
-def _is_call(node, names=None) -> bool:
-    from tvm import tirx
+_IF_THEN_ELSE = ("prim.if_then_else", "tirx.if_then_else", "tir.if_then_else")
+_CHEAP_CALLS = _IF_THEN_ELSE + ("prim.likely", "tirx.likely", "tir.likely")
 
-    if not isinstance(node, tirx.Call):
+
+def _is_call(node, names=None) -> bool:
+    import tvm
+
+    if not isinstance(node, tvm.ir.Call):
         return False
     name = getattr(node.op, "name", "")
     if names is None:
-        return name not in ("tirx.if_then_else", "tirx.likely", "tir.if_then_else", "tir.likely")
+        return name not in _CHEAP_CALLS
     return name in names
 
 
 def _is_pad(block) -> bool:
-    return _has(block.body, lambda n: _is_call(n, ("tirx.if_then_else", "tir.if_then_else")))
+    return _has(block.body, lambda n: _is_call(n, _IF_THEN_ELSE))
 
 
 def _is_reduction(block) -> bool:
@@ -115,11 +152,16 @@ def _is_reduction(block) -> bool:
 
 def _coef(expr, var) -> int | None:
     """Coefficient of ``var`` in ``expr`` if linear with a constant coefficient, else None."""
-    from tvm import arith, tirx
+    from tvm import tirx
+
+    try:
+        from tvm.sym.pattern import detect_linear_equation
+    except ImportError:  # TVM < 0.27
+        from tvm.arith import detect_linear_equation
 
     if not _has(expr, lambda n: isinstance(n, tirx.Var) and n.same_as(var)):
         return 0
-    res = arith.detect_linear_equation(expr, [var])
+    res = detect_linear_equation(expr, [var])
     if len(res) != 2 or not isinstance(res[0], tirx.IntImm):
         return None
     return int(res[0].value)
@@ -166,13 +208,15 @@ def _root_blocks(sch):
 def _block_loops_vars(sch, block):
     """Loops of ``block`` and, for each, the block iter var it binds directly (or None)."""
     from tvm import tirx
-    from tvm.s_tir.schedule.analysis import get_sblock_realize
 
     loops = list(sch.get_loops(block))
-    realize = get_sblock_realize(sch, block)
     blk = sch.get(block)
+    realize = sch.get(loops[-1]).body if loops else None
+    values = getattr(realize, "iter_values", None)
+    if values is None:
+        raise ValueError("block is not directly under its innermost loop")
     by_loop = {}
-    for iv, value in zip(blk.iter_vars, realize.iter_values):
+    for iv, value in zip(blk.iter_vars, values):
         if isinstance(value, tirx.Var):
             by_loop[value] = iv
     out = []
@@ -214,7 +258,7 @@ def _is_contraction(blk) -> bool:
     if not isinstance(store, tirx.BufferStore):
         return False
     out = store.buffer
-    reads = {ld.buffer for ld in _loads(store.value) if not ld.buffer.same_as(out)}
+    reads = {_buf(ld) for ld in _loads(store.value) if not _buf(ld).same_as(out)}
     return len(reads) >= 2 and _has(store.value, lambda n: isinstance(n, tirx.Mul))
 
 
@@ -231,14 +275,35 @@ def _parallel_outer(sch, loops, threads_hint: int = 0):
 
 
 def _schedule_elementwise(sch, block, lanes: int) -> str:
-    """Fuse all loops, split off a vector, parallelize the rest."""
+    """Fuse all loops, split off a vector, parallelize the rest.
+
+    Padding keeps its innermost loop (the fused index would cost a div/mod per
+    element) and vectorizes it when it divides into vectors.
+    """
     loops = list(sch.get_loops(block))
     if not loops:
         return "none"
+    total = 1
+    for lp in loops:
+        total *= _ext(sch, lp) or 1
+    blk = sch.get(block)
+    last_ext = _ext(sch, loops[-1]) or 0
+    if len(loops) > 1 and (_is_pad(blk) or last_ext >= lanes):
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        inner = loops[-1]
+        n_in = _ext(sch, inner) or 0
+        vec = _vector_factor(n_in, lanes)
+        if vec == n_in and vec:
+            sch.vectorize(inner)
+        elif vec:
+            _, vi = sch.split(inner, [None, vec])
+            sch.vectorize(vi)
+        if total >= _PARALLEL_MIN and (_ext(sch, outer) or 0) > 1:
+            sch.parallel(outer)
+        return "elementwise"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     n = _ext(sch, fused) or 0
-    blk = sch.get(block)
-    vec = 0 if _is_pad(blk) else _vector_factor(n, lanes)
+    vec = _vector_factor(n, lanes)
     if vec:
         outer, inner = sch.split(fused, [None, vec])
         sch.vectorize(inner)
@@ -281,7 +346,20 @@ def _epilogue_of(sch, block):
     return c
 
 
-def _tile_reduction(sch, block, lanes: int, threads: int) -> str:
+def _decompose(sch, block, rloop) -> None:
+    """Split the reduction's init off before ``rloop``; vectorize/unroll it like the update."""
+    from tvm import tirx
+
+    init = sch.decompose_reduction(block, rloop)
+    iloops = list(sch.get_loops(init))
+    for lp in iloops:
+        if sch.get(lp).kind != tirx.ForKind.SERIAL:
+            return  # decompose_reduction kept the update's loop kinds
+    if iloops:
+        sch.vectorize(iloops[-1])
+
+
+def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = False) -> str:
     """Register-tile a reduction block vectorized over its innermost output axis.
 
     Raises ValueError when the block does not fit (caller tries the next rule).
@@ -307,18 +385,21 @@ def _tile_reduction(sch, block, lanes: int, threads: int) -> str:
             vec_iv = iv
     if vec_iv is None:
         raise ValueError("innermost output axis is not a plain loop")
-    loads = [ld for ld in _loads(store.value) if not ld.buffer.same_as(store.buffer)]
+    loads = [ld for ld in _loads(store.value) if not _buf(ld).same_as(store.buffer)]
     vec_loads = []
     for ld in loads:
         if any(_uses(ix, vec_iv.var) for ix in ld.indices[:-1]):
             raise ValueError("vector axis not innermost in an input")
         if ld.indices and _uses(ld.indices[-1], vec_iv.var):
-            if _coef(ld.indices[-1], vec_iv.var) != 1:
+            c = _coef(ld.indices[-1], vec_iv.var)
+            if c != 1 and not (allow_strided and c in (2, 3, 4)):
                 raise ValueError("vector axis strided in an input")
             vec_loads.append(ld)
-    vec_loop = next(lp for lp, iv in spatial if iv.same_as(vec_iv))
-    vec_ext = _ext(sch, vec_loop)
-    vf = _vector_factor(vec_ext or 0, lanes)
+    pos = {id(lp): i for i, (lp, _) in enumerate(spatial)}
+    vec_idx = next(i for i, (_, iv) in enumerate(spatial) if iv.same_as(vec_iv))
+    vec_loop = spatial[vec_idx][0]
+    vec_ext = _ext(sch, vec_loop) or 0
+    vf = _vector_factor(vec_ext, lanes)
     if not vf:
         raise ValueError(f"innermost extent {vec_ext} does not vectorize")
     # register axis: largest other spatial axis the vectorized operand does not read
@@ -335,25 +416,28 @@ def _tile_reduction(sch, block, lanes: int, threads: int) -> str:
         epi = sch.get_consumers(block)[0]
     else:
         sch.set_scope(block, 0, "local")
-    # split
     vec_o, vec_i = sch.split(vec_loop, [None, vf])
     reg_o = reg_i = None
-    uf = 1
+    # ~16 accumulator vectors (of 32 AVX-512 / 16 AVX2 registers), fewer when there are fewer registers
+    n_acc = 16 if lanes >= 16 else 8
+    limit = max(1, n_acc // max(1, (vf + lanes - 1) // lanes))
     if reg is not None:
-        uf = _unroll_factor(_ext(sch, reg[0]) or 1, max(1, (_UNROLL * 2 * lanes) // (vf * 2)) if vf > lanes else _UNROLL)
+        uf = _unroll_factor(_ext(sch, reg[0]) or 1, limit)
         if uf > 1:
             reg_o, reg_i = sch.split(reg[0], [None, uf])
     outer = []
     for lp, iv in spatial:
         if iv.same_as(vec_iv):
             outer.append(vec_o)
-        elif reg is not None and iv.same_as(reg[1]) and reg_o is not None:
-            outer.append(reg_o)
+        elif reg is not None and iv.same_as(reg[1]):
+            continue
         else:
             outer.append(lp)
+    # the register axis' outer loop innermost among the tiles: consecutive tiles share the input patch
+    if reg is not None:
+        outer.append(reg_o if reg_o is not None else reg[0])
     inner = ([reg_i] if reg_i is not None else []) + [vec_i]
     sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
-    # drop unit outer loops from the parallel nest, keep order
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
     if (_ext(sch, fused) or 2) > 1:
@@ -363,23 +447,24 @@ def _tile_reduction(sch, block, lanes: int, threads: int) -> str:
     if eloops:
         einner = eloops[-1]
         e_ext = _ext(sch, einner) or 0
-        if e_ext > 1 and e_ext <= 4 * lanes:
+        if e_ext > 1 and e_ext <= 6 * lanes:
             sch.vectorize(einner)
-    # reduction init before the first reduction loop
-    rloop = sch.get_loops(block)[1]
-    init = sch.decompose_reduction(block, rloop)
-    iloops = list(sch.get_loops(init))
-    if iloops:
-        sch.vectorize(iloops[-1])
     # small reduction loops (kernel window) unrolled
-    for lp in list(sch.get_loops(block))[2:-len(inner)][1:]:
+    rloops = list(sch.get_loops(block))[1:-len(inner)]
+    for lp in rloops[1:]:
         e = _ext(sch, lp)
         if e is not None and 1 < e <= 7:
             sch.unroll(lp)
     if reg_i is not None:
         sch.unroll(reg_i)
     sch.vectorize(vec_i)
-    return "tiled"
+    # reduction init before the first reduction loop
+    _decompose(sch, block, rloops[0])
+    return "tiled" if not allow_strided else "tiled-strided"
+
+
+def _tile_strided(sch, block, lanes: int, threads: int) -> str:
+    return _tile_reduction(sch, block, lanes, threads, allow_strided=True)
 
 
 def _tile_channels(sch, block, lanes: int, threads: int) -> str:
@@ -400,7 +485,7 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     ch_iv = next((iv for _, iv in spatial if _coef(ch, iv.var) == 1 and _uses(ch, iv.var)), None)
     if ch_iv is None:
         raise ValueError("no channel axis")
-    loads = [ld for ld in _loads(store.value) if not ld.buffer.same_as(store.buffer)]
+    loads = [ld for ld in _loads(store.value) if not _buf(ld).same_as(store.buffer)]
     users = [ld for ld in loads if any(_uses(ix, ch_iv.var) for ix in ld.indices)]
     if len(users) != 1:
         raise ValueError("channel axis read by several inputs (depthwise)")
@@ -415,7 +500,7 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     # innermost output axis as the register axis
     last = store.indices[-1]
     x_iv = next((iv for _, iv in spatial if _coef(last, iv.var) == 1 and _uses(last, iv.var)), None)
-    widx = [i for i, ld in enumerate(blk.reads) if ld.buffer.same_as(w.buffer)][0]
+    widx = [i for i, r in enumerate(blk.reads) if _buf(r).same_as(_buf(w))][0]
     wcache = sch.cache_read(block, widx, "global")
     ndim = len(w.indices)
     sch.transform_layout(
@@ -457,25 +542,22 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
     if (_ext(sch, fused) or 2) > 1:
         sch.parallel(fused)
-    rloop = sch.get_loops(block)[1]
-    init = sch.decompose_reduction(block, rloop)
-    iloops = list(sch.get_loops(init))
-    if iloops:
-        sch.vectorize(iloops[-1])
-    for lp in list(sch.get_loops(block))[2:-len(inner)][1:]:
+    rloops = list(sch.get_loops(block))[1:-len(inner)]
+    for lp in rloops[1:]:
         e = _ext(sch, lp)
         if e is not None and 1 < e <= 7:
             sch.unroll(lp)
     if x_i is not None:
         sch.unroll(x_i)
     sch.vectorize(c_i)
+    _decompose(sch, block, rloops[0])
     # the weight repack runs once per call: parallel copy
     _schedule_elementwise(sch, wcache, lanes)
     return "tiled-channels"
 
 
 def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | None = None, name: str = ""):
-    from tvm import s_tir
+    from tvm import s_tir, tirx
 
     sch = s_tir.Schedule(func)
     _inline_all(sch)
@@ -486,14 +568,16 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
         blk = sch.get(block)
         rules = []
         if _is_contraction(blk):
-            rules = [_tile_reduction, _tile_channels]
-            # strided conv: channel vectorization first
+            rules = [_tile_reduction, _tile_channels, _tile_strided]
+            # strided conv, or rows that do not split into whole vectors: channel vectorization first
             store = blk.body
             if any(_coef(ix, iv.var) not in (0, 1) for ld in _loads(store.value) for ix in ld.indices[-1:]
                    for iv in blk.iter_vars):
-                rules = [_tile_channels, _tile_reduction]
+                rules = [_tile_channels, _tile_strided]
+            elif int(store.buffer.shape[-1]) % lanes:
+                rules = [_tile_channels, _tile_reduction, _tile_strided]
         elif sch.get(block).body is not None:
-            rules = [_tile_reduction]
+            rules = [_tile_reduction, _tile_strided]
         done = False
         for rule in rules:
             snapshot = sch.copy()
@@ -502,7 +586,11 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
                 done = True
                 break
             except Exception as e:  # noqa: BLE001 - the next rule, or the plain one
-                if report is not None and not isinstance(e, ValueError):
+                if _DEBUG:
+                    import traceback
+
+                    traceback.print_exc()
+                if report is not None and (_DEBUG or not isinstance(e, ValueError)):
                     report.fallbacks.append(f"{name}/{blk.name_hint}: {rule.__name__}: {_short(e)}")
                 sch = snapshot
                 block = sch.get_sblock(bname)
@@ -514,14 +602,14 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
         if _is_reduction(blk):
             continue
         loops = sch.get_loops(block)
-        if loops and any(sch.get(lp).kind != 0 for lp in loops):
+        if loops and any(sch.get(lp).kind != tirx.ForKind.SERIAL for lp in loops):
             continue  # already scheduled (parallel/vectorized)
         try:
             used.append(_schedule_elementwise(sch, block, lanes))
         except Exception as e:  # noqa: BLE001
             if report is not None:
                 report.fallbacks.append(f"{name}/{blk.name_hint}: elementwise: {_short(e)}")
-    rule = next((u for u in ("tiled", "tiled-channels") if u in used), used[0] if used else "none")
+    rule = next((u for u in ("tiled", "tiled-channels", "tiled-strided") if u in used), used[0] if used else "none")
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), rule
 
 

@@ -1,0 +1,88 @@
+"""Graph rewrites applied before legalization on CPU targets.
+
+``conv2d_transpose`` with stride equal to its kernel (the upsampling heads of
+detection models: kernel 2, stride 2, no padding) legalizes to a convolution
+over a zero-dilated, padded input: three quarters of its multiply-adds are by
+zero and the dilated copy is four times the input. The same result is a 1x1
+convolution to ``O*kh*kw`` channels followed by a depth-to-space shuffle:
+
+    out[n, o, h*kh + a, w*kw + b] = sum_c x[n, c, h, w] * W[c, o, a, b]
+
+which the CPU schedules tile like any other 1x1 convolution.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("hyperinfer.compile")
+
+
+def _ints(arr) -> list[int]:
+    return [int(v) for v in arr]
+
+
+def conv_transpose_rewrite_pass():
+    """Relax function pass: stride == kernel ``conv2d_transpose`` -> 1x1 conv2d + reshape/permute."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    op_ct = tvm.ir.Op.get("relax.nn.conv2d_transpose")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or not call.op.same_as(op_ct):
+                return call
+            try:
+                new = self._rewrite(call)
+                return call if new is None else new
+            except Exception as e:  # noqa: BLE001 - leave anything unusual to TVM's own lowering
+                log.debug("conv2d_transpose left as it is: %s", e)
+                return call
+
+        def _rewrite(self, call):
+            a = call.attrs
+            x, w = call.args
+            data = getattr(w, "data", None) if isinstance(w, tvm.ir.expr.Constant) else None
+            if data is None and isinstance(w, tvm.ir.expr.Constant):
+                data = getattr(w, "value", None)  # TVM 0.27: GenericConst.value
+            if data is None or not hasattr(data, "numpy"):
+                return None
+            if (a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or str(a.out_layout) not in ("NCHW", "")
+                    or int(a.groups) != 1):
+                return None
+            wnp = data.numpy()
+            cin, cout, kh, kw = wnp.shape
+            if (_ints(a.strides) != [kh, kw] or any(_ints(a.padding)) or any(_ints(a.output_padding))
+                    or _ints(a.dilation) != [1, 1]):
+                return None
+            info = x.ty if hasattr(x, "ty") else x.struct_info  # TVM 0.27: Expr.ty (TensorType)
+            shape = [int(d) for d in info.shape]
+            if len(shape) != 4 or shape[1] != cin:
+                return None
+            n, _, h, wd = shape
+            od = a.out_dtype
+            out_dtype = str(od) if od is not None and str(od) not in ("", "None", "void") else str(info.dtype)
+            w2 = np.ascontiguousarray(wnp.transpose(1, 2, 3, 0).reshape(cout * kh * kw, cin, 1, 1))
+            y = relax.op.nn.conv2d(x, relax.const(w2), out_dtype=out_dtype)
+            y = relax.op.reshape(y, [n, cout, kh, kw, h, wd])
+            y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
+            return relax.op.reshape(y, [n, cout, h * kh, wd * kw])
+
+    @tvm.transform.module_pass(opt_level=0, name="HyperinferConvTransposeRewrite")
+    def apply(mod, _ctx):
+        rw = Rewriter(mod)
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return rw.builder_.get()
+
+    return apply
+
+
+def cpu_pre_fusion_passes() -> list:
+    """Relax passes the CPU build runs before LegalizeOps."""
+    return [conv_transpose_rewrite_pass()]
