@@ -1,0 +1,428 @@
+"""MetaSchedule tuning for CPU targets, kept per function only where it beats the default.
+
+    report = tune(mod, target_info, db_dir, trials=512, minutes=30, threads=2, progress=print)
+    build.build_artifact(mod, target_info, out, tuning_db=db_dir)   # applies what won
+
+``db_dir`` (a package's ``tuning/<target-id>/``) holds:
+
+- ``database_workload.json``, ``database_tuning_record.json``: MetaSchedule's JSON
+  database. Tuning again loads it (the search starts from the best records
+  found so far) and appends to it.
+- ``choices.json``: per tuned function (structural hash), the measured latency
+  of the default rule-based schedule and of the best tuned one and which won.
+  :func:`apply_database_pass` applies only the tuned schedules that won.
+
+Ctrl-C during :func:`tune` stops the search and keeps every record already
+measured (the JSON database is written as records arrive); the comparison
+with the default schedule still runs for what was found.
+
+Tasks are the fused PrimFuncs of the same pipeline the build uses (library
+dispatch, CPU rewrites, legalize, fuse), so tuned records match the build's
+functions exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hyperinfer.compile.targets import TargetInfo
+from hyperinfer.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("hyperinfer.compile")
+
+CHOICES = "choices.json"
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+
+
+@dataclass
+class TaskResult:
+    name: str
+    key: str  # structural hash of the function (the choice key)
+    weight: int  # how many times the model calls it
+    trials: int = 0
+    best_tuned_us: float | None = None  # best measured by the tuner
+    default_us: float | None = None  # re-measured side by side at the end
+    tuned_us: float | None = None
+    choice: str = "default"  # "tuned" or "default"
+
+
+@dataclass
+class TuneReport:
+    target: str
+    db_dir: Path
+    tasks: list[TaskResult] = field(default_factory=list)
+    trials: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    stopped_by_time: bool = False
+
+    @property
+    def tuned_functions(self) -> int:
+        return sum(1 for t in self.tasks if t.choice == "tuned")
+
+    def estimated_speedup(self) -> float | None:
+        """Sum of default latencies / sum of chosen latencies, weighted by calls."""
+        d = c = 0.0
+        for t in self.tasks:
+            if t.default_us is None:
+                continue
+            d += t.weight * t.default_us
+            c += t.weight * (t.tuned_us if t.choice == "tuned" and t.tuned_us is not None else t.default_us)
+        return d / c if c else None
+
+
+@dataclass
+class Progress:
+    """What the progress callback receives after every measured batch."""
+
+    phase: str  # "extract", "tune", "compare", "done"
+    tasks: int
+    task: str = ""
+    trials: int = 0  # measured so far in this run
+    max_trials: int = 0
+    best_us: dict[str, float] = field(default_factory=dict)  # per task, best tuned latency so far
+    elapsed: float = 0.0
+    message: str = ""
+
+
+# ---------------------------------------------------------------- tasks
+
+def fused_module(mod, target: TargetInfo):
+    """The Relax module after the build's pre-scheduling passes (the functions the CPU schedule sees)."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    from hyperinfer.compile import build
+    from hyperinfer.compile.schedules import rewrites
+
+    tvm_target = target.tvm_target()
+    with tvm_target, tvm.transform.PassContext(opt_level=3):
+        seq = tvm.transform.Sequential(
+            pipeline.library_dispatch_passes(tvm_target) + rewrites.cpu_pre_fusion_passes() + build._fusion_passes()
+        )
+        return seq(mod)
+
+
+def tuning_target(target: TargetInfo, threads: int):
+    """The build target with ``num-cores`` (MetaSchedule needs it); records match the build target's kind/keys."""
+    import tvm
+
+    spec = dict(target.spec)
+    spec["num-cores"] = int(threads)
+    return tvm.target.Target(spec, host=target.host) if target.host is not None else tvm.target.Target(spec)
+
+
+def _task_mod(func):
+    import tvm
+
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def function_key(func) -> str:
+    """Key of a PrimFunc in choices.json: structural hash of its task module."""
+    try:
+        from tvm_ffi.structural import structural_hash
+    except ImportError:  # TVM < 0.27
+        from tvm.ir import structural_hash
+
+    return f"{structural_hash(_task_mod(func)) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def extract_tasks(mod, target: TargetInfo) -> list[tuple[str, object, int]]:
+    """[(name, PrimFunc, weight)] of the unscheduled fused functions, deduplicated."""
+    from tvm import relax, tirx
+
+    fused = fused_module(mod, target)
+    calls: dict[str, int] = {}
+
+    def visit(e):
+        if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.call_tir":
+            gv = e.args[0]
+            calls[gv.name_hint] = calls.get(gv.name_hint, 0) + 1
+
+    for _, f in fused.functions_items():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, visit)
+    tasks: dict[str, tuple[str, object, int]] = {}
+    for gv, f in fused.functions_items():
+        if not isinstance(f, tirx.PrimFunc) or f.attrs.get("tirx.is_scheduled", 0) == 1:
+            continue
+        key = function_key(f)
+        w = calls.get(gv.name_hint, 1)
+        if key in tasks:
+            n, f0, w0 = tasks[key]
+            tasks[key] = (n, f0, w0 + w)
+        else:
+            tasks[key] = (gv.name_hint, f, w)
+    return list(tasks.values())
+
+
+# ---------------------------------------------------------------- measuring
+
+def _random_args(func):
+    import numpy as np
+    import tvm
+
+    rng = np.random.default_rng(0)
+    args = []
+    for p in func.params:
+        shape = [int(d) for d in p.shape]
+        dtype = str(p.dtype)
+        if dtype.startswith("float"):
+            a = rng.standard_normal(shape).astype(dtype)
+        elif dtype == "bool":
+            a = rng.integers(0, 2, shape).astype(bool)
+        else:
+            a = rng.integers(0, 4, shape).astype(dtype)
+        args.append(tvm.runtime.tensor(np.asarray(a)))
+    return args
+
+
+def measure_function(func, tvm_target, repeat: int = 5, min_repeat_ms: int = 40) -> float:
+    """Median latency in microseconds of one scheduled PrimFunc (built alone)."""
+    import statistics
+
+    import tvm
+
+    lib = tvm.compile(_task_mod(func), target=tvm_target)
+    mod = lib.mod if hasattr(lib, "mod") else lib
+    args = _random_args(func)
+    ev = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    return statistics.median(ev(*args).results) * 1e6
+
+
+# ---------------------------------------------------------------- tuning
+
+def build_candidate(mod, target, _params=None):
+    """MetaSchedule's default build without importing ``tvm.s_tir.tensor_intrin``.
+
+    The default build imports every tensor intrinsic first (about 27 s on this
+    machine), and the LocalBuilder starts fresh worker processes for every
+    batch, so every batch would pay it and time out. CPU float32 candidates
+    here use no tensor intrinsics.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _database(db_dir: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    db_dir.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(db_dir / WORKLOADS), str(db_dir / RECORDS), module_equality="structural")
+
+
+def load_choices(db_dir: Path) -> dict[str, dict]:
+    p = Path(db_dir) / CHOICES
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(data.get("functions", {}))
+
+
+def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult]) -> None:
+    old = load_choices(db_dir)
+    for r in results:
+        if r.default_us is None:
+            continue
+        old[r.key] = {"name": r.name, "default_us": r.default_us, "tuned_us": r.tuned_us, "choice": r.choice,
+                      "weight": r.weight}
+    tmp = Path(db_dir) / (CHOICES + ".tmp")
+    tmp.write_text(json.dumps({"target": target.id, "functions": old}, indent=1, sort_keys=True))
+    tmp.replace(Path(db_dir) / CHOICES)
+
+
+def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes: float | None = None,
+         threads: int = 0, progress: Callable[[Progress], None] | None = None) -> TuneReport:
+    """Tune the CPU functions of ``mod`` with MetaSchedule into ``db_dir``; see the module docstring.
+
+    ``trials``: measured candidates in this run over all tasks; ``minutes``: stop the search
+    after this wall time (the comparison with the default schedules runs after it);
+    ``threads``: threads for the builder/runner and the measured kernels (0: all cores);
+    ``progress``: called with a :class:`Progress` after every measured batch.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        from tvm.ir.utils import derived_object
+    except ImportError:  # TVM < 0.27
+        from tvm.meta_schedule.utils import derived_object
+
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.runtime.tvm_runner import configure_threads
+
+    if not target_info.is_cpu:
+        raise InvalidArgument(f"tuning here covers CPU targets; {target_info.id} is tuned on a node that has it")
+    if trials < 1:
+        raise InvalidArgument(f"trials must be >= 1, got {trials}")
+    db_dir = Path(db_dir)
+    threads = configure_threads(threads or None)
+    tvm_target = tuning_target(target_info, threads)
+    start = time.perf_counter()
+    report = TuneReport(target_info.id, db_dir)
+    emit = progress or (lambda _p: None)
+    tasks = extract_tasks(mod, target_info)
+    report.tasks = [TaskResult(n, function_key(f), w) for n, f, w in tasks]
+    emit(Progress("extract", len(tasks), message=f"{len(tasks)} tasks"))
+    if not tasks:
+        return report
+    database = _database(db_dir)
+    by_name = {r.name: r for r in report.tasks}
+    best: dict[str, float] = {}
+    state = {"trials": 0, "stop": False}
+    deadline = start + minutes * 60 if minutes else None
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            name = tasks[task_id][0]
+            for b in builder_results:
+                if b.error_msg:
+                    log.debug("%s: build failed: %s", name, b.error_msg.strip().splitlines()[-1:])
+            for res in runner_results:
+                if res.error_msg:
+                    log.debug("%s: run failed: %s", name, res.error_msg.strip().splitlines()[-3:])
+                secs = [float(s) for s in (res.run_secs or [])]
+                if res.error_msg is None and secs:
+                    us = sum(secs) / len(secs) * 1e6
+                    if us < best.get(name, float("inf")):
+                        best[name] = us
+            state["trials"] += len(runner_results)
+            by_name[name].trials += len(runner_results)
+            if deadline is not None and time.perf_counter() > deadline and not state["stop"]:
+                state["stop"] = True
+                report.stopped_by_time = True
+                for i in range(len(tasks)):
+                    try:
+                        task_scheduler.terminate_task(i)
+                    except Exception:  # noqa: BLE001 - already finished
+                        pass
+            emit(Progress("tune", len(tasks), name, state["trials"], trials, dict(best),
+                          time.perf_counter() - start))
+
+    contexts = []
+    for i, (name, func, _w) in enumerate(tasks):
+        contexts.append(ms.TuneContext(
+            mod=_task_mod(func), target=tvm_target, space_generator="post-order-apply",
+            search_strategy="evolutionary", task_name=name, rand_state=1 + i, num_threads=threads,
+            logger=logging.getLogger("hyperinfer.tune"),
+        ).clone())
+    per_iter = max(4, min(64, trials // max(1, len(tasks))))
+    try:
+        ms.tune_tasks(
+            tasks=contexts, task_weights=[float(w) for _n, _f, w in tasks], work_dir=str(db_dir),
+            max_trials_global=trials, num_trials_per_iter=per_iter, database=database,
+            builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120, f_build=build_candidate),
+            runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
+                number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)),
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Progress()],
+            cost_model=ms.cost_model.XGBModel(num_tuning_cores=threads),
+            task_scheduler="gradient", module_equality="structural",
+        )
+    except KeyboardInterrupt:
+        report.interrupted = True
+        log.warning("tuning interrupted: keeping the %d records measured so far", state["trials"])
+    except Exception as e:  # noqa: BLE001 - MetaSchedule raises TVMError with long traces
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        raise FailedPrecondition(f"tuning {target_info.id} failed: {lines[-1][:300] if lines else type(e).__name__}") from None
+    report.trials = state["trials"]
+    # default vs tuned, side by side, per function; the faster one is recorded in choices.json
+    database = _database(db_dir)  # re-read: everything committed so far
+    for i, (name, func, _w) in enumerate(tasks):
+        r = report.tasks[i]
+        emit(Progress("compare", len(tasks), name, state["trials"], trials, dict(best), time.perf_counter() - start,
+                      f"comparing {name} with the default schedule"))
+        try:
+            sch = database.query_schedule(_task_mod(func), tvm_target, workload_name="main")
+        except Exception:  # noqa: BLE001
+            sch = None
+        try:
+            default = cpu_sched.schedule_function(func, target_info, threads)
+            r.default_us = measure_function(default, tvm_target)
+            if sch is not None:
+                r.tuned_us = measure_function(sch.mod["main"], tvm_target)
+                r.best_tuned_us = best.get(name)
+                r.choice = "tuned" if r.tuned_us < r.default_us else "default"
+        except KeyboardInterrupt:
+            report.interrupted = True
+            break
+        except Exception as e:  # noqa: BLE001 - a function we cannot measure keeps the default schedule
+            log.info("%s: not compared (%s); keeping the default schedule", name, str(e).strip().splitlines()[-1:] )
+    _write_choices(db_dir, target_info, report.tasks)
+    report.seconds = time.perf_counter() - start
+    emit(Progress("done", len(tasks), trials=state["trials"], max_trials=trials, best_us=dict(best),
+                  elapsed=report.seconds, message=f"{report.tuned_functions} of {len(tasks)} functions tuned"))
+    return report
+
+
+def has_records(db_dir: Path | None) -> bool:
+    if db_dir is None:
+        return False
+    p = Path(db_dir) / RECORDS
+    return p.is_file() and p.stat().st_size > 0
+
+
+def apply_database_pass(db_dir: Path, tvm_target, only_winners: bool = True):
+    """Module pass applying the tuned schedules that beat the default ones; None if there are none.
+
+    ApplyDatabase semantics (query the best record of each function's workload,
+    replace the function with it, mark it scheduled), restricted to the
+    functions whose choice in choices.json is "tuned". Everything else is left
+    to the rule-based CPU schedule that runs after this pass.
+    ``only_winners=False`` applies every tuned record (tests, comparisons).
+    """
+    db_dir = Path(db_dir)
+    if not has_records(db_dir):
+        return None
+    choices = load_choices(db_dir)
+    winners = {k for k, v in choices.items() if v.get("choice") == "tuned"}
+    if only_winners and not winners:
+        return None
+    import tvm
+    from tvm import tirx
+
+    database = _database(db_dir)
+
+    @tvm.transform.module_pass(opt_level=0, name="HyperinferApplyTuned")
+    def apply(mod, _ctx):
+        updated = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", 0) == 1:
+                continue
+            if only_winners and function_key(func) not in winners:
+                continue
+            try:
+                sch = database.query_schedule(_task_mod(func), tvm_target, workload_name="main")
+            except Exception:  # noqa: BLE001 - a stale record: keep the default schedule
+                sch = None
+            if sch is None:
+                continue
+            new = sch.mod["main"].without_attr("global_symbol")
+            updated[gv] = new.with_attr("tirx.is_scheduled", True)
+        for gv, func in updated.items():
+            mod[gv] = func
+        return mod
+
+    return apply
+
+
+def report_dict(report: TuneReport) -> dict:
+    d = asdict(report)
+    d["db_dir"] = str(report.db_dir)
+    return d
+
+
+__all__ = ["tune", "apply_database_pass", "TuneReport", "TaskResult", "Progress", "extract_tasks",
+           "load_choices", "has_records", "function_key"]
