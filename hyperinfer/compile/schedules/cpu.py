@@ -49,6 +49,8 @@ log = logging.getLogger("hyperinfer.compile")
 _DEBUG = bool(os.environ.get("HYPERINFER_SCHEDULE_DEBUG"))
 # below this many output elements a loop nest is not worth a parallel launch
 _PARALLEL_MIN = 2048
+# a contraction with fewer multiply-adds runs on one thread (a parallel launch costs microseconds)
+_PARALLEL_MIN_MACS = 1 << 15
 # register tile: accumulators = unroll x vector (<= ~24 of AVX-512's 32 zmm registers)
 _UNROLL = 8
 
@@ -335,6 +337,14 @@ def _schedule_plain_reduction(sch, block) -> str:
     return "reduction"
 
 
+def _work(sch, block) -> int:
+    """Iterations of the block (multiply-adds of a contraction)."""
+    n = 1
+    for lp in sch.get_loops(block):
+        n *= _ext(sch, lp) or 1
+    return n
+
+
 def _epilogue_of(sch, block):
     """The single consumer block of ``block`` (its elementwise epilogue), or None."""
     consumers = list(sch.get_consumers(block))
@@ -400,6 +410,18 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     vec_loop = spatial[vec_idx][0]
     vec_ext = _ext(sch, vec_loop) or 0
     vf = _vector_factor(vec_ext, lanes)
+    if (not vf or vf % lanes) and vec_ext > 4 * lanes and not allow_strided:
+        # an awkward width (e.g. 6625 classes): pad the einsum to whole vectors
+        padding = [1] * len(blk.iter_vars)
+        padding[list(blk.iter_vars).index(vec_iv)] = lanes
+        sch.pad_einsum(block, padding)
+        loops, ivs = _block_loops_vars(sch, block)
+        spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
+        reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+        blk = sch.get(block)
+        vec_loop, vec_iv = spatial[vec_idx]  # pad_einsum keeps the block's iterators in order
+        vec_ext = _ext(sch, vec_loop) or 0
+        vf = _vector_factor(vec_ext, lanes)
     if not vf:
         raise ValueError(f"innermost extent {vec_ext} does not vectorize")
     # register axis: largest other spatial axis the vectorized operand does not read
@@ -440,7 +462,7 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
-    if (_ext(sch, fused) or 2) > 1:
+    if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
         sch.parallel(fused)
     # epilogue: vectorize its innermost loop
     eloops = list(sch.get_loops(epi))[1:]
@@ -540,7 +562,7 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
-    if (_ext(sch, fused) or 2) > 1:
+    if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
         sch.parallel(fused)
     rloops = list(sch.get_loops(block))[1:-len(inner)]
     for lp in rloops[1:]:

@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+"""TVM artifacts vs ONNX Runtime on the PP-OCR models and the small models, in one process.
+
+    python scripts/bench_models.py [--threads 2] [--runs 30] [--markdown bench.md]
+                                   [--models ppocr-det,ppocr-rec,...] [--repository DIR]
+
+For every model: ONNX Runtime (CPU provider) on the cleaned model, the TVM
+default build (rule-based schedules) and, when a tuning database exists, the
+TVM tuned build, all with the same thread count. Latency is the median of
+``--runs`` runs after warm-up; the runtimes are measured in interleaved rounds
+so that load from other processes hits them alike. Ratios are TVM / ONNX
+Runtime (below 1.0: TVM is faster). GFLOP/s counts conv, conv-transpose,
+matmul and gemm multiply-adds (x2) from the ONNX graph.
+
+Tuning databases are looked up in ``--repository DIR`` (packages written by
+``hyperinfer compile``: ``DIR/<name>/<version>/tuning/<target>/``, the newest
+version first) and in ``--tuning-root DIR`` (``DIR/<name>/<target>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PPOCR = ["ppocr-det", "ppocr-rec", "ppocr-cls"]
+SMALL = ["mlp", "cnn", "two-inputs", "int-bool"]
+
+
+@dataclass
+class Row:
+    model: str
+    shape: str
+    ort_ms: float
+    tvm_ms: float
+    tuned_ms: float | None
+    err: float
+    tuned_err: float | None
+    gflop: float
+    compile_s: float
+    rules: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.tvm_ms / self.ort_ms
+
+    @property
+    def tuned_ratio(self) -> float | None:
+        return None if self.tuned_ms is None else self.tuned_ms / self.ort_ms
+
+
+# ---------------------------------------------------------------- FLOPs
+
+def count_gflop(model) -> float:
+    """Multiply-adds x2 of Conv, ConvTranspose, MatMul and Gemm, from inferred shapes."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    m = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    for init in m.graph.initializer:
+        shapes[init.name] = list(numpy_helper.to_array(init).shape)
+    macs = 0
+    for n in m.graph.node:
+        try:
+            if n.op_type == "Conv":
+                w = shapes[n.input[1]]
+                out = shapes[n.output[0]]
+                macs += int(np.prod(out)) * int(np.prod(w[1:]))
+            elif n.op_type == "ConvTranspose":
+                x = shapes[n.input[0]]
+                w = shapes[n.input[1]]  # [Cin, Cout/g, kh, kw]
+                macs += int(np.prod(x)) * int(np.prod(w[1:]))
+            elif n.op_type in ("MatMul", "Gemm"):
+                a = shapes[n.input[0]]
+                out = shapes[n.output[0]]
+                trans_a = any(at.name == "transA" and at.i for at in n.attribute)
+                k = a[-2] if trans_a else a[-1]
+                macs += int(np.prod(out)) * int(k)
+        except (KeyError, IndexError):
+            continue
+    _ = onnx
+    return 2.0 * macs / 1e9
+
+
+# ---------------------------------------------------------------- models
+
+def sources(names: list[str], work: Path) -> list[tuple[str, Path, dict]]:
+    from hyperinfer import zoo
+
+    out = []
+    ppocr = [n for n in names if n in zoo.PPOCR]
+    paths = zoo.fetch_ppocr(names=tuple(ppocr)) if ppocr else {}
+    for n in names:
+        if n in zoo.PPOCR:
+            m = zoo.PPOCR[n]
+            out.append((n, paths[n], {"x": m.input_shape}))
+        elif n in zoo.SMALL:
+            p, shapes = zoo.build_small(n, work)
+            out.append((n, p, dict(shapes)))
+        else:
+            raise SystemExit(f"unknown model {n!r}; known: {', '.join(PPOCR + SMALL)}")
+    return out
+
+
+def find_tuning(name: str, target_id: str, repository: Path | None, tuning_root: Path | None) -> Path | None:
+    from hyperinfer.compile import tune
+
+    cands: list[Path] = []
+    if repository is not None and (repository / name).is_dir():
+        versions = sorted((p for p in (repository / name).iterdir() if p.is_dir()),
+                          key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+                          reverse=True)
+        cands += [v / "tuning" / target_id for v in versions]
+    if tuning_root is not None:
+        cands.append(tuning_root / name / target_id)
+    for c in cands:
+        if tune.has_records(c):
+            return c
+    return None
+
+
+# ---------------------------------------------------------------- timing
+
+def interleaved(fns: dict[str, callable], runs: int, warmup: int, blocks: int = 3) -> dict[str, float]:
+    """Median ms per function, measured in alternating blocks with a warm-up before each.
+
+    Not call by call: ONNX Runtime's worker threads spin for a while after a
+    run and would steal the cores from whatever runs right after it.
+    """
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    per_block = max(1, -(-runs // blocks))
+    for _ in range(blocks):
+        for k, f in fns.items():
+            for _ in range(warmup):
+                f()
+            for _ in range(per_block):
+                t = time.perf_counter()
+                f()
+                samples[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def max_error(ref: dict, got: dict) -> float:
+    err = 0.0
+    for k, a in ref.items():
+        b = got[k]
+        if a.dtype.kind in "biu":
+            err = max(err, float(np.abs(a.astype(np.int64) - b.astype(np.int64)).max()) if a.size else 0.0)
+        else:
+            err = max(err, float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0)
+    return err
+
+
+def thread_affinity_report() -> str:
+    """CPUs each thread of this process may run on (to catch a pool pinned to CPU 0)."""
+    seen: dict[str, int] = {}
+    for t in Path("/proc/self/task").iterdir():
+        try:
+            for line in (t / "status").read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    v = line.split(":", 1)[1].strip()
+                    seen[v] = seen.get(v, 0) + 1
+        except OSError:
+            continue
+    return ", ".join(f"{n} threads on CPUs {v}" for v, n in sorted(seen.items()))
+
+
+# ---------------------------------------------------------------- main
+
+def bench(args) -> list[Row]:
+    import onnx
+
+    from hyperinfer.compile import build, cleanup, targets
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.runtime import ORTRunner, TVMRunner, configure_threads
+
+    configure_threads(args.threads)
+    target = targets.resolve([args.target])[0]
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="hyperinfer-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    for name, path, shapes in sources(args.models.split(","), work):
+        model = cleanup.load_onnx(path)
+        if name in PPOCR:
+            shapes = {model.graph.input[0].name: next(iter(shapes.values()))}
+        clean = cleanup.clean(model, shapes, threads=args.threads)
+        onnx_path = work / f"{name}.clean.onnx"
+        onnx.save(clean.model, str(onnx_path))
+        gflop = count_gflop(clean.model)
+        mod = build.import_onnx(clean.model)
+        report = cpu_sched.CpuScheduleReport()
+        orig = cpu_sched.schedule_pass
+        cpu_sched.schedule_pass = lambda t, report_=None, threads=0: orig(t, report, threads)  # noqa: E731
+        try:
+            t0 = time.perf_counter()
+            default_so = work / f"{name}.{target.id}.so"
+            build.build_artifact(mod, target, default_so)
+            compile_s = time.perf_counter() - t0
+        finally:
+            cpu_sched.schedule_pass = orig
+        db = find_tuning(name, target.id, args.repository, args.tuning_root)
+        tuned_so = None
+        if db is not None:
+            tuned_so = work / f"{name}.{target.id}.tuned.so"
+            res = build.build_artifact(mod, target, tuned_so, tuning_db=db)
+            if not res.tuned:
+                tuned_so = None  # no tuned schedule beat the default: same artifact
+        ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=args.threads)
+        tvm_r = TVMRunner(default_so, clean.inputs, clean.outputs, threads=args.threads)
+        tuned_r = TVMRunner(tuned_so, clean.inputs, clean.outputs, threads=args.threads) if tuned_so else None
+        x = cleanup.random_inputs(clean.inputs, np.random.default_rng(0))
+        ref = ort.run(x)
+        err = max_error(ref, tvm_r.run(x))
+        tuned_err = max_error(ref, tuned_r.run(x)) if tuned_r else None
+        fns = {"ort": lambda: ort.run(x), "tvm": lambda: tvm_r.run(x)}
+        if tuned_r:
+            fns["tuned"] = lambda: tuned_r.run(x)
+        ms = interleaved(fns, args.runs, args.warmup)
+        shape = ";".join("x".join(str(d) for d in s.shape) for s in clean.inputs)
+        rules = ", ".join(f"{k} {v}" for k, v in sorted(report.count().items()))
+        row = Row(name, shape, ms["ort"], ms["tvm"], ms.get("tuned"), err, tuned_err, gflop, compile_s, rules)
+        rows.append(row)
+        print(f"{name:11s} ORT {row.ort_ms:8.2f} ms  TVM {row.tvm_ms:8.2f} ms  ratio {row.ratio:5.2f}"
+              + (f"  tuned {row.tuned_ms:8.2f} ms ({row.tuned_ratio:4.2f})" if row.tuned_ms else "")
+              + f"  max err {err:.1e}  compile {compile_s:5.1f} s  [{rules}]", flush=True)
+    print(f"threads: {thread_affinity_report()}")
+    return rows
+
+
+def _f(v, fmt):
+    return "–" if v is None else format(v, fmt)
+
+
+def table(rows: list[Row], threads: int, target: str) -> str:
+    lines = [
+        f"| model | input | ONNX Runtime ms | TVM default ms | ratio | TVM tuned ms | tuned ratio | max abs err | "
+        f"GFLOP | GFLOP/s ORT | GFLOP/s TVM | compile s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        best = min(r.tvm_ms, r.tuned_ms) if r.tuned_ms else r.tvm_ms
+        lines.append(
+            f"| {r.model} | {r.shape} | {r.ort_ms:.2f} | {r.tvm_ms:.2f} | {r.ratio:.2f} | {_f(r.tuned_ms, '.2f')} | "
+            f"{_f(r.tuned_ratio, '.2f')} | {r.err:.1e} | {r.gflop:.3f} | "
+            f"{(r.gflop / r.ort_ms * 1e3 if r.gflop else 0):.1f} | {(r.gflop / best * 1e3 if r.gflop else 0):.1f} | "
+            f"{r.compile_s:.1f} |"
+        )
+    lines.append("")
+    lines.append(f"Target `{target}`, {threads} threads for both runtimes, median of runs after warm-up, "
+                 f"ratio = TVM / ONNX Runtime (below 1: TVM faster).")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=30, help="timed runs per runtime (median)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--models", default=",".join(PPOCR + SMALL))
+    ap.add_argument("--target", default="native")
+    ap.add_argument("--repository", type=Path, default=None, help="packages from `hyperinfer compile` (tuning dbs)")
+    ap.add_argument("--tuning-root", type=Path, default=None, help="tuning dbs as DIR/<model>/<target-id>/")
+    ap.add_argument("--work-dir", default=None, help="where cleaned models and artifacts go (default: a temp dir)")
+    ap.add_argument("--markdown", type=Path, default=None, help="write the table as markdown to this file")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    rows = bench(args)
+    from hyperinfer.compile import targets
+
+    md = table(rows, args.threads, targets.resolve([args.target])[0].id)
+    print()
+    print(md)
+    if args.markdown:
+        args.markdown.write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
