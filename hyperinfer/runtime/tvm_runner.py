@@ -40,11 +40,24 @@ def configure_threads(threads: int | None) -> int:
 
             cfg = tvm.get_global_func("runtime.config_threadpool", True)
             if cfg is not None:
-                # mode 0 (kBig) with an explicit count re-sizes a pool that already exists
+                # mode 0 (default) with an explicit count re-sizes this thread's pool; TVM's pools
+                # are per calling thread and can shrink but never grow past the size they were
+                # created with (TVM_NUM_THREADS at first use), so the first call should be the largest
                 try:
                     cfg(0, n)
                 except Exception:  # older signatures: the env vars above still apply at first use
                     pass
+            num = tvm.get_global_func("runtime.NumThreads", True)
+            if num is not None:
+                try:
+                    got = int(num())
+                except Exception:  # noqa: BLE001
+                    got = n
+                if got < n:
+                    import logging
+
+                    logging.getLogger("hyperinfer.runtime").warning(
+                        "TVM thread pool of this thread already has %d threads; cannot grow it to %d", got, n)
             _configured_threads = n
         return n
 

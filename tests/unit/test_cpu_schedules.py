@@ -1,0 +1,210 @@
+"""The rule-based CPU schedules: results match ONNX Runtime, and the functions are really scheduled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("onnxruntime")
+
+TARGET = "cpu-x86_64-avx512"
+
+
+def _can_run(target_id: str) -> bool:
+    from hyperinfer.compile import targets
+
+    return target_id in targets.runnable_cpu_targets()
+
+
+def _target_id() -> str:
+    return TARGET if _can_run(TARGET) else "cpu-x86_64"
+
+
+def _clean(path, shapes):
+    from hyperinfer.compile import cleanup
+
+    m = cleanup.load_onnx(path)
+    return cleanup.clean(m, shapes, threads=2)
+
+
+def _build_and_compare(tmp_path, name, clean, rtol=1e-4):
+    import onnx
+
+    from hyperinfer.compile import build, cleanup, targets
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.runtime import ORTRunner, TVMRunner
+
+    target = targets.get(_target_id())
+    mod = build.import_onnx(clean.model)
+    so = tmp_path / f"{name}.so"
+    build.build_artifact(mod, target, so)
+    onnx_path = tmp_path / f"{name}.onnx"
+    onnx.save(clean.model, str(onnx_path))
+    ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=2)
+    tvm_r = TVMRunner(so, clean.inputs, clean.outputs, threads=2)
+    for seed in (0, 1):
+        x = cleanup.random_inputs(clean.inputs, np.random.default_rng(seed))
+        ref, got = ort.run(x), tvm_r.run(x)
+        for k, a in ref.items():
+            b = got[k]
+            assert b.shape == a.shape and b.dtype == a.dtype, k
+            if a.dtype.kind in "biu":
+                np.testing.assert_array_equal(b, a)
+            else:
+                scale = max(1.0, float(np.abs(a).max()))
+                assert float(np.abs(a.astype(np.float64) - b).max()) <= rtol * scale, k
+    _ = cpu_sched
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "two-inputs", "int-bool"])
+def test_small_models_match_onnxruntime(tmp_path, name):
+    from hyperinfer import zoo
+
+    path, shapes = zoo.build_small(name, tmp_path)
+    _build_and_compare(tmp_path, name, _clean(path, shapes))
+
+
+@pytest.mark.slow
+def test_ppocr_cls_matches_onnxruntime(tmp_path):
+    from hyperinfer import zoo
+
+    paths = zoo.fetch_ppocr(names=("ppocr-cls",), quiet=True)
+    clean = _clean(paths["ppocr-cls"], {"x": zoo.PPOCR["ppocr-cls"].input_shape})
+    _build_and_compare(tmp_path, "ppocr-cls", clean)
+
+
+def _fused(name, tmp_path):
+    from hyperinfer import zoo
+    from hyperinfer.compile import build, targets, tune
+
+    path, shapes = zoo.build_small(name, tmp_path)
+    clean = _clean(path, shapes)
+    return tune.fused_module(build.import_onnx(clean.model), targets.get(_target_id()))
+
+
+def _loops(func):
+    """(kind, extent) of every For in a PrimFunc."""
+    from hyperinfer.compile.schedules.cpu import _walk
+
+    from tvm import tirx
+
+    found = []
+
+    def visit(n):
+        if isinstance(n, tirx.For):
+            found.append((n.kind, n.extent))
+        return True
+
+    def walk_stmt(s):
+        # statements: follow bodies and sequences
+        stack = [s]
+        while stack:
+            n = stack.pop()
+            if n is None:
+                continue
+            if isinstance(n, tirx.For):
+                found.append((n.kind, int(n.extent)))
+            for attr in ("body", "seq", "block", "init", "then_case", "else_case"):
+                try:
+                    c = getattr(n, attr)
+                except Exception:  # noqa: BLE001
+                    continue
+                if c is None:
+                    continue
+                if isinstance(c, (list, tuple)) or type(c).__name__ == "Array":
+                    stack.extend(list(c))
+                else:
+                    stack.append(c)
+
+    walk_stmt(func.body)
+    _ = (_walk, visit)
+    return found
+
+
+def test_conv_function_is_tiled_parallel_and_vectorized(tmp_path):
+    from tvm import tirx
+
+    from hyperinfer.compile import targets
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    mod = _fused("cnn", tmp_path)
+    target = targets.get(_target_id())
+    convs = [(gv.name_hint, f) for gv, f in mod.functions_items()
+             if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint]
+    assert convs
+    for name, func in convs:
+        report = cpu_sched.CpuScheduleReport()
+        out = cpu_sched.schedule_function(func, target, 2, report, name)
+        assert out.attrs["tirx.is_scheduled"]
+        assert report.rules[name].startswith("tiled"), (name, report.rules, report.fallbacks)
+        kinds = [k for k, _ in _loops(out)]
+        assert tirx.ForKind.VECTORIZED in kinds, name
+        assert tirx.ForKind.UNROLLED in kinds, name
+    # the larger conv has enough work for a parallel loop
+    big = max(convs, key=lambda c: len(c[1].script()))
+    out = cpu_sched.schedule_function(big[1], target, 2)
+    assert tirx.ForKind.PARALLEL in [k for k, _ in _loops(out)]
+
+
+def test_vector_width_comes_from_the_target(tmp_path):
+    from tvm import tirx
+
+    from hyperinfer.compile import targets
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    mod = _fused("cnn", tmp_path)
+    name, func = next((gv.name_hint, f) for gv, f in mod.functions_items()
+                      if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith("fused_conv2d1"))
+    widths = {}
+    for tid in ("cpu-x86_64", "cpu-x86_64-avx2", "cpu-x86_64-avx512"):
+        out = cpu_sched.schedule_function(func, targets.get(tid), 2)
+        vec = [e for k, e in _loops(out) if k == tirx.ForKind.VECTORIZED]
+        lanes = targets.get(tid).vector_lanes
+        tiles = [e for e in vec if e % lanes == 0]  # the conv's tile (padding copies have their own widths)
+        assert tiles, (tid, vec)
+        widths[tid] = max(tiles)
+    assert widths["cpu-x86_64"] < widths["cpu-x86_64-avx512"]
+
+
+def test_a_throwing_rule_falls_back_and_never_fails(tmp_path, monkeypatch):
+    from tvm import tirx
+
+    from hyperinfer.compile import targets
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    mod = _fused("cnn", tmp_path)
+    target = targets.get(_target_id())
+
+    def boom(*_a, **_k):
+        raise RuntimeError("rule exploded")
+
+    monkeypatch.setattr(cpu_sched, "_schedule_func", boom)
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            report = cpu_sched.CpuScheduleReport()
+            out = cpu_sched.schedule_function(func, target, 2, report, gv.name_hint)
+            assert out is not None
+            assert report.rules[gv.name_hint] in ("simple", "unscheduled")
+            assert any("rule exploded" in f for f in report.fallbacks)
+
+
+def test_conv_transpose_rewrite_matches_onnxruntime(tmp_path):
+    """stride == kernel ConvTranspose becomes 1x1 conv + depth-to-space; same numbers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hyperinfer.zoo import _finish
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 3, 2, 2)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2], kernel_shape=[2, 2]),
+         helper.make_node("Sigmoid", ["y"], ["z"])],
+        "ct",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 20])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 24, 40])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    path = _finish(g, tmp_path / "ct.onnx")
+    _build_and_compare(tmp_path, "ct", _clean(path, {}))
