@@ -12,9 +12,13 @@
   of the default rule-based schedule and of the best tuned one and which won.
   :func:`apply_database_pass` applies only the tuned schedules that won.
 
-Ctrl-C during :func:`tune` stops the search and keeps every record already
-measured (the JSON database is written as records arrive); the comparison
-with the default schedule still runs for what was found.
+Ctrl-C during :func:`tune` stops the search after the batch being measured
+and keeps every record already measured (the JSON database is written as
+records arrive); the comparison with the default schedule still runs for
+what was found. A second Ctrl-C stops at once. The time limit and Ctrl-C
+take effect when a batch has been measured: MetaSchedule's first pass
+(design spaces and a first search for every task) is not interruptible
+that way and takes several minutes for a model with ~50 tasks.
 
 Tasks are the fused PrimFuncs of the same pipeline the build uses (library
 dispatch, CPU rewrites, legalize, fuse), so tuned records match the build's
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -281,7 +287,7 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     database = _database(db_dir)
     by_name = {r.name: r for r in report.tasks}
     best: dict[str, float] = {}
-    state = {"trials": 0, "stop": False}
+    state = {"trials": 0, "stop": False, "interrupted": False}
     deadline = start + minutes * 60 if minutes else None
 
     @derived_object
@@ -301,9 +307,10 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
                         best[name] = us
             state["trials"] += len(runner_results)
             by_name[name].trials += len(runner_results)
-            if deadline is not None and time.perf_counter() > deadline and not state["stop"]:
+            timed_out = deadline is not None and time.perf_counter() > deadline
+            if (timed_out or state["interrupted"]) and not state["stop"]:
                 state["stop"] = True
-                report.stopped_by_time = True
+                report.stopped_by_time = timed_out and not state["interrupted"]
                 for i in range(len(tasks)):
                     try:
                         task_scheduler.terminate_task(i)
@@ -320,6 +327,19 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
             logger=logging.getLogger("hyperinfer.tune"),
         ).clone())
     per_iter = max(4, min(64, trials // max(1, len(tasks))))
+    # Ctrl-C: a KeyboardInterrupt raised inside MetaSchedule's C++ loop aborts the process, so the
+    # first Ctrl-C only sets a flag; the next measured batch ends every task and tune_tasks returns
+    # normally with its records committed. A second Ctrl-C interrupts at once.
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_sigint(_sig, _frame):
+            if state["interrupted"]:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            state["interrupted"] = True
+            log.warning("interrupt: stopping after the current batch (Ctrl-C again to stop now)")
+
+        old_handler = signal.signal(signal.SIGINT, _on_sigint)
     try:
         ms.tune_tasks(
             tasks=contexts, task_weights=[float(w) for _n, _f, w in tasks], work_dir=str(db_dir),
@@ -337,6 +357,10 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     except Exception as e:  # noqa: BLE001 - MetaSchedule raises TVMError with long traces
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         raise FailedPrecondition(f"tuning {target_info.id} failed: {lines[-1][:300] if lines else type(e).__name__}") from None
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    report.interrupted = report.interrupted or state["interrupted"]
     report.trials = state["trials"]
     # default vs tuned, side by side, per function; the faster one is recorded in choices.json
     database = _database(db_dir)  # re-read: everything committed so far

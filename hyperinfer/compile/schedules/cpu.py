@@ -23,9 +23,14 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
    - the reduction's init is split off (``decompose_reduction``).
 
    When the innermost output axis is not contiguous in the input (stride-2
-   convs, tiny widths), the conv is vectorized over output channels instead,
-   with the weights repacked to ``[O/V, I, KH, KW, V]`` and the accumulator
-   kept in the same channel-blocked layout.
+   convs) or does not split into whole vectors (widths 20, 40, 80 with 16
+   lanes), the conv is vectorized over output channels instead, with the
+   weights repacked to ``[O/V, I, KH, KW, V]`` (once per call) and the
+   accumulator kept in the same channel-blocked layout. Depthwise stride-2
+   convs and pooling fall back to strided vector loads. A matmul whose width
+   has no vector-sized divisor (6625 classes) is padded to whole vectors
+   (``pad_einsum``).
+   Contractions under 32k multiply-adds stay on one thread.
 3. Other reductions (softmax, mean): parallel over the fused spatial loops.
 4. Elementwise/injective blocks left at the root: fuse, parallel, vectorize.
 
@@ -405,7 +410,6 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
             if c != 1 and not (allow_strided and c in (2, 3, 4)):
                 raise ValueError("vector axis strided in an input")
             vec_loads.append(ld)
-    pos = {id(lp): i for i, (lp, _) in enumerate(spatial)}
     vec_idx = next(i for i, (_, iv) in enumerate(spatial) if iv.same_as(vec_iv))
     vec_loop = spatial[vec_idx][0]
     vec_ext = _ext(sch, vec_loop) or 0
