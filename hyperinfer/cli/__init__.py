@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     from hyperinfer.errors import HyperinferError
 
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
+        result = app(args=argv, standalone_mode=False)
+        # with standalone_mode=False, typer.Exit(code) comes back as the return value
+        return result if isinstance(result, int) else 0
     except HyperinferError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

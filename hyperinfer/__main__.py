@@ -1,0 +1,3 @@
+from hyperinfer.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install hyperinfer with everything its tests and ROCm cross-compiling need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# ROCm device bitcode (Debian/Ubuntu package) for the rocm-* targets; optional elsewhere
+if ! ls /usr/lib/*/amdgcn/bitcode/ocml.bc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq rocm-device-libs >/dev/null) \
+      || echo "warning: could not install rocm-device-libs; rocm-* targets will be skipped" >&2
+  else
+    echo "note: run 'sudo apt-get install rocm-device-libs' to build rocm-* targets" >&2
+  fi
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+echo "hyperinfer installed in $(pwd)/.venv (activate with: . .venv/bin/activate)" >&2
