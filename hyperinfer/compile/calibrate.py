@@ -16,9 +16,11 @@ from hyperinfer.errors import FailedPrecondition
 from hyperinfer.package import OutputSpec, TensorSpec, Tolerance
 
 SAFETY_FACTOR = 10.0
-# floor: a few float32 ulps of the output's largest magnitude
-FLOOR_RELATIVE = 1e-6
-RTOL = 1e-5
+# floor relative to the output's largest magnitude: float32 error through a deep
+# network reaches ~1e-6 of it on inputs unlike the calibration ones (measured:
+# PP-OCR cls, 2e-6 on noise after 1.2e-7 on rendered text)
+FLOOR_RELATIVE = 1e-5
+RTOL = 1e-4
 # an artifact this far from ONNX Runtime is broken, not imprecise
 BROKEN_RELATIVE = 1e-2
 

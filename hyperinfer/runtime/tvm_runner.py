@@ -109,7 +109,10 @@ class TVMRunner:
         import tvm
 
         feeds = check_inputs(self.input_specs, inputs)
-        args = [tvm.runtime.tensor(feeds[s.name], self.device) for s in self.input_specs]
+        if self.device.dlpack_device_type() == 1:  # CPU: hand numpy memory over without a copy where aligned
+            args = [tvm.runtime.from_dlpack(_aligned(feeds[s.name])) for s in self.input_specs]
+        else:
+            args = [tvm.runtime.tensor(feeds[s.name], self.device) for s in self.input_specs]
         with self._lock:
             result = self._main(*args)
         values = _flatten(result)
@@ -119,11 +122,23 @@ class TVMRunner:
             )
         out = {}
         for spec, v in zip(self.output_specs, values):
-            arr = v.numpy()
+            # the VM may reuse its output buffers on the next call: copy out
+            arr = np.from_dlpack(v).copy() if self.device.dlpack_device_type() == 1 else v.numpy()
             if arr.dtype.name != spec.dtype:
                 arr = arr.astype(spec.dtype)
             out[spec.name] = arr
         return out
+
+
+def _aligned(arr: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """``arr`` if its data is C-contiguous and aligned as TVM requires, else an aligned copy."""
+    if arr.flags.c_contiguous and arr.ctypes.data % alignment == 0:
+        return arr
+    raw = np.empty(arr.nbytes + alignment, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    out = raw[offset:offset + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
 
 
 def _flatten(result) -> list:
