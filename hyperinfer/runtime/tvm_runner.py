@@ -132,7 +132,8 @@ class TVMRunner:
 
 def _aligned(arr: np.ndarray, alignment: int = 64) -> np.ndarray:
     """``arr`` if its data is C-contiguous and aligned as TVM requires, else an aligned copy."""
-    if arr.flags.c_contiguous and arr.ctypes.data % alignment == 0:
+    # DLPack cannot export read-only memory (arrays over received protobuf bytes are read-only)
+    if arr.flags.c_contiguous and arr.flags.writeable and arr.ctypes.data % alignment == 0:
         return arr
     raw = np.empty(arr.nbytes + alignment, dtype=np.uint8)
     offset = (-raw.ctypes.data) % alignment
