@@ -27,20 +27,17 @@ background check ends).
 Storage: any object with ``transaction()`` — a context manager yielding a
 sqlite3 connection inside one transaction — and optionally
 ``migrate(component, migrations)``, i.e. :class:`hyperinfer.gateway.store.SQLiteStore`.
-:class:`SQLiteTransactions` is a minimal stand-alone implementation (tests, the
-audit CLI reading a database file).
+Tests use :func:`hyperinfer.gateway.store.open_store` (``":memory:"`` works).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from hyperinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 from hyperinfer.verify.dispute import Dispute
@@ -132,45 +129,6 @@ class LedgerConfig:
         a, n = self.reputation_prior
         if not (0 <= a <= n) or n <= 0:
             raise InvalidArgument(f"reputation_prior: need 0 <= a <= n and n > 0, got {self.reputation_prior}")
-
-
-class SQLiteTransactions:
-    """Minimal ``transaction()`` provider over one SQLite file (or ``":memory:"``)."""
-
-    def __init__(self, path: str):
-        self.path = str(path)
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._conn.row_factory = sqlite3.Row
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self._conn
-                finally:
-                    self._depth -= 1
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
-            finally:
-                self._depth = 0
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
 
 def _now_ms() -> int:

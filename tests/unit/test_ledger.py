@@ -3,12 +3,13 @@ import threading
 import pytest
 
 from hyperinfer.errors import InvalidArgument, NotFound
-from hyperinfer.gateway.ledger import SUMMARY_KEYS, Ledger, LedgerConfig, SQLiteTransactions
+from hyperinfer.gateway.ledger import SUMMARY_KEYS, Ledger, LedgerConfig
+from hyperinfer.gateway.store import open_store
 
 
 def ledger(tmp_path=None, **cfg):
     quarantined = []
-    store = SQLiteTransactions(str(tmp_path / "l.db") if tmp_path else ":memory:")
+    store = open_store(str(tmp_path / "l.db") if tmp_path else ":memory:")
     return Ledger(store, LedgerConfig(**cfg), on_quarantine=quarantined.append), quarantined
 
 
@@ -52,7 +53,7 @@ def test_quarantine_disabled_and_callback_errors_contained():
     def boom(node_id):
         raise RuntimeError("registry down")
 
-    lg2 = Ledger(SQLiteTransactions(":memory:"), LedgerConfig(quarantine_after=1), on_quarantine=boom)
+    lg2 = Ledger(open_store(":memory:"), LedgerConfig(quarantine_after=1), on_quarantine=boom)
     assert lg2.record_fault("y", "bad")  # still recorded
     assert lg2.details("y")["quarantined"]
 
@@ -106,7 +107,7 @@ def test_install_wires_quarantine_to_registry_and_reads_config():
     from hyperinfer.gateway.ledger import install
 
     calls = []
-    gw = SimpleNamespace(store=SQLiteTransactions(":memory:"), ledger=None,
+    gw = SimpleNamespace(store=open_store(":memory:"), ledger=None,
                          config=SimpleNamespace(quarantine_after=2, reward_per_job=3),
                          registry=SimpleNamespace(set_state=lambda *a, **k: calls.append((a, k))))
     lg = install(gw)

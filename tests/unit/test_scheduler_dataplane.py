@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer.errors import InvalidArgument, NotFound, Unavailable
 from hyperinfer.gateway.dataplane import DataPlane, InferInput, InferRequest, RequestedOutput, wants_typed
-from hyperinfer.gateway.ledger import Ledger, SQLiteTransactions
+from hyperinfer.gateway.ledger import Ledger
+from hyperinfer.gateway.store import open_store
 from hyperinfer.gateway.oip_servicer import WriteBehindLedger
 from hyperinfer.gateway.scheduler import Scheduler
 from hyperinfer.gateway.verification import Verifier
@@ -75,7 +76,7 @@ def env():
     nodes = make_nodes(2)
     registry = FakeRegistry(nodes)
     client = FakeClient()
-    ledger = Ledger(SQLiteTransactions(":memory:"))
+    ledger = Ledger(open_store(":memory:"))
     wb = WriteBehindLedger(ledger)
     gw_key = Ed25519PrivateKey.generate()
     verifier = Verifier(wb, SamplingPolicy(default_rate=0.0, probation_rate=0.0),
@@ -205,7 +206,7 @@ def test_write_behind_ledger_keeps_order_and_flushes_before_reads(env):
 
 
 def test_write_behind_ledger_after_close_writes_through():
-    ledger = Ledger(SQLiteTransactions(":memory:"))
+    ledger = Ledger(open_store(":memory:"))
     wb = WriteBehindLedger(ledger)
     wb.record_job("n1", "r1", b"a", b"s")
     wb.close()

@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer.errors import Unavailable
-from hyperinfer.gateway.ledger import Ledger, LedgerConfig, SQLiteTransactions
+from hyperinfer.gateway.ledger import Ledger, LedgerConfig
+from hyperinfer.gateway.store import open_store
 from hyperinfer.gateway.verification import ResultRejected, Verifier, VerifyRequest, WorkerResult
 from hyperinfer.package import ArtifactInfo, Manifest, OutputSpec, TensorSpec, Tolerance
 from hyperinfer.verify import receipt as rc
@@ -158,7 +159,7 @@ class InProcessClient:
 class Pool:
     def __init__(self, primary, others, config=None, policy=None, on_quarantine=None):
         self.primary, self.others = primary, others
-        self.ledger = Ledger(SQLiteTransactions(":memory:"),
+        self.ledger = Ledger(open_store(":memory:"),
                              config or LedgerConfig(probation_jobs=0, quarantine_after=0),
                              on_quarantine=on_quarantine)
         self.gateway_key = Ed25519PrivateKey.generate()
