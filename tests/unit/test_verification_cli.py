@@ -7,7 +7,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer.cli import main
-from hyperinfer.gateway.ledger import Ledger, SQLiteTransactions
+from hyperinfer.gateway.ledger import Ledger
+from hyperinfer.gateway.store import open_store
 from hyperinfer.package import OutputSpec, Tolerance
 from hyperinfer.verify import receipt as rc
 from hyperinfer.verify.attestation import Attestation
@@ -31,7 +32,7 @@ def run(role, y, request_id, key):
 @pytest.fixture
 def db(tmp_path):
     path = tmp_path / "gw.db"
-    store = SQLiteTransactions(str(path))
+    store = open_store(str(path))
     lg = Ledger(store)
     p, v = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     d = new_dispute(dispute_id="feedface" * 4, model_name="toy", model_version=1, created_ms=1_700_000_000_000,
