@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
 
 from hyperinfer import zoo
 from hyperinfer.identity import describe, load_or_create_key
@@ -19,13 +20,6 @@ gateway_app = pytest.importorskip("hyperinfer.gateway.app")
 from hyperinfer.gateway.config import GatewayConfig  # noqa: E402
 
 
-def wait_for(cond, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

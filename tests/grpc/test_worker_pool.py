@@ -17,6 +17,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+import support
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer import zoo
@@ -125,12 +126,7 @@ def start_pool(servicer, address="127.0.0.1:0"):
 
 
 def wait_for(cond, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    support.wait_for(cond, timeout, what)
 
 
 @pytest.fixture(scope="module")
