@@ -19,6 +19,21 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("hyperinfer.grpc").setLevel(logging.WARNING)
 
 
+def _model_rates(items: list[str]) -> dict[str, float]:
+    from hyperinfer.errors import InvalidArgument
+
+    rates = {}
+    for item in items:
+        model, sep, value = item.partition("=")
+        try:
+            if not sep or not model:
+                raise ValueError
+            rates[model] = float(value)
+        except ValueError:
+            raise InvalidArgument(f"--model-sample-rate {item!r}: expected MODEL=P with P in [0, 1]") from None
+    return rates
+
+
 def gateway(
     repository: Path = typer.Option(..., "--repository", envvar="HYPERINFER_GATEWAY_REPOSITORY",
                                     help="Model repository (DIR/NAME/VERSION/manifest.json) to offer."),
@@ -32,6 +47,21 @@ def gateway(
                                        help="Gateway key (created if missing). Default ~/.config/hyperinfer/gateway.key."),
     heartbeat_interval: float = typer.Option(DEFAULT_HEARTBEAT_INTERVAL, "--heartbeat-interval",
                                              help="Seconds between node heartbeats; silent for 3 intervals = stale."),
+    sample_rate: Optional[float] = typer.Option(
+        None, "--sample-rate", envvar="HYPERINFER_GATEWAY_SAMPLE_RATE",
+        help="Share of requests re-run, blind, on another operator's node (0..1). Default 0.1."),
+    model_sample_rate: list[str] = typer.Option(
+        [], "--model-sample-rate", metavar="MODEL=P", help="Per-model sample rate (repeatable)."),
+    probation_jobs: Optional[int] = typer.Option(
+        None, "--probation-jobs", help="A new node's first K jobs are all checked (0: no probation). Default 10."),
+    quarantine_after: Optional[int] = typer.Option(
+        None, "--quarantine-after", help="Faults before a node is quarantined (0: never). Default 3."),
+    reward_per_job: Optional[float] = typer.Option(None, "--reward", help="Credit R per job. Default 1."),
+    initial_stake: Optional[float] = typer.Option(None, "--stake", help="Stake a new node starts with. Default 100."),
+    slash_per_fault: Optional[float] = typer.Option(None, "--slash", help="Stake S taken per fault. Default 10."),
+    node_timeout: Optional[float] = typer.Option(
+        None, "--node-timeout", help="Seconds before a node call is retried elsewhere. Default 30."),
+    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Nodes tried per request. Default 3."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
@@ -41,7 +71,11 @@ def gateway(
 
     _setup_logging(verbose)
     config = GatewayConfig(repository=repository, listen=listen, db=db or default_db_path(),
-                           key=key or default_key_path(), heartbeat_interval=heartbeat_interval)
+                           key=key or default_key_path(), heartbeat_interval=heartbeat_interval,
+                           sample_rate=sample_rate, model_sample_rates=_model_rates(model_sample_rate),
+                           probation_jobs=probation_jobs, quarantine_after=quarantine_after,
+                           reward_per_job=reward_per_job, initial_stake=initial_stake,
+                           slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
@@ -55,6 +89,10 @@ def gateway(
         for o in offers:
             signed = "signed" if o.signature else "UNSIGNED"
             out.print(f"offering {o.name}/{o.version} targets={','.join(o.targets) or 'none'} ({signed})")
+        c = gw.config
+        rate = 0.1 if c.sample_rate is None else c.sample_rate
+        extra = "".join(f", {m}={p:g}" for m, p in c.model_sample_rates.items())
+        out.print(f"verification: sample rate {rate:g}{extra}")
         out.print(f"services: {', '.join(gw.server.services)}")
 
     serve(config, on_ready=ready)

@@ -65,6 +65,34 @@ class GatewayConfig:
     grace_seconds: float = 5.0
     """On shutdown, how long in-flight calls may finish."""
 
+    # verification and ledger; None keeps the defaults of verify.sampling / gateway.ledger
+    sample_rate: float | None = None
+    """Share of requests re-run on another operator's node (mode ``auto``/``sync``), in [0, 1]."""
+
+    model_sample_rates: dict[str, float] = field(default_factory=dict)
+    """Per-model sample rates that override ``sample_rate``."""
+
+    probation_jobs: int | None = None
+    """A new node's first K jobs are all checked (0 disables probation)."""
+
+    quarantine_after: int | None = None
+    """Verification faults before a node is quarantined (0: never)."""
+
+    reward_per_job: float | None = None
+    """Credit R for each job a node answers."""
+
+    initial_stake: float | None = None
+    """Stake a node starts with."""
+
+    slash_per_fault: float | None = None
+    """Stake S taken from a node for each fault."""
+
+    node_timeout: float | None = None
+    """Seconds a node call may take before it is retried elsewhere."""
+
+    max_attempts: int | None = None
+    """Nodes tried for one request before UNAVAILABLE."""
+
     def validate(self) -> "GatewayConfig":
         self.repository = Path(self.repository).expanduser()
         if not self.repository.is_dir():
@@ -79,6 +107,23 @@ class GatewayConfig:
             raise InvalidArgument(f"--heartbeat-interval {self.heartbeat_interval}: must be in (0, 3600] seconds")
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
             raise InvalidArgument(f"max_message_bytes {self.max_message_bytes}: at least {MIN_MESSAGE_BYTES}")
+        if self.sample_rate is not None and not 0.0 <= self.sample_rate <= 1.0:
+            raise InvalidArgument(f"--sample-rate {self.sample_rate}: must be in [0, 1]")
+        for model, rate in self.model_sample_rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise InvalidArgument(f"--model-sample-rate {model}={rate}: must be in [0, 1]")
+        for name in ("probation_jobs", "quarantine_after"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise InvalidArgument(f"--{name.replace('_', '-')} {v}: must be >= 0")
+        for name in ("reward_per_job", "initial_stake", "slash_per_fault"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < float("inf"):
+                raise InvalidArgument(f"--{name.replace('_', '-')} {v}: must be a finite number >= 0")
+        if self.node_timeout is not None and not 0 < self.node_timeout <= 3600:
+            raise InvalidArgument(f"--node-timeout {self.node_timeout}: must be in (0, 3600] seconds")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise InvalidArgument(f"--max-attempts {self.max_attempts}: at least 1")
         if self.max_workers < 1:
             raise InvalidArgument(f"max_workers {self.max_workers}: at least 1")
         return self

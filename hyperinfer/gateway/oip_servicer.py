@@ -202,8 +202,10 @@ def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = Non
     if gateway.ledger is None:
         gateway.ledger = Ledger(gateway.store)
     if policy is None:
+        rate = getattr(gateway.config, "sample_rate", None)  # 0 is a valid rate: test for None
         policy = getattr(gateway, "sampling_policy", None) or SamplingPolicy(
-            default_rate=getattr(gateway.config, "sample_rate", None) or SamplingPolicy.default_rate)
+            default_rate=SamplingPolicy.default_rate if rate is None else rate,
+            rates=dict(getattr(gateway.config, "model_sample_rates", None) or {}))
     if gateway.sample_rate is None:
         gateway.sample_rate = lambda name, version: policy.model_rate(name)
     ledger = WriteBehindLedger(gateway.ledger)
