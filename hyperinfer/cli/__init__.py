@@ -33,6 +33,7 @@ _COMMAND_MODULES = [
     "audit_cmd",
     "economics_cmd",
     "up_cmd",
+    "demo_cmd",
     "tune_cmd",
 ]
 
