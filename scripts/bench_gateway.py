@@ -18,8 +18,8 @@ then prints, in one run:
 4. what the gateway's own steps cost, timed in this process (where the added
    latency goes: an extra gRPC hop, one Ed25519 verify, one Ed25519 signature).
 
-The client is hyperinfer's own OIP stub (tritonclient cannot share a process
-with hyperinfer's protobuf modules). Numbers depend on the machine and on what
+The client is hyperinfer's own OIP stub (the same messages tritonclient sends,
+without its Python wrapper's cost). Numbers depend on the machine and on what
 else runs on it: the script prints the CPU count and load average first.
 
     python scripts/bench_gateway.py [--requests 500] [--seconds 4] [--threads 4]

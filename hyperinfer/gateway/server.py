@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health
+from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection
 
 from hyperinfer.errors import FailedPrecondition
@@ -62,7 +63,8 @@ class GatewayServer:
         self.port = bind(self._server, self.listen)
         self._health = add_health(self._server, self._services)
         reflection.enable_server_reflection(
-            [*self._services, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server
+            [*self._services, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server,
+            pool=_reflection_pool(),
         )
         self._server.start()
         self.started = True
@@ -80,3 +82,18 @@ class GatewayServer:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._server.wait_for_termination(timeout)
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Every service the gateway serves, in one pool for reflection: the OIP messages live in
+    a private pool (hyperinfer.proto.OIP_POOL), the others in protobuf's default one."""
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from hyperinfer.proto.inference import grpc_service_pb2
+    from hyperinfer.proto.v1 import pool_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    for module in (pool_pb2, grpc_service_pb2, health_pb2, reflection_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool

@@ -11,9 +11,8 @@ so no compile step is needed; tests/e2e runs compiled artifacts.
 Protocol: prints ``READY <address> <gateway public key hex>`` once serving,
 then serves until stdin closes or SIGTERM.
 
-:func:`import_tritonclient_grpc` is how test modules import tritonclient: its
-messages go to a private descriptor pool, so a pytest session can hold both
-tritonclient and hyperinfer's OIP module (see its docstring).
+:func:`import_tritonclient_grpc` imports tritonclient or raises ImportError
+(test modules skip then).
 """
 
 from __future__ import annotations
@@ -27,25 +26,11 @@ TARGET = "cpu-x86_64"
 
 
 def import_tritonclient_grpc():
-    """``tritonclient.grpc``, with its protobuf messages in a private descriptor pool.
+    """``tritonclient.grpc`` (ImportError if it is missing). A plain import: hyperinfer's OIP
+    messages live in a private descriptor pool, so both coexist in one process
+    (tests/unit/test_proto_pool.py checks that in a fresh interpreter)."""
+    import tritonclient.grpc
 
-    tritonclient and ``hyperinfer.proto.inference`` both define the protocol's
-    ``inference.*`` messages (same names, different .proto files); protobuf
-    refuses the second registration in the default pool. Building tritonclient's
-    into a pool of their own lets one process (a pytest session) import both;
-    the wire format is the same. Raises ImportError if tritonclient is missing.
-    """
-    if "tritonclient.grpc" in sys.modules:
-        return sys.modules["tritonclient.grpc"]
-    from google.protobuf import descriptor_pool
-
-    default = descriptor_pool.Default
-    private = descriptor_pool.DescriptorPool()
-    descriptor_pool.Default = lambda: private  # generated modules call Default() while importing
-    try:
-        import tritonclient.grpc
-    finally:
-        descriptor_pool.Default = default
     return tritonclient.grpc
 
 
