@@ -61,8 +61,24 @@ def from_onnx(elem_type: int) -> DType:
         raise InvalidArgument(f"unsupported ONNX element type {elem_type}") from None
 
 
+_NUMPY_BY_NAME: dict[str, np.dtype] = {}
+_NAME_BY_NUMPY: dict[np.dtype, str] = {}
+
+
 def numpy_dtype(name: str) -> np.dtype:
-    return np.dtype(from_name(name).name)
+    dt = _NUMPY_BY_NAME.get(name)
+    if dt is None:
+        dt = _NUMPY_BY_NAME[name] = np.dtype(from_name(name).name)
+    return dt
+
+
+def name_of(dtype: np.dtype) -> str:
+    """``dtype.name``, cached: numpy computes that property anew on each access (~2-10 us),
+    and the request path reads it for every tensor several times."""
+    name = _NAME_BY_NUMPY.get(dtype)
+    if name is None:
+        name = _NAME_BY_NUMPY[dtype] = dtype.name
+    return name
 
 
 def is_exact(name: str) -> bool:

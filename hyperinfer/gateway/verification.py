@@ -72,6 +72,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hyperinfer.dtypes import name_of
 from hyperinfer.errors import Code, HyperinferError
 from hyperinfer.package import Manifest
 from hyperinfer.verify import receipt as rc
@@ -81,7 +82,7 @@ from hyperinfer.verify.digest import tensors_digest
 from hyperinfer.verify.dispute import Execution, needs_tiebreaker, new_dispute
 from hyperinfer.verify.receipt import RECEIPT_PARAMETER, Receipt, sign_receipt
 from hyperinfer.verify.sampling import Mode, NodeRef, SamplingPolicy, choose_validator
-from hyperinfer.verify.signing import fingerprint
+from hyperinfer.verify.signing import fingerprint, key_id
 
 log = logging.getLogger("hyperinfer.gateway.verification")
 
@@ -173,6 +174,7 @@ class Verifier:
         self.referee = referee
         self.client = client
         self.gateway_key = gateway_key
+        self.gateway_id = key_id(gateway_key)
         self.call_timeout = float(call_timeout)
         self.max_validator_attempts = max(1, int(max_validator_attempts))
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(background_workers)),
@@ -212,7 +214,7 @@ class Verifier:
             raise ResultRejected(f"{who}: returned outputs {sorted(outputs)}, the manifest has {names}", node.node_id)
         for spec in manifest.outputs:
             a = outputs[spec.name]
-            if not isinstance(a, np.ndarray) or a.dtype.name != spec.dtype or tuple(a.shape) != tuple(spec.shape):
+            if not isinstance(a, np.ndarray) or name_of(a.dtype) != spec.dtype or a.shape != tuple(spec.shape):
                 got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
                 raise ResultRejected(f"{who}: output {spec.name!r} is {got}, the manifest says "
                                      f"{spec.dtype}{list(spec.shape)}", node.node_id)
@@ -231,9 +233,11 @@ class Verifier:
             raise
 
     def _accept(self, manifest: Manifest, node: Any, request_id: str, input_digest: str, result: Any,
-                role: str, checked: bool = False) -> _Run:
+                role: str, checked: "bool | Attestation" = False) -> _Run:
         ref = node_ref(node, manifest.name, manifest.version)
-        if checked:  # already checked by the caller: parse only
+        if isinstance(checked, Attestation):  # already checked by the caller
+            att = checked
+        elif checked:  # already checked by the caller: parse only
             att = Attestation.from_bytes(bytes(result.attestation_bytes))
         else:
             att = self.check_result(manifest, ref, request_id, input_digest, result)
@@ -256,7 +260,7 @@ class Verifier:
             validator_signature=bytes(validator.result.signature) if validator else None,
             dispute_id=dispute_id,
         )
-        signed = sign_receipt(self.gateway_key, r)
+        signed = sign_receipt(self.gateway_key, r, self.gateway_id)
         self.ledger.store_receipt(signed)
         return signed
 
@@ -271,11 +275,11 @@ class Verifier:
         mode = Mode.parse(req.mode)
         input_digest = req.input_digest or tensors_digest([s.name for s in manifest.inputs], req.inputs)
         ref = node_ref(req.primary, manifest.name, manifest.version)
-        self.check_result(manifest, ref, req.request_id, input_digest, req.result)
+        att = self.check_result(manifest, ref, req.request_id, input_digest, req.result)
         # standing before this job: probation covers a node's first K jobs, this one included
         standing = self.ledger.summary(ref.node_id)
         primary = self._accept(manifest, req.primary, req.request_id, input_digest, req.result, "primary",
-                               checked=True)
+                               checked=att)
 
         # the draw, strictly after the primary's signed result was accepted
         if not self.policy.decide(manifest.name, standing, mode):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -14,21 +15,23 @@ from hyperinfer.verify.digest import canonical_array
 
 def to_proto(name: str, arr: np.ndarray) -> pool_pb2.Tensor:
     a = canonical_array(arr)
-    return pool_pb2.Tensor(name=name, dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
+    return pool_pb2.Tensor(name=name, dtype=dtypes.name_of(a.dtype), shape=a.shape, data=a.tobytes())
 
 
 def from_proto(t: pool_pb2.Tensor) -> np.ndarray:
-    dt = dtypes.numpy_dtype(t.dtype).newbyteorder("<")
-    shape = tuple(int(d) for d in t.shape)
+    native = dtypes.numpy_dtype(t.dtype)
+    wire = native if np.little_endian else native.newbyteorder("<")  # the wire is little-endian
+    shape = tuple(t.shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"tensor {t.name!r}: negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if len(t.data) != count * dt.itemsize:
+    count = math.prod(shape)
+    if len(t.data) != count * wire.itemsize:
         raise InvalidArgument(
             f"tensor {t.name!r}: {len(t.data)} bytes of data, shape {list(shape)} of {t.dtype} needs "
-            f"{count * dt.itemsize}"
+            f"{count * wire.itemsize}"
         )
-    return np.frombuffer(t.data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=False)
+    arr = np.frombuffer(t.data, dtype=wire).reshape(shape)
+    return arr if wire is native else arr.astype(native)
 
 
 def many_to_proto(tensors: Mapping[str, np.ndarray], order: Iterable[str] | None = None) -> list[pool_pb2.Tensor]:

@@ -35,7 +35,7 @@ class Attestation:
     format_version: int = FORMAT_VERSION
 
     def to_bytes(self) -> bytes:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}  # flat and immutable: asdict's deep copy is slow
+        d = {name: getattr(self, name) for name in _FIELDS}  # flat and immutable: asdict's deep copy is slow
         return _PREFIX + json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -46,8 +46,7 @@ class Attestation:
             d = json.loads(data[len(_PREFIX):])
         except ValueError as e:
             raise AttestationError(f"attestation is not valid JSON: {e}") from None
-        names = {f.name for f in fields(cls)}
-        if not isinstance(d, dict) or set(d) != names:
+        if not isinstance(d, dict) or d.keys() != _FIELD_SET:
             raise AttestationError("attestation fields do not match format version 1")
         if d["format_version"] != FORMAT_VERSION:
             raise AttestationError(f"unsupported attestation format {d['format_version']!r}")
@@ -60,6 +59,10 @@ class Attestation:
         """Return (attestation bytes, signature)."""
         data = self.to_bytes()
         return data, sign(key, data)
+
+
+_FIELDS = tuple(f.name for f in fields(Attestation))
+_FIELD_SET = frozenset(_FIELDS)
 
 
 def verify_attestation(public_key: bytes, data: bytes, signature: bytes) -> Attestation:

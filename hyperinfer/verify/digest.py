@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from hyperinfer.dtypes import name_of
+
 _PREFIX = b"hyperinfer-tensors-v1\0"
 
 
@@ -40,7 +42,7 @@ def tensors_digest(names: Sequence[str], tensors: Mapping[str, np.ndarray]) -> s
     for name in names:
         a = canonical_array(tensors[name])
         _field(h, name.encode())
-        _field(h, a.dtype.name.encode())
+        _field(h, name_of(a.dtype).encode())
         h.update(struct.pack("<Q", a.ndim))
         for d in a.shape:
             h.update(struct.pack("<Q", d))

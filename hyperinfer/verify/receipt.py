@@ -36,6 +36,7 @@ Status values:
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
@@ -88,7 +89,7 @@ class Receipt:
     format_version: int = FORMAT_VERSION
 
     def _json_fields(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}  # flat and immutable: asdict's deep copy is slow
+        d = {name: getattr(self, name) for name in _FIELDS}  # flat and immutable: asdict's deep copy is slow
         for k in _BYTES:
             d[k] = None if d[k] is None else b64(d[k])
         for k in _HEX:
@@ -101,21 +102,30 @@ class Receipt:
         del d["gateway_signature"]
         return _PREFIX + json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
+    @functools.cached_property
+    def json_text(self) -> str:
+        """The receipt as sent and stored (made once: a receipt is immutable)."""
+        return json.dumps(self._json_fields(), sort_keys=True, separators=(",", ":"))
+
     @property
     def checked(self) -> bool:
         return self.status in CHECKED_STATUSES
 
 
-def sign_receipt(gateway_key: Ed25519PrivateKey, receipt: Receipt) -> Receipt:
-    """The receipt with ``gateway_id`` set to the key's id and the gateway signature filled in."""
+_FIELDS = tuple(f.name for f in fields(Receipt))
+
+
+def sign_receipt(gateway_key: Ed25519PrivateKey, receipt: Receipt, gateway_id: str | None = None) -> Receipt:
+    """The receipt with ``gateway_id`` set to the key's id and the gateway signature filled in.
+    ``gateway_id``: the key's id if the caller has it (saves hashing the public key per receipt)."""
     if receipt.status not in STATUSES:
         raise InvalidArgument(f"status: unknown receipt status {receipt.status!r}")
-    r = replace(receipt, gateway_id=key_id(gateway_key), gateway_signature=b"")
+    r = replace(receipt, gateway_id=gateway_id or key_id(gateway_key), gateway_signature=b"")
     return replace(r, gateway_signature=sign(gateway_key, r.signing_bytes()))
 
 
 def receipt_to_json(receipt: Receipt) -> str:
-    return json.dumps(receipt._json_fields(), sort_keys=True, separators=(",", ":"))
+    return receipt.json_text
 
 
 def receipt_from_json(data: str | bytes) -> Receipt:

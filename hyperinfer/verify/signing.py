@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from cryptography.exceptions import InvalidSignature
@@ -14,6 +15,7 @@ def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; called for every result the gateway checks
 def fingerprint(public_key: bytes) -> str:
     """Stable id of a public key (node id, gateway id, publisher id): 32 hex chars."""
     if len(public_key) != 32:
@@ -29,10 +31,15 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
     return key.sign(data)
 
 
+@functools.lru_cache(maxsize=4096)  # the pool's node keys, decoded once each
+def _public_key(public_key: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public_key)
+
+
 def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> bool:
     """True iff ``signature`` is a valid Ed25519 signature of ``data`` by ``public_key``."""
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+        _public_key(bytes(public_key)).verify(signature, data)
         return True
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, TypeError):
         return False
