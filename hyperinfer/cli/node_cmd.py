@@ -33,6 +33,7 @@ def node(
     key: Optional[Path] = typer.Option(None, "--key", help="Node key file (created if missing). Default ~/.config/hyperinfer/node.key."),
     operator: str = typer.Option("", "--operator", help="Operator name shown in the pool (default: user name)."),
     device: str = typer.Option("auto", "--device", help=f"Which devices to use: {'|'.join(DEVICE_CHOICES)}."),
+    target: list[str] = typer.Option([], "--target", help="Only serve these target ids (repeatable; each must run here). Default: the best this hardware runs."),
     max_concurrency: int = typer.Option(4, "--max-concurrency", help="Requests run at once; more are refused with RESOURCE_EXHAUSTED."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for TVM (default: all cores)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache dir (default ~/.cache/hyperinfer/node/<node-id>/artifacts)."),
@@ -54,7 +55,7 @@ def node(
 
     n = Node(NodeConfig(
         gateway=gateway, listen=listen, advertise=advertise, key_path=key or default_key_path(),
-        operator=operator, device=device, max_concurrency=max_concurrency, threads=threads, cache_dir=cache,
+        operator=operator, device=device, targets=list(target), max_concurrency=max_concurrency, threads=threads, cache_dir=cache,
         trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned, grace_s=grace,
     ), on_loaded=loaded)
     if n.key_created:

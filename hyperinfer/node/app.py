@@ -46,6 +46,8 @@ class NodeConfig:
     """Operator name; default: the user name."""
     device: str = "auto"
     """auto | cpu | cuda | rocm | vulkan."""
+    targets: list[str] = field(default_factory=list)
+    """Only these target ids (each must run here); default: every target the hardware runs."""
     max_concurrency: int = 4
     """Requests run at once; more get RESOURCE_EXHAUSTED at once."""
     threads: int | None = None
@@ -58,6 +60,18 @@ class NodeConfig:
     """Also load unsigned packages (native code from an unverified source)."""
     grace_s: float = 10.0
     """How long running requests may take to finish on shutdown."""
+
+
+def restrict_targets(hardware: Hardware, wanted: list[str]) -> Hardware:
+    """``hardware`` with only the ``wanted`` targets (in its best-first order); an operator pins
+    an artifact this way, e.g. to serve the portable x86-64 build on an AVX-512 machine."""
+    if not wanted:
+        return hardware
+    unknown = [t for t in wanted if t not in hardware.targets]
+    if unknown:
+        raise InvalidArgument(f"--target {unknown[0]}: not runnable on this machine "
+                              f"(runnable: {', '.join(hardware.targets) or 'none'})")
+    return Hardware(hardware.devices, [t for t in hardware.targets if t in wanted])
 
 
 class Node:
@@ -77,7 +91,7 @@ class Node:
         if not self.trust.trusted_publishers and not c.allow_unsigned:
             log.warning("no --trust-publisher given: this node will refuse every package "
                         "(use --allow-unsigned only for packages you built yourself)")
-        self.hardware = hardware or detect(c.device)
+        self.hardware = restrict_targets(hardware or detect(c.device), c.targets)
         self.dataplane = DataPlane(self.key, c.max_concurrency)
         self.cache = ArtifactCache(c.cache_dir or default_cache_dir(self.dataplane.node_id))
         self.info = NodeInfo(c.operator or _user(), self.hardware.targets, self.hardware.devices)
@@ -88,11 +102,16 @@ class Node:
         self.manager = ModelManager(self.dataplane, self.cache, self.hardware.targets, self.trust,
                                     fetch=self.pool.fetch,
                                     runner_factory=runner_factory or tvm_runner_factory(c.threads),
-                                    on_loaded=on_loaded)
+                                    on_loaded=lambda m: self._loaded(m, on_loaded))
         self.loader = BackgroundLoader(self.manager)
         self.pool.on_offers = self.loader.submit
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+
+    def _loaded(self, model: LoadedModel, callback: Callable[[LoadedModel], None] | None) -> None:
+        self.pool.heartbeat_soon()  # the gateway schedules a model once a heartbeat reports it loaded
+        if callback is not None:
+            callback(model)
 
     @property
     def node_id(self) -> str:

@@ -83,6 +83,7 @@ class PoolClient:
         self.interval_s = DEFAULT_HEARTBEAT_S
         self.joins = 0  # how many times this client joined (re-joins after a gateway restart count)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by stop() and heartbeat_soon()
         self._thread: threading.Thread | None = None
         self._last_ts = 0
         self._ts_lock = threading.Lock()
@@ -214,10 +215,17 @@ class PoolClient:
                 log.exception("unexpected error talking to the gateway")
                 wait = backoff
                 backoff = min(backoff * 2, self.backoff_cap_s)
-            self._stop.wait(wait)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def heartbeat_soon(self) -> None:
+        """Send the next heartbeat now (a model just loaded: the gateway learns it at once
+        instead of up to one interval later)."""
+        self._wake.set()
 
     def stop(self, leave: bool = True) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=RPC_TIMEOUT_S + 1)
         if leave:
