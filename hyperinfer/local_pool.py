@@ -238,21 +238,21 @@ class LocalPool:
         return [c for c in [self.gateway, *self.nodes] if c is not None]
 
     def prepare(self, progress: bool = True) -> None:
-        """State dir, lock, gateway flags, repository (compiling the bundled model if empty), keys, port."""
+        """State dir, lock, port, gateway flags, repository (compiling the bundled model if empty), trust, keys."""
         o = self.options
         self.state.mkdir(parents=True, exist_ok=True)
         self._lock()
         if o.sample_rate is not None and "--sample-rate" not in gateway_flags():
             raise FailedPrecondition("--sample-rate: this installation's `hyperinfer gateway` has no --sample-rate "
                                      "flag; leave it out to use the gateway's default")
-        if self.port == 0:
-            self.port = free_port()
-        else:  # before a compile that may take minutes
+        if self.port:  # before a compile that may take minutes
             check_port_free(self.port)
-        self.address = f"{HOST}:{self.port}"
         self.repository.mkdir(parents=True, exist_ok=True)
         if not self._packages():
             self.compile_bundled(progress)
+        if not self.port:
+            self.port = free_port()
+        self.address = f"{HOST}:{self.port}"
         packages = self._packages()
         if not packages:
             raise FailedPrecondition(f"no model package in {self.repository}")
