@@ -81,7 +81,7 @@ def wait_ready(stub, model: str, seconds: float) -> None:
         time.sleep(0.5)
 
 
-def _inputs(meta, seed: int) -> tuple[dict[str, np.ndarray], str]:
+def make_inputs(meta, seed: int) -> tuple[dict[str, np.ndarray], str]:
     """Inputs for one request and a line describing them."""
     specs = list(meta.inputs)
     if len(specs) == 1 and len(specs[0].shape) == 4 and specs[0].shape[1] == 3 and specs[0].datatype == "FP32":
@@ -145,7 +145,7 @@ def run(url: str = "127.0.0.1:8001", model: str = "ppocr-det", requests: int = 4
             raise error_from_rpc(e) from None
         say(f"demo: {requests} request(s) to {model} at {url}, verification mode {verify}")
         for i in range(requests):
-            arrays, described = _inputs(meta, seed=i)
+            arrays, described = make_inputs(meta, seed=i)
             req = pb.ModelInferRequest(model_name=model, id=f"demo-{i}")
             for name, a in arrays.items():
                 spec = next(s for s in meta.inputs if s.name == name)

@@ -71,6 +71,10 @@ class UpOptions:
     allow_unsigned: bool = False
     stop_timeout: float = 15.0
     """Seconds children get to exit after SIGTERM before SIGKILL."""
+    node_targets: list[str] = field(default_factory=list)
+    """Pin node i to artifact ``node_targets[i % len]`` (``hyperinfer node --target``); empty: each runs its best."""
+    gateway_args: list[str] = field(default_factory=list)
+    """More ``hyperinfer gateway`` flags (e.g. ``--probation-jobs 0``)."""
 
     def validate(self) -> "UpOptions":
         if not 1 <= self.nodes <= MAX_NODES:
@@ -358,6 +362,7 @@ class LocalPool:
                    "--heartbeat-interval", f"{o.heartbeat_interval:g}"]
         if o.sample_rate is not None:
             gw_args += ["--sample-rate", f"{o.sample_rate:g}"]
+        gw_args += list(o.gateway_args)
         self.gateway = Child("gateway", gw_args, self.state / "gateway.log")
         log_start = self.gateway.log_path.stat().st_size if self.gateway.log_path.exists() else 0
         self._spawn(self.gateway)
@@ -370,6 +375,8 @@ class LocalPool:
                       "--max-concurrency", str(o.max_concurrency), "--grace", "2", *trust]
             if o.allow_unsigned:
                 n.args.append("--allow-unsigned")
+            if o.node_targets:
+                n.args += ["--target", o.node_targets[(i - 1) % len(o.node_targets)]]
             self._spawn(n)
 
     def _wait_gateway_listening(self, log_start: int, timeout: float) -> None:

@@ -30,6 +30,10 @@ def up(
     trust_publisher: list[str] = typer.Option(
         [], "--trust-publisher", help="Publisher key (hex or file) the nodes trust besides <state>/publisher.key."),
     allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Let the nodes load unsigned packages."),
+    node_target: list[str] = typer.Option(
+        [], "--node-target", metavar="TARGET",
+        help="Pin the nodes to these artifacts in turn (repeatable), e.g. --node-target cpu-x86_64 "
+             "--node-target cpu-x86_64-avx2 to watch verification across targets."),
     demo: bool = typer.Option(False, "--demo", help="Once ready, run `hyperinfer demo` against the pool."),
     demo_model: Optional[str] = typer.Option(
         None, "--demo-model", help=f"Model the demo calls (default {BUNDLED_MODEL} if served, else the first)."),
@@ -50,7 +54,8 @@ def up(
     stop, force = threading.Event(), threading.Event()
     pool = LocalPool(UpOptions(state=state, repository=repository, nodes=nodes, port=port, sample_rate=sample_rate,
                                threads=threads, model_timeout=model_timeout, heartbeat_interval=heartbeat_interval,
-                               trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned),
+                               trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned,
+                               node_targets=list(node_target)),
                      say=ui.say, stop_event=stop)
     o = pool.options
     ui.say(f"hyperinfer up: gateway + {o.nodes} node(s) on 127.0.0.1, state {o.state}, repository {o.repository}")
