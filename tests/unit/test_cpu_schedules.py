@@ -208,3 +208,66 @@ def test_conv_transpose_rewrite_matches_onnxruntime(tmp_path):
     )
     path = _finish(g, tmp_path / "ct.onnx")
     _build_and_compare(tmp_path, "ct", _clean(path, {}))
+
+
+def _svtr_like(tmp_path):
+    """Depthwise 5x5 conv + hardswish, then a transformer-style head: matmul to an awkward
+    width (203 classes, no 8-lane divisor) and a softmax over it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from hyperinfer.zoo import _finish
+
+    rng = np.random.default_rng(7)
+    c, h, w, n = 24, 6, 40, 203
+    dw = (rng.standard_normal((c, 1, 5, 5)) * 0.2).astype(np.float32)
+    fc = (rng.standard_normal((c * h, n)) * 0.1).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "dw"], ["y"], group=c, kernel_shape=[5, 5], pads=[2, 2, 2, 2]),
+         helper.make_node("HardSwish", ["y"], ["z"]),
+         helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 3, 1, 2]),
+         helper.make_node("Reshape", ["zt", "shape"], ["seq"]),
+         helper.make_node("MatMul", ["seq", "fc"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["p"], axis=-1)],
+        "svtr_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, w, n])],
+        [numpy_helper.from_array(dw, "dw"), numpy_helper.from_array(fc, "fc"),
+         numpy_helper.from_array(np.array([1, w, c * h], dtype=np.int64), "shape")],
+    )
+    return _finish(g, tmp_path / "svtr_like.onnx")
+
+
+def test_depthwise_softmax_and_awkward_matmul_match_onnxruntime(tmp_path):
+    _build_and_compare(tmp_path, "svtr_like", _clean(_svtr_like(tmp_path), {}))
+
+
+def test_depthwise_rows_tile_pads_per_plane_and_softmax_reduces_in_vectors(tmp_path):
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    target = targets.get(_target_id())
+    mod = tune.fused_module(build.import_onnx(_clean(_svtr_like(tmp_path), {}).model), target)
+    funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    # softmax became fast_softmax (a vectorizable exp), its max and sum reduce in vectors
+    soft = [n for n in funcs if "softmax" in n]
+    assert soft and all("fast_softmax" in n for n in soft), soft
+    report = cpu_sched.CpuScheduleReport()
+    out = cpu_sched.schedule_function(funcs[soft[0]], target, 2, report, soft[0])
+    assert "T_softmax_maxelem_rf" in out.script() and "T_softmax_expsum_rf" in out.script()
+    # the 203-wide matmul reads a weight padded at compile time (no padding copy per call)
+    mm = next(n for n in funcs if "matmul" in n)
+    assert [int(d) for d in funcs[mm].params[1].shape][-1] % 8 == 0
+    assert "_pad" not in cpu_sched.schedule_function(funcs[mm], target, 2).script()
+    # depthwise conv: the pad runs inside the parallel loop over planes, rows are the register axis
+    conv = next(n for n in funcs if "conv2d" in n)
+    report = cpu_sched.CpuScheduleReport()
+    out = cpu_sched.schedule_function(funcs[conv], target, 2, report, conv)
+    assert report.rules[conv] == "tiled", (report.rules, report.fallbacks)
+    body = out.body
+    while not isinstance(body, tirx.For):
+        body = body.body if hasattr(body, "body") else body.block.body
+    assert body.kind == tirx.ForKind.PARALLEL and int(body.extent) == 24  # one iteration per (n, c) plane
+    script = out.script()
+    assert script.index('T.sblock("pad_temp")') > script.index("T.parallel(")

@@ -14,7 +14,10 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
      width (``TargetInfo.vector_lanes``) and vectorized;
    - one outer spatial axis that the vectorized operand does not depend on
      (output channels of a conv, rows of a matmul) is split by an unroll
-     factor (<= 8) for register reuse; depthwise convs use the output rows;
+     factor for register reuse (16 accumulator vectors with AVX-512's 32
+     registers, 12 with 16 registers: a 6x16 AVX2 tile); depthwise convs and
+     pooling use the output rows, so each loaded input row serves every
+     kernel row it falls under;
    - loop order: parallel spatial tiles (fused) -> reduction loops ->
      register tile -> vector lanes;
    - the accumulator is a small local buffer (``cache_write`` when the block
@@ -31,7 +34,13 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
    has no vector-sized divisor (6625 classes) is padded to whole vectors
    (``pad_einsum``).
    Contractions under 32k multiply-adds stay on one thread.
-3. Other reductions (softmax, mean): parallel over the fused spatial loops.
+   Depthwise convs and pooling pad their input plane by plane inside the
+   parallel loop over (n, c), right before that plane's tiles (it stays in
+   L1), instead of padding the whole tensor in a separate pass.
+3. Other reductions: a long one over a row's contiguous innermost axis
+   (softmax's max and sum, layer-norm means) keeps several vectors of partial
+   results (``rfactor``), parallel over rows; the rest (global pooling) is
+   parallel over the fused spatial loops.
 4. Elementwise/injective blocks left at the root: fuse, parallel, vectorize.
 
 Every function is scheduled inside a try: if a rule throws, the function
@@ -342,6 +351,58 @@ def _schedule_plain_reduction(sch, block) -> str:
     return "reduction"
 
 
+def _vector_reduction(sch, block, lanes: int) -> str:
+    """A long reduction over a row's contiguous innermost axis (softmax's max and sum, a mean
+    over the last axis): ``lanes``-wide partial results (``rfactor``) reduced in vector
+    registers, then across the lanes; parallel over the rows.
+
+    Raises ValueError when the block does not fit (the plain rule follows).
+    """
+    from tvm import tirx
+
+    blk = sch.get(block)
+    store = blk.body
+    if not isinstance(store, tirx.BufferStore):
+        raise ValueError("not a single store")
+    loops, ivs = _block_loops_vars(sch, block)
+    if any(iv is None for iv in ivs):
+        raise ValueError("loops are not a plain grid")
+    red = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    if len(red) != 1 or not red[0][0].same_as(loops[-1]):
+        raise ValueError("not a single innermost reduction loop")
+    rloop, riv = red[0]
+    ext = _ext(sch, rloop) or 0
+    if ext < 8 * lanes:
+        raise ValueError("short reduction")
+    loads = [ld for ld in _loads(store.value) if not _buf(ld).same_as(store.buffer)]
+    if not loads or any(not ld.indices or _coef(ld.indices[-1], riv.var) != 1
+                        or any(_uses(ix, riv.var) for ix in ld.indices[:-1]) for ld in loads):
+        raise ValueError("reduction axis not contiguous in the input")
+    # several vectors of partial results: independent add chains (an add's latency is ~4 cycles)
+    vf = next((f for f in range(min(ext, 4 * lanes), max(lanes // 2, 2) - 1, -1) if ext % f == 0), 0)
+    if not vf:
+        raise ValueError("reduction does not split into vectors")
+    spatial = [lp for lp in loops if not lp.same_as(rloop)]
+    total = 1
+    for lp in spatial:
+        total *= _ext(sch, lp) or 1
+    _ro, ri = sch.split(rloop, [None, vf])
+    rf = sch.rfactor(ri, 0)
+    sch.set_scope(rf, 0, "local")
+    # rf block: [spatial..., ro, ri] with ri spatial now -> vectorize it
+    rf_loops = list(sch.get_loops(rf))
+    sch.vectorize(rf_loops[-1])
+    if len(spatial) > 1:
+        sch.fuse(*rf_loops[:len(spatial)])
+    rf_loops = list(sch.get_loops(rf))
+    if total > 1 and total * ext >= _PARALLEL_MIN:
+        sch.parallel(rf_loops[0])
+    fin_loops = list(sch.get_loops(block))
+    if len(spatial) > 1:
+        sch.fuse(*fin_loops[:len(spatial)])
+    return "reduction-vector"
+
+
 def _work(sch, block) -> int:
     """Iterations of the block (multiply-adds of a contraction)."""
     n = 1
@@ -433,6 +494,13 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     cands = [(lp, iv) for lp, iv in spatial if not iv.same_as(vec_iv) and (_ext(sch, lp) or 1) > 1]
     free = [(lp, iv) for lp, iv in cands if not any(_uses(ix, iv.var) for ld in vec_loads for ix in ld.indices)]
     pool = free or cands
+    if not free:
+        # depthwise/pooling windows: the output-row axis slides over the input rows together with a
+        # reduction axis (``yy + ry``), so a tile of rows re-uses every loaded input row across ``ry``
+        window = [(lp, iv) for lp, iv in cands
+                  if any(_uses(ix, iv.var) and any(_uses(ix, r.var) and (_ext(sch, rl) or 1) > 1 for rl, r in reduce)
+                         for ld in vec_loads for ix in ld.indices[:-1])]
+        pool = window or pool
     if pool:
         reg = max(pool, key=lambda t: _ext(sch, t[0]) or 1)
     # accumulate locally: the intermediate conv buffer, or a cache of the output
@@ -444,8 +512,9 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
         sch.set_scope(block, 0, "local")
     vec_o, vec_i = sch.split(vec_loop, [None, vf])
     reg_o = reg_i = None
-    # ~16 accumulator vectors (of 32 AVX-512 / 16 AVX2 registers), fewer when there are fewer registers
-    n_acc = 16 if lanes >= 16 else 8
+    # accumulator vectors: 16 of AVX-512's 32 registers, 12 of AVX2's/SSE's 16 (a 6x16 AVX2 tile
+    # leaves registers for the two input vectors and a broadcast weight)
+    n_acc = 16 if lanes >= 16 else 12
     limit = max(1, n_acc // max(1, (vf + lanes - 1) // lanes))
     if reg is not None:
         uf = _unroll_factor(_ext(sch, reg[0]) or 1, limit)
@@ -463,20 +532,43 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     if reg is not None:
         outer.append(reg_o if reg_o is not None else reg[0])
     inner = ([reg_i] if reg_i is not None else []) + [vec_i]
+    # depthwise convs and pooling read a padded copy of their input plane by plane: pad each
+    # plane right before its tiles use it (it stays in L1) instead of the whole tensor up front
+    pad, plane = _plane_padding(sch, block, spatial, vec_iv, reg, vec_loads)
+    if pad is not None:
+        plane_loops = [lp for lp, iv in spatial if any(iv.same_as(p) for p in plane)]
+        rest = [lp for lp in outer if not any(lp.same_as(q) for q in plane_loops)]
+        outer = plane_loops + rest
     sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
-    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if pad is not None:
+        par = sch.fuse(*plane_loops) if len(plane_loops) > 1 else plane_loops[0]
+        fused = sch.fuse(*rest) if len(rest) > 1 else rest[0]
+        n_outer = 2
+    else:
+        par = fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        n_outer = 1
     sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
-    if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
-        sch.parallel(fused)
+    if (_ext(sch, par) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
+        sch.parallel(par)
+    if pad is not None:
+        sch.compute_at(pad, par, preserve_unit_loops=True)
+        ploops = list(sch.get_loops(pad))[1:]
+        if ploops:
+            n_in = _ext(sch, ploops[-1]) or 0
+            pv = _vector_factor(n_in, lanes)
+            if pv == n_in and pv:
+                sch.vectorize(ploops[-1])
+            elif pv:
+                sch.vectorize(sch.split(ploops[-1], [None, pv])[1])
     # epilogue: vectorize its innermost loop
-    eloops = list(sch.get_loops(epi))[1:]
+    eloops = list(sch.get_loops(epi))[n_outer:]
     if eloops:
         einner = eloops[-1]
         e_ext = _ext(sch, einner) or 0
         if e_ext > 1 and e_ext <= 6 * lanes:
             sch.vectorize(einner)
     # small reduction loops (kernel window) unrolled
-    rloops = list(sch.get_loops(block))[1:-len(inner)]
+    rloops = list(sch.get_loops(block))[n_outer:-len(inner)]
     for lp in rloops[1:]:
         e = _ext(sch, lp)
         if e is not None and 1 < e <= 7:
@@ -487,6 +579,44 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     # reduction init before the first reduction loop
     _decompose(sch, block, rloops[0])
     return "tiled" if not allow_strided else "tiled-strided"
+
+
+def _plane_padding(sch, block, spatial, vec_iv, reg, vec_loads):
+    """(padding block, plane iter vars) when ``block`` reads a padded input plane by plane.
+
+    A depthwise conv or a pooling reads its padded input at the output's own
+    channel (``pad[n, c + rc, y + ry, x + rx]`` with one input channel per
+    output channel): the tiles of one (n, c) read only that plane. Returns
+    (None, []) otherwise (a full conv reads every input plane from every tile).
+    """
+    store_buf = sch.get(block).body.buffer
+    for ld in vec_loads:
+        buf = _buf(ld)
+        if buf.same_as(store_buf) or len(ld.indices) < 3:
+            continue
+        pads = [p for p in sch.get_producers(block)
+                if _is_pad(sch.get(p)) and sch.get(p).body.buffer.same_as(buf)]
+        if len(pads) != 1 or len(sch.get_consumers(pads[0])) != 1:
+            continue
+        plane = []
+        for _, iv in spatial:
+            if iv.same_as(vec_iv) or (reg is not None and iv.same_as(reg[1])):
+                continue
+            if any(_uses(ix, iv.var) for ix in ld.indices[-2:]):
+                return None, []
+            if any(_uses(ix, iv.var) for ix in ld.indices[:-2]):
+                plane.append(iv)
+        # the plane must be all of the leading dims (n, c): one output plane per input plane
+        lead_used = all(any(_uses(ix, iv.var) for iv in plane) or _is_const(ix) for ix in ld.indices[:-2])
+        if plane and lead_used and len(plane) < len([1 for _, iv in spatial if not iv.same_as(vec_iv)]):
+            return pads[0], plane
+    return None, []
+
+
+def _is_const(expr) -> bool:
+    from tvm import tirx
+
+    return isinstance(expr, tirx.IntImm)
 
 
 def _tile_strided(sch, block, lanes: int, threads: int) -> str:
@@ -618,6 +748,16 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
                     traceback.print_exc()
                 if report is not None and (_DEBUG or not isinstance(e, ValueError)):
                     report.fallbacks.append(f"{name}/{blk.name_hint}: {rule.__name__}: {_short(e)}")
+                sch = snapshot
+                block = sch.get_sblock(bname)
+        if not done:
+            snapshot = sch.copy()
+            try:
+                used.append(_vector_reduction(sch, block, lanes))
+                done = True
+            except Exception as e:  # noqa: BLE001 - the plain rule
+                if report is not None and (_DEBUG or not isinstance(e, ValueError)):
+                    report.fallbacks.append(f"{name}/{blk.name_hint}: _vector_reduction: {_short(e)}")
                 sch = snapshot
                 block = sch.get_sblock(bname)
         if not done:

@@ -9,6 +9,13 @@ convolution to ``O*kh*kw`` channels followed by a depth-to-space shuffle:
     out[n, o, h*kh + a, w*kw + b] = sum_c x[n, c, h, w] * W[c, o, a, b]
 
 which the CPU schedules tile like any other 1x1 convolution.
+
+``softmax`` (float32) becomes TOPI's ``fast_softmax``, whose ``exp`` is a
+polynomial LLVM vectorizes (the libm ``exp`` is called element by element).
+
+``matmul`` by a constant weight whose width has no 8-lane divisor (a 6625-class
+head) gets its weight padded to whole vectors once, at compile time, and the
+result sliced back, instead of the schedule padding the weight on every call.
 """
 
 from __future__ import annotations
@@ -83,6 +90,104 @@ def conv_transpose_rewrite_pass():
     return apply
 
 
+def fast_softmax_pass():
+    """Relax function pass: float32 ``softmax`` -> TOPI's ``fast_softmax``.
+
+    Legalized softmax calls ``exp`` per element, which LLVM cannot vectorize on x86
+    (a libm call per element: most of a 40x6625 softmax's time). ``fast_softmax``
+    uses a vectorizable polynomial ``exp`` (relative error ~1e-7).
+    """
+    import tvm
+    from tvm import relax, topi
+
+    op_softmax = tvm.ir.Op.get("relax.nn.softmax")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or not call.op.same_as(op_softmax):
+                return call
+            info = call.args[0].ty if hasattr(call.args[0], "ty") else call.args[0].struct_info
+            if str(getattr(info, "dtype", "")) != "float32":
+                return call
+            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis))
+
+    @tvm.transform.module_pass(opt_level=0, name="HyperinferFastSoftmax")
+    def apply(mod, _ctx):
+        rw = Rewriter(mod)
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return rw.builder_.get()
+
+    return apply
+
+
+_PAD_TO = 16  # float32 lanes of AVX-512; a multiple of every CPU target's vector width
+
+
+def matmul_pad_pass():
+    """Relax function pass: ``matmul(x, W)`` with a constant ``W [K, N]`` whose ``N`` does not
+    split into whole vectors (a 6625-class head) -> ``matmul(x, W padded to N') [..., :N]``.
+
+    The CPU schedule otherwise pads the weight inside the kernel on every call
+    (a copy of the whole weight); here it is padded once, at compile time.
+    """
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    op_matmul = tvm.ir.Op.get("relax.matmul")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or not call.op.same_as(op_matmul):
+                return call
+            try:
+                new = self._rewrite(call)
+                return call if new is None else new
+            except Exception as e:  # noqa: BLE001 - leave anything unusual as it is
+                log.debug("matmul left as it is: %s", e)
+                return call
+
+        def _rewrite(self, call):
+            x, w = call.args
+            if not isinstance(w, tvm.ir.expr.Constant):
+                return None
+            data = getattr(w, "data", None)
+            if data is None:
+                data = getattr(w, "value", None)
+            if data is None or not hasattr(data, "numpy"):
+                return None
+            wnp = data.numpy()
+            if wnp.ndim != 2 or wnp.dtype != np.float32:
+                return None
+            k, n = wnp.shape
+            if n % 8 == 0 or n < 4 * _PAD_TO:
+                return None  # whole 8-lane vectors already (the schedules split 16-lane ones to suit)
+            info = x.ty if hasattr(x, "ty") else x.struct_info
+            if str(getattr(info, "dtype", "")) != "float32" or getattr(info, "ndim", -1) < 1:
+                return None
+            n2 = -(-n // _PAD_TO) * _PAD_TO
+            wp = np.zeros((k, n2), dtype=np.float32)
+            wp[:, :n] = wnp
+            y = relax.op.matmul(x, relax.const(wp))
+            return relax.op.strided_slice(y, axes=[-1 % (int(info.ndim))], begin=[0], end=[n])
+
+    @tvm.transform.module_pass(opt_level=0, name="HyperinferMatmulPad")
+    def apply(mod, _ctx):
+        rw = Rewriter(mod)
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return rw.builder_.get()
+
+    return apply
+
+
 def cpu_pre_fusion_passes() -> list:
     """Relax passes the CPU build runs before LegalizeOps."""
-    return [conv_transpose_rewrite_pass()]
+    return [conv_transpose_rewrite_pass(), fast_softmax_pass(), matmul_pad_pass()]
