@@ -13,3 +13,22 @@ def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_cli(*args: str, cwd=None, timeout: float = 600) -> "subprocess.CompletedProcess":
+    """``hyperinfer ARGS`` in a child process of this interpreter, output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hyperinfer", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles: str) -> None:
+    """A user error: non-zero exit, no traceback, exactly one ``Error:`` line naming each needle."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]

@@ -14,20 +14,11 @@ import pytest
 
 from hyperinfer.errors import InvalidArgument
 from hyperinfer.local_pool import Child, LocalPool, UpOptions
+from support import assert_one_line_error, run_cli
 
 
 def run_up(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hyperinfer", "up", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
-    assert len(errors) == 1, proc.stderr
-    for n in needles:
-        assert n in errors[0], errors[0]
+    return run_cli("up", *args, cwd=cwd, timeout=120)
 
 
 @pytest.mark.parametrize("args, needle", [
