@@ -84,6 +84,20 @@ class TuneReport:
 
 
 @dataclass
+class FunctionProfile:
+    """One fused function's default-schedule latency (see :func:`profile_functions`)."""
+
+    name: str
+    key: str
+    weight: int
+    us: float
+
+    @property
+    def total_us(self) -> float:
+        return self.us * self.weight
+
+
+@dataclass
 class Progress:
     """What the progress callback receives after every measured batch."""
 
@@ -190,8 +204,10 @@ def _random_args(func):
     return args
 
 
-def measure_function(func, tvm_target, repeat: int = 5, min_repeat_ms: int = 40) -> float:
-    """Median latency in microseconds of one scheduled PrimFunc (built alone)."""
+def measure_function(func, tvm_target, repeat: int = 5, min_repeat_ms: int = 40, best: bool = False) -> float:
+    """Median latency in microseconds of one scheduled PrimFunc (built alone); with ``best``, the
+    fastest repeat (robust to other processes on the machine: a parallel loop whose thread is
+    descheduled waits milliseconds at its barrier, which a median over few repeats keeps)."""
     import statistics
 
     import tvm
@@ -200,7 +216,8 @@ def measure_function(func, tvm_target, repeat: int = 5, min_repeat_ms: int = 40)
     mod = lib.mod if hasattr(lib, "mod") else lib
     args = _random_args(func)
     ev = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
-    return statistics.median(ev(*args).results) * 1e6
+    res = ev(*args).results
+    return (min(res) if best else statistics.median(res)) * 1e6
 
 
 # ---------------------------------------------------------------- tuning
@@ -250,14 +267,68 @@ def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult]) 
     tmp.replace(Path(db_dir) / CHOICES)
 
 
+def profile_functions(mod, target_info: TargetInfo, threads: int = 0,
+                      progress: Callable[[str], None] | None = None) -> list[FunctionProfile]:
+    """Every fused function of ``mod`` with its default (rule-based) schedule, built alone and
+    timed on random inputs; hottest first (latency x calls per inference)."""
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.runtime.tvm_runner import configure_threads
+
+    threads = configure_threads(threads or None)
+    tvm_target = tuning_target(target_info, threads)
+    out = []
+    for name, func, weight in extract_tasks(mod, target_info):
+        try:
+            us = measure_function(cpu_sched.schedule_function(func, target_info, threads), tvm_target,
+                                  repeat=9, min_repeat_ms=2, best=True)
+        except Exception as e:  # noqa: BLE001 - an unmeasurable function is not a tuning candidate
+            log.info("%s: not profiled (%s)", name, str(e).strip().splitlines()[-1:])
+            us = 0.0
+        out.append(FunctionProfile(name, function_key(func), weight, us))
+        if progress is not None:
+            progress(f"profiled {name}: {us:.0f} us x {weight}")
+    out.sort(key=lambda f: -f.total_us)
+    return out
+
+
+def hottest(profile: list[FunctionProfile], fraction: float = 0.8, max_functions: int = 12) -> list[FunctionProfile]:
+    """The hottest functions that together take ``fraction`` of the profiled time (at most ``max_functions``)."""
+    total = sum(f.total_us for f in profile)
+    picked, acc = [], 0.0
+    for f in profile:
+        if len(picked) >= max_functions or (total and acc >= fraction * total) or f.total_us <= 0:
+            break
+        picked.append(f)
+        acc += f.total_us
+    return picked
+
+
+# MetaSchedule's default evolutionary search samples and evolves 512 candidates per task
+# before its first measurement: minutes per fused conv on 2 cores, so a 30-minute budget
+# could pass without one measured candidate. A smaller population measures within a
+# minute per task; the search still learns from every measured batch.
+POPULATION = 128
+
+
+def _search_strategy():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=POPULATION, init_measured_ratio=0.2, init_min_unmeasured=16,
+        genetic_num_iters=2, genetic_mutate_prob=0.85, genetic_max_fail_count=4, eps_greedy=0.05)
+
+
 def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes: float | None = None,
-         threads: int = 0, progress: Callable[[Progress], None] | None = None) -> TuneReport:
+         threads: int = 0, progress: Callable[[Progress], None] | None = None,
+         only: set[str] | None = None) -> TuneReport:
     """Tune the CPU functions of ``mod`` with MetaSchedule into ``db_dir``; see the module docstring.
 
     ``trials``: measured candidates in this run over all tasks; ``minutes``: stop the search
     after this wall time (the comparison with the default schedules runs after it);
     ``threads``: threads for the builder/runner and the measured kernels (0: all cores);
-    ``progress``: called with a :class:`Progress` after every measured batch.
+    ``progress``: called with a :class:`Progress` after every measured batch;
+    ``only``: function keys (:func:`function_key`) to tune, e.g. the hottest ones from
+    :func:`profile_functions` (None: every function).
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -280,6 +351,8 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     report = TuneReport(target_info.id, db_dir)
     emit = progress or (lambda _p: None)
     tasks = extract_tasks(mod, target_info)
+    if only is not None:
+        tasks = [t for t in tasks if function_key(t[1]) in only]
     report.tasks = [TaskResult(n, function_key(f), w) for n, f, w in tasks]
     emit(Progress("extract", len(tasks), message=f"{len(tasks)} tasks"))
     if not tasks:
@@ -323,7 +396,7 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     for i, (name, func, _w) in enumerate(tasks):
         contexts.append(ms.TuneContext(
             mod=_task_mod(func), target=tvm_target, space_generator="post-order-apply",
-            search_strategy="evolutionary", task_name=name, rand_state=1 + i, num_threads=threads,
+            search_strategy=_search_strategy(), task_name=name, rand_state=1 + i, num_threads=threads,
             logger=logging.getLogger("hyperinfer.tune"),
         ).clone())
     per_iter = max(4, min(64, trials // max(1, len(tasks))))
@@ -374,9 +447,9 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
             sch = None
         try:
             default = cpu_sched.schedule_function(func, target_info, threads)
-            r.default_us = measure_function(default, tvm_target)
+            r.default_us = measure_function(default, tvm_target, repeat=9, min_repeat_ms=10, best=True)
             if sch is not None:
-                r.tuned_us = measure_function(sch.mod["main"], tvm_target)
+                r.tuned_us = measure_function(sch.mod["main"], tvm_target, repeat=9, min_repeat_ms=10, best=True)
                 r.best_tuned_us = best.get(name)
                 r.choice = "tuned" if r.tuned_us < r.default_us else "default"
         except KeyboardInterrupt:
@@ -448,5 +521,5 @@ def report_dict(report: TuneReport) -> dict:
     return d
 
 
-__all__ = ["tune", "apply_database_pass", "TuneReport", "TaskResult", "Progress", "extract_tasks",
+__all__ = ["tune", "profile_functions", "hottest", "FunctionProfile", "apply_database_pass", "TuneReport", "TaskResult", "Progress", "extract_tasks",
            "load_choices", "has_records", "function_key"]
