@@ -86,6 +86,22 @@ def _can_measure_here(t: targets.TargetInfo) -> str | None:
             f"{t.id} keeps its default GPU schedules")
 
 
+def _keep_records(db: Path, previous: Path) -> None:
+    """A failed run keeps what it measured: the extended database replaces ``tuning/<target>/``
+    (which the manifest does not cover; the next run starts from it)."""
+    from hyperinfer.compile import tune as tuner
+
+    if not tuner.has_records(db):
+        return
+    try:
+        previous.parent.mkdir(exist_ok=True)
+        if previous.exists():
+            shutil.rmtree(previous)
+        shutil.copytree(db, previous)
+    except OSError:
+        pass
+
+
 def tune_package(
     package_dir: str | os.PathLike,
     target: str,
@@ -161,13 +177,17 @@ def tune_package(
 
         def on_progress(p):
             if p.phase == "tune":
-                best = ", ".join(f"{k} {v:.0f} us" for k, v in sorted(p.best_us.items())[:3])
-                say(f"{p.trials}/{p.max_trials} trials, {p.elapsed / 60:.1f} min" + (f" (best: {best})" if best else ""))
+                say(f"{p.trials}/{p.max_trials} trials, {p.elapsed / 60:.1f} min, "
+                    f"{len(p.best_us)} of {p.tasks} functions measured")
             elif p.message:
                 say(p.message)
 
-        report = tuner.tune(mod, t, db, trials=trials, minutes=minutes, threads=threads,
-                            progress=on_progress, only={f.key for f in hot})
+        try:
+            report = tuner.tune(mod, t, db, trials=trials, minutes=minutes, threads=threads,
+                                progress=on_progress, only={f.key for f in hot})
+        except BaseException:
+            _keep_records(db, previous)
+            raise
         result.trials = report.trials
         result.tune_seconds = report.seconds
         result.tuned_functions = report.tuned_functions

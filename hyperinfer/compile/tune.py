@@ -22,7 +22,11 @@ that way and takes several minutes for a model with ~50 tasks.
 
 Tasks are the fused PrimFuncs of the same pipeline the build uses (library
 dispatch, CPU rewrites, legalize, fuse), so tuned records match the build's
-functions exactly.
+functions exactly. ``tune(..., only=keys)`` tunes a subset: usually the
+hottest functions by :func:`profile_functions` (each function's default
+schedule built alone and timed; the fastest of several repeats, so other
+processes on the machine do not reorder the ranking), see
+``hyperinfer.compile.retune``.
 """
 
 from __future__ import annotations
@@ -399,7 +403,9 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
             search_strategy=_search_strategy(), task_name=name, rand_state=1 + i, num_threads=threads,
             logger=logging.getLogger("hyperinfer.tune"),
         ).clone())
-    per_iter = max(4, min(64, trials // max(1, len(tasks))))
+    # MetaSchedule's gradient scheduler first visits every task once (sample, build, run a batch)
+    # before the first results come back: small batches get every task measured within minutes
+    per_iter = max(4, min(32, trials // max(1, len(tasks))))
     # Ctrl-C: a KeyboardInterrupt raised inside MetaSchedule's C++ loop aborts the process, so the
     # first Ctrl-C only sets a flag; the next measured batch ends every task and tune_tasks returns
     # normally with its records committed. A second Ctrl-C interrupts at once.
@@ -429,7 +435,13 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
         log.warning("tuning interrupted: keeping the %d records measured so far", state["trials"])
     except Exception as e:  # noqa: BLE001 - MetaSchedule raises TVMError with long traces
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise FailedPrecondition(f"tuning {target_info.id} failed: {lines[-1][:300] if lines else type(e).__name__}") from None
+        if not state["stop"]:
+            raise FailedPrecondition(
+                f"tuning {target_info.id} failed: {lines[-1][:300] if lines else type(e).__name__}") from None
+        # after the time limit / Ctrl-C ended the tasks, MetaSchedule's scheduler may still try to
+        # end a task itself and trip its own check ("!task->is_terminated"): the search is over
+        # either way and every measured record is already in the database
+        log.info("search stopped (%s)", lines[-1][:200] if lines else type(e).__name__)
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)

@@ -132,3 +132,16 @@ def test_no_database_means_no_pass(tmp_path):
     from hyperinfer.compile import tune
 
     assert tune.apply_database_pass(tmp_path / "missing", _target().tvm_target()) is None
+
+
+def test_time_limit_stops_the_search_cleanly(mlp, tmp_path):
+    """The time limit ends every task from the measure callback; MetaSchedule must not turn
+    that into an error, and what was measured stays in the database."""
+    from hyperinfer.compile import tune
+
+    _d, _clean, mod = mlp
+    db = tmp_path / "db"
+    report = tune.tune(mod, _target(), db, trials=4096, minutes=0.001, threads=2)
+    assert report.stopped_by_time and not report.interrupted
+    assert report.trials < 4096
+    assert tune.has_records(db)
