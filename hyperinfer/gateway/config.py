@@ -116,10 +116,11 @@ class GatewayConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise InvalidArgument(f"--{name.replace('_', '-')} {v}: must be >= 0")
-        for name in ("reward_per_job", "initial_stake", "slash_per_fault"):
+        for name, flag in (("reward_per_job", "--reward"), ("initial_stake", "--stake"),
+                           ("slash_per_fault", "--slash")):
             v = getattr(self, name)
             if v is not None and not 0 <= v < float("inf"):
-                raise InvalidArgument(f"--{name.replace('_', '-')} {v}: must be a finite number >= 0")
+                raise InvalidArgument(f"{flag} {v}: must be a finite number >= 0")
         if self.node_timeout is not None and not 0 < self.node_timeout <= 3600:
             raise InvalidArgument(f"--node-timeout {self.node_timeout}: must be in (0, 3600] seconds")
         if self.max_attempts is not None and self.max_attempts < 1:
