@@ -184,21 +184,6 @@ def check_port_free(port: int, host: str = HOST) -> None:
                 "pass --port N (or --port 0 for a free one)") from None
 
 
-def gateway_flags() -> set[str]:
-    """Long option names ``hyperinfer gateway`` accepts in this installation (without running it)."""
-    import inspect
-
-    from hyperinfer.cli import gateway_cmd
-
-    flags = set()
-    for p in inspect.signature(gateway_cmd.gateway).parameters.values():
-        info = p.default
-        for decl in getattr(info, "param_decls", None) or ():
-            if decl.startswith("--"):
-                flags.add(decl)
-    return flags
-
-
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
     try:
         _LIBC.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG: SIGTERM when `up` dies
@@ -242,13 +227,10 @@ class LocalPool:
         return [c for c in [self.gateway, *self.nodes] if c is not None]
 
     def prepare(self, progress: bool = True) -> None:
-        """State dir, lock, port, gateway flags, repository (compiling the bundled model if empty), trust, keys."""
+        """State dir, lock, port, repository (compiling the bundled model if empty), trust, keys."""
         o = self.options
         self.state.mkdir(parents=True, exist_ok=True)
         self._lock()
-        if o.sample_rate is not None and "--sample-rate" not in gateway_flags():
-            raise FailedPrecondition("--sample-rate: this installation's `hyperinfer gateway` has no --sample-rate "
-                                     "flag; leave it out to use the gateway's default")
         if self.port:  # before a compile that may take minutes
             check_port_free(self.port)
         self.repository.mkdir(parents=True, exist_ok=True)
@@ -407,7 +389,7 @@ class LocalPool:
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         """The gateway's Pool.Status as plain values (see ``hyperinfer pool status --json``)."""
-        from hyperinfer.cli.pool_cmd import fetch_status
+        from hyperinfer.pool_status import fetch_status
 
         return fetch_status(self.address, timeout=timeout)
 

@@ -1,6 +1,3 @@
-"""Shared rich consoles: tables and progress go to stderr unless they are the command's output."""
+"""The shared consoles live in :mod:`hyperinfer.console` (used below cli/ too)."""
 
-from rich.console import Console
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+from hyperinfer.console import err, out  # noqa: F401

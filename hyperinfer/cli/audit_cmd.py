@@ -57,7 +57,7 @@ def gateway_key(key: str | None, gateway: str | None) -> tuple[bytes | None, lis
     given = load_public_key(key) if key else None
     if not gateway:
         return given, []
-    from hyperinfer.cli.pool_cmd import fetch_status
+    from hyperinfer.pool_status import fetch_status
 
     fetched = bytes.fromhex(fetch_status(gateway)["gateway_public_key"])
     if given is None:

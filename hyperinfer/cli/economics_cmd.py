@@ -30,7 +30,7 @@ def economics_cmd(
     if sample_rate is not None:
         rates.append(("verdict", sample_rate))
     elif gateway:
-        from hyperinfer.cli.pool_cmd import fetch_status
+        from hyperinfer.pool_status import fetch_status
 
         status = fetch_status(gateway)
         rates = [(f"model {m['name']}/{m['version']}", m["sample_rate"]) for m in status["models"]]

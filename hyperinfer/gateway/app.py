@@ -64,6 +64,8 @@ class Gateway:
         self.pool = PoolServicer(self.registry, self.catalog, gateway_id=self.gateway_id,
                                  gateway_public_key=self.public_key)
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
+        # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
+        self.dataplane: Any = None
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None

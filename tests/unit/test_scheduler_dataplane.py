@@ -17,7 +17,7 @@ from hyperinfer.errors import InvalidArgument, NotFound, Unavailable
 from hyperinfer.gateway.dataplane import DataPlane, InferInput, InferRequest, RequestedOutput, wants_typed
 from hyperinfer.gateway.ledger import Ledger
 from hyperinfer.gateway.store import open_store
-from hyperinfer.gateway.oip_servicer import WriteBehindLedger
+from hyperinfer.gateway.write_behind import WriteBehindLedger
 from hyperinfer.gateway.scheduler import Scheduler
 from hyperinfer.gateway.verification import Verifier
 from hyperinfer.package import ArtifactInfo, Manifest, OutputSpec, TensorSpec, Tolerance

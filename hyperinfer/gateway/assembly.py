@@ -1,0 +1,93 @@
+"""The gateway's data plane, built once and shared by every front door.
+
+Scheduler, worker client, verifier (with the write-behind ledger and the ONNX
+Runtime referee) over the gateway's catalog and registry. Front doors (the
+Open Inference Protocol gRPC servicer, and any other adapter) call
+:func:`dataplane_for` and translate their wire format to and from it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hyperinfer.gateway.dataplane import DataPlane
+from hyperinfer.gateway.referee import PackageReferee
+from hyperinfer.gateway.scheduler import DEFAULT_CALL_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, Scheduler
+from hyperinfer.gateway.verification import Verifier
+from hyperinfer.gateway.worker_client import GrpcWorkerClient
+from hyperinfer.gateway.write_behind import WriteBehindLedger
+from hyperinfer.verify.sampling import SamplingPolicy
+
+
+def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = None,
+                  call_timeout: float = DEFAULT_CALL_TIMEOUT_S) -> Verifier:
+    """A Verifier on the gateway's ledger (created here if no component installed one),
+    its key, and ONNX Runtime on the package as the referee."""
+    from hyperinfer.gateway.ledger import Ledger
+
+    if gateway.ledger is None:
+        gateway.ledger = Ledger(gateway.store)
+    if policy is None:
+        rate = getattr(gateway.config, "sample_rate", None)  # 0 is a valid rate: test for None
+        policy = getattr(gateway, "sampling_policy", None) or SamplingPolicy(
+            default_rate=SamplingPolicy.default_rate if rate is None else rate,
+            rates=dict(getattr(gateway.config, "model_sample_rates", None) or {}))
+    if gateway.sample_rate is None:
+        gateway.sample_rate = lambda name, version: policy.model_rate(name)
+    ledger = WriteBehindLedger(gateway.ledger)
+    verifier = Verifier(ledger, policy, PackageReferee(gateway.catalog), client, gateway.key,
+                        call_timeout=call_timeout)
+    # hooks run in reverse: background checks end first, then the queued ledger writes are committed
+    gateway.add_shutdown_hook(ledger.close)
+    gateway.add_shutdown_hook(lambda: verifier.close(wait=False))
+    return verifier
+
+
+def build_dataplane(gateway: Any, *, client: Any = None, verifier: Verifier | None = None,
+          policy: SamplingPolicy | None = None, call_timeout: float | None = None,
+          max_attempts: int | None = None) -> DataPlane:
+    """The OIP data plane over a gateway's catalog and registry: scheduler, worker client, verifier.
+
+    Defaults come from the gateway config when it has the field (``node_timeout``,
+    ``max_attempts``, ``sample_rate``), else from the scheduler and sampling modules.
+    """
+    cfg = gateway.config
+    call_timeout = call_timeout or getattr(cfg, "node_timeout", None) or DEFAULT_CALL_TIMEOUT_S
+    max_attempts = max_attempts or getattr(cfg, "max_attempts", None) or DEFAULT_MAX_ATTEMPTS
+    registry = gateway.registry
+    if client is None:
+        client = GrpcWorkerClient(timeout=call_timeout, max_message_bytes=cfg.max_message_bytes)
+        gateway.add_shutdown_hook(client.close)
+
+        def forget_left(node_id: str, old: str, new: str) -> None:
+            if new == "left":  # its channel would only reconnect in vain
+                client.forget(registry.get(node_id).address)
+
+        registry.on_state_change(forget_left)
+    # no check in the scheduler: verifier.verify checks the attestation (one Ed25519 verify per
+    # result, not two) and a rejected result is retried elsewhere by the data plane
+    scheduler = Scheduler(registry, client, call_timeout=call_timeout, max_attempts=max_attempts, check=None,
+                          known_nodes=lambda: sum(1 for n in registry.all_nodes() if n.state != "left"))
+    if verifier is None:
+        verifier = make_verifier(gateway, scheduler.counted(client), policy, call_timeout)
+    return DataPlane(gateway.catalog, registry, scheduler, verifier)
+
+
+# GIL switch interval for the gateway process. The default (5 ms) lets a background thread
+# (ledger writer, background checks, heartbeats) hold the GIL for up to 5 ms while a request
+# thread waits; 0.5 ms measured about 0.4 ms less added latency at p50 on the MLP.
+SWITCH_INTERVAL_S = 0.0005
+
+
+def dataplane_for(gateway: Any, **kwargs: Any) -> DataPlane:
+    """The gateway's one data plane: built on first call (with ``kwargs``), then shared."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+    plane = getattr(gateway, "dataplane", None)
+    if plane is None:
+        plane = build_dataplane(gateway, **kwargs)
+        gateway.dataplane = plane
+    elif kwargs:
+        raise ValueError("the gateway's data plane is already built; pass build options to the first front door")
+    return plane

@@ -1,0 +1,38 @@
+"""Import layering: the CLI sits on top; nothing below it imports it."""
+
+import ast
+from pathlib import Path
+
+import hyperinfer
+
+ROOT = Path(hyperinfer.__file__).parent
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_nothing_below_cli_imports_cli():
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "cli" or rel.name == "__main__.py":
+            continue
+        bad = sorted(n for n in _imports(path) if n == "hyperinfer.cli" or n.startswith("hyperinfer.cli."))
+        if bad:
+            offenders.append(f"{rel}: {', '.join(bad)}")
+    assert not offenders, "modules below cli/ import cli/:\n" + "\n".join(offenders)
+
+
+def test_front_doors_share_one_dataplane_builder():
+    """The gateway's set-up (referee, write-behind ledger, verifier) lives outside any front door."""
+    servicer = _imports(ROOT / "gateway" / "oip_servicer.py")
+    assert "hyperinfer.gateway.assembly" in servicer
+    assert not {"hyperinfer.gateway.verification", "hyperinfer.gateway.scheduler",
+                "hyperinfer.gateway.worker_client"} & servicer
