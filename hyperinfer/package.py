@@ -143,6 +143,44 @@ class ArtifactInfo:
         )
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """Dynamic batching (``hyperinfer compile --max-batch N``): besides ``main`` (batch 1,
+    the shapes in ``inputs``/``outputs``) every artifact has one entry point per size in
+    ``sizes``, with dim ``dim`` of every input and output scaled to that size. A node
+    stacks up to ``max_batch`` requests, pads them to the next size and splits the
+    outputs. Compile checks every batched entry point is bit-identical per item to
+    ``main`` on the reference inputs, so homogeneous redundancy (design §6) still holds."""
+
+    max_batch: int
+    sizes: tuple[int, ...]  # ascending, starting at 1, ending at max_batch
+    dim: int = 0
+
+    @staticmethod
+    def entry_point(size: int) -> str:
+        return "main" if size == 1 else f"main_b{size}"
+
+    def size_for(self, count: int) -> int:
+        """The smallest compiled batch size that holds ``count`` requests."""
+        for s in self.sizes:
+            if s >= count:
+                return s
+        raise InvalidArgument(f"batch of {count} exceeds max_batch {self.max_batch}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_batch": self.max_batch, "dim": self.dim, "sizes": list(self.sizes),
+                "entry_points": {str(s): self.entry_point(s) for s in self.sizes}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "BatchInfo":
+        sizes = tuple(int(s) for s in d["sizes"])
+        info = cls(int(d["max_batch"]), sizes, int(d.get("dim", 0)))
+        if (not sizes or sizes[0] != 1 or list(sizes) != sorted(set(sizes))
+                or sizes[-1] != info.max_batch or info.dim != 0):
+            raise ValueError(f"batch: sizes {list(sizes)} / dim {info.dim} do not fit max_batch {info.max_batch}")
+        return info
+
+
 @dataclass
 class Manifest:
     name: str
@@ -158,6 +196,7 @@ class Manifest:
     reference_samples: int = 0
     created: str = ""
     warnings: list[str] = field(default_factory=list)
+    batch: BatchInfo | None = None  # None: compiled for batch 1 only
     format: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -175,6 +214,7 @@ class Manifest:
             "artifacts": {k: v.to_json() for k, v in sorted(self.artifacts.items())},
             "reference": {"file": REFERENCE, "sha256": self.reference_sha256, "samples": self.reference_samples},
             "warnings": list(self.warnings),
+            **({"batch": self.batch.to_json()} if self.batch is not None else {}),
         }
 
     def dumps(self) -> bytes:
@@ -199,6 +239,7 @@ class Manifest:
                 reference_samples=int(d.get("reference", {}).get("samples", 0)),
                 created=d.get("created", ""),
                 warnings=list(d.get("warnings", [])),
+                batch=BatchInfo.from_json(d["batch"]) if d.get("batch") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidArgument(f"malformed manifest: {type(e).__name__}: {e}") from None

@@ -30,6 +30,9 @@ def compile_command(
     tune: bool = typer.Option(False, "--tune", help="Tune CPU targets with MetaSchedule (database kept in the package)"),
     trials: int = typer.Option(256, "--trials", help="MetaSchedule trials per target (with --tune)"),
     tune_minutes: Optional[float] = typer.Option(None, "--tune-minutes", help="Wall-clock budget per target (with --tune)"),
+    max_batch: int = typer.Option(
+        1, "--max-batch", help="Also build batched entry points for 2, 4, ... up to N requests stacked on dim 0 "
+                               "(nodes batch requests that arrive together)"),
 ) -> None:
     """Compile an ONNX model into a model package with one TVM artifact per target."""
     from hyperinfer.compile import compile_model
@@ -39,10 +42,11 @@ def compile_command(
         model, name, out_dir=out, targets_=target, version=version,
         input_shapes=parse_input_shapes(input_shape), force=force, calibration_data=calibration_data,
         samples=samples, sign_key=sign_key, threads=threads, tune=tune, tune_trials=trials,
-        tune_minutes=tune_minutes, progress=True,
+        tune_minutes=tune_minutes, progress=True, max_batch=max_batch,
     )
     m = package.manifest
-    console.print(f"Wrote {package.path} ({', '.join(sorted(m.artifacts))})")
+    batch = f"; batch sizes {', '.join(map(str, m.batch.sizes))}" if m.batch else ""
+    console.print(f"Wrote {package.path} ({', '.join(sorted(m.artifacts))}{batch})")
 
 
 def targets_command() -> None:

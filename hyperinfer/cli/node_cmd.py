@@ -40,6 +40,11 @@ def node(
     trust_publisher: list[str] = typer.Option([], "--trust-publisher", help="Publisher public key (hex or key file) whose packages to load; repeatable."),
     allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Also load unsigned packages (only for packages you built yourself)."),
     grace: float = typer.Option(10.0, "--grace", help="Seconds running requests get to finish on shutdown."),
+    batch_window_us: int = typer.Option(
+        0, "--batch-window-us", help="Packages compiled with --max-batch: microseconds a batch waits for more requests "
+                                     "(0: batch what queued while the previous batch ran). Batches are at most "
+                                     "--max-concurrency requests."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Run requests that arrive together as one batch."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run a worker node: detect devices, join the gateway, serve the models it offers."""
@@ -57,6 +62,7 @@ def node(
         gateway=gateway, listen=listen, advertise=advertise, key_path=key or default_key_path(),
         operator=operator, device=device, targets=list(target), max_concurrency=max_concurrency, threads=threads, cache_dir=cache,
         trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned, grace_s=grace,
+        batch_window_us=batch_window_us, batching=batching,
     ), on_loaded=loaded)
     if n.key_created:
         out.print(f"created node key {n.config.key_path}", soft_wrap=True)

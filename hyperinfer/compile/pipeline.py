@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from hyperinfer import package as pkg
-from hyperinfer.compile import build, calibrate, cleanup, reference, targets, toolchain
+from hyperinfer.compile import batching, build, calibrate, cleanup, reference, targets, toolchain
 from hyperinfer.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 DEFAULT_REPOSITORY = "model-repository"
@@ -83,6 +83,7 @@ def compile_model(
     tune_trials: int = 256,
     tune_minutes: float | None = None,
     progress: bool | Progress = True,
+    max_batch: int = 1,
     **kwargs,
 ) -> pkg.ModelPackage:
     """Compile ``onnx_path`` for ``targets_`` into ``out_dir/name/version``; returns the package."""
@@ -96,6 +97,7 @@ def compile_model(
         raise InvalidArgument(f"--version must be >= 1, got {version}")
     if samples < 1:
         raise InvalidArgument(f"--samples must be >= 1, got {samples}")
+    batch_info = batching.batch_info(max_batch) if max_batch != 1 else None  # checks the range
     wanted = targets.resolve(list(targets_ or ["native"]))
     dest = Path(out_dir) / name / str(version)
     if dest.exists() and not force:
@@ -128,6 +130,18 @@ def compile_model(
     with ui.stage("Import into TVM Relax") as st:
         mod = build.import_onnx(clean.model)
         st["detail"] = f"{sum(1 for _ in mod.functions_items())} functions"
+
+    if batch_info is not None:
+        with ui.stage(f"Import batch sizes {', '.join(map(str, batch_info.sizes[1:]))} (--max-batch)") as st:
+            by_size = {1: mod}
+            batching.batched_shapes(clean.inputs, 2)  # a clear error for a model without a batch dim
+            for size in batch_info.sizes[1:]:
+                batched = cleanup.clean(model, batching.batched_shapes(clean.inputs, size), threads=threads)
+                batching.check_outputs_follow(clean.outputs, batched.outputs, size)
+                by_size[size] = build.import_onnx(batched.model)
+            mod = batching.merge_entry_points(by_size)
+            st["detail"] = f"{sum(1 for _ in mod.functions_items())} functions, entry points " + \
+                ", ".join(batch_info.entry_point(s) for s in batch_info.sizes)
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / name).mkdir(parents=True, exist_ok=True)
@@ -168,13 +182,26 @@ def compile_model(
             ort = ORTRunner(onnx_file, clean.inputs, [o.name for o in clean.outputs], threads=threads)
             ref_outputs = [ort.run(x) for x in ref_inputs]
             by_target = {}
+            runners = {}
             for t in buildable:
                 if _runnable_here(t):
                     runner = TVMRunner(staging / "artifacts" / f"{t.id}.so", clean.inputs, clean.outputs,
-                                       device="cpu", threads=threads)
+                                       device="cpu", threads=threads, batch=batch_info)
                     by_target[t.id] = [runner.run(x) for x in ref_inputs]
+                    runners[t.id] = runner
             cal = calibrate.calibrate(clean.outputs, ref_outputs, by_target)
             st["detail"] = f"{len(ref_inputs)} samples ({'; '.join(how)}), {len(by_target)} artifacts run"
+        if batch_info is not None:
+            with ui.stage("Check batched entry points bit for bit against batch 1") as st:
+                checked = 0
+                for tid, runner in runners.items():
+                    checked += batching.check_bit_identical(
+                        lambda size, items, r=runner: r.run_batch(items, size), batch_info, by_target[tid],
+                        ref_inputs, tid)
+                st["detail"] = f"{checked} batch items identical" if runners else "no artifact can run here"
+            if not runners:
+                cal.warnings.append("batched entry points not checked here (no artifact runs on this machine); "
+                                    "nodes check them at load")
         for o in cal.outputs:
             ui.note(f"{o.name}: max error {o.max_abs_error:.2g} → atol {o.tolerance.atol:.2g}, rtol {o.tolerance.rtol:g}")
         if not by_target:
@@ -190,6 +217,7 @@ def compile_model(
                 cleanup=clean.steps, artifacts=artifacts, reference_samples=len(ref_inputs),
                 created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
                 warnings=cal.warnings + [f"{tid} not built: {why}" for tid, why in skipped.items()],
+                batch=batch_info,
             )
             pkg.write_reference(staging / pkg.REFERENCE, clean.inputs, clean.outputs, ref_inputs, ref_outputs)
             manifest.reference_sha256 = pkg.sha256_file(staging / pkg.REFERENCE)

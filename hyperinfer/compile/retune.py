@@ -124,6 +124,9 @@ def tune_package(
     if target == "native":
         target = targets.native_target()
     info = package.artifact(target)  # NotFound lists the package's targets
+    if m.batch is not None:  # the rebuild below would drop the batched entry points
+        raise FailedPrecondition(f"package {root} was compiled with --max-batch {m.batch.max_batch}; re-tune it "
+                                 "with `hyperinfer compile --tune --max-batch` instead")
     t = targets.get(target)
     why = _can_measure_here(t)
     if why:

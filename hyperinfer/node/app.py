@@ -60,6 +60,11 @@ class NodeConfig:
     """Also load unsigned packages (native code from an unverified source)."""
     grace_s: float = 10.0
     """How long running requests may take to finish on shutdown."""
+    batch_window_us: int = 0
+    """Packages compiled with --max-batch: how long (microseconds) a batch waits for more
+    requests after its first; 0 batches only what queued while the previous batch ran."""
+    batching: bool = True
+    """Run requests that arrive together as one batch (packages compiled with --max-batch)."""
 
 
 def restrict_targets(hardware: Hardware, wanted: list[str]) -> Hardware:
@@ -83,6 +88,8 @@ class Node:
             raise InvalidArgument(f"--max-concurrency must be >= 1, got {c.max_concurrency}")
         if c.threads is not None and c.threads < 1:
             raise InvalidArgument(f"--threads must be >= 1, got {c.threads}")
+        if c.batch_window_us < 0 or c.batch_window_us > 1_000_000:
+            raise InvalidArgument(f"--batch-window-us must be between 0 and 1000000, got {c.batch_window_us}")
         if c.listen.rsplit(":", 1)[0] in ("0.0.0.0", "[::]", "::", "") and not c.advertise:
             raise InvalidArgument(f"--listen {c.listen} is a wildcard address the gateway cannot dial; "
                                   "also give --advertise HOST:PORT")
@@ -92,7 +99,8 @@ class Node:
             log.warning("no --trust-publisher given: this node will refuse every package "
                         "(use --allow-unsigned only for packages you built yourself)")
         self.hardware = restrict_targets(hardware or detect(c.device), c.targets)
-        self.dataplane = DataPlane(self.key, c.max_concurrency)
+        self.dataplane = DataPlane(self.key, c.max_concurrency,
+                                   batch_window_s=c.batch_window_us / 1e6 if c.batching else None)
         self.cache = ArtifactCache(c.cache_dir or default_cache_dir(self.dataplane.node_id))
         self.info = NodeInfo(c.operator or _user(), self.hardware.targets, self.hardware.devices)
         self.server = WorkerServer(self.dataplane, self.info, c.listen)

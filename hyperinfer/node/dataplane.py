@@ -17,6 +17,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from hyperinfer.node.batching import Batcher, self_check
 from hyperinfer.package import Manifest
 from hyperinfer.runtime.validation import check_inputs
 from hyperinfer.verify.attestation import Attestation
@@ -40,6 +41,7 @@ class LoadedModel:
     artifact_sha256: str
     runner: Runner
     publisher_id: str | None = None  # None: unsigned, loaded under --allow-unsigned
+    batcher: "Batcher | None" = None  # set by DataPlane.add for batched packages when batching is on
 
     @property
     def key(self) -> tuple[str, int]:
@@ -91,9 +93,15 @@ class DataPlane:
     """Models this node serves and the signing of each result."""
 
     def __init__(self, key: Ed25519PrivateKey, max_concurrency: int = 4,
-                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)):
+                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 batch_window_s: float | None = 0.0):
+        """``batch_window_s``: how long a batch waits for more requests after its first
+        (packages compiled with --max-batch); None turns batching off."""
         if max_concurrency < 1:
             raise InvalidArgument(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if batch_window_s is not None and batch_window_s < 0:
+            raise InvalidArgument(f"batch window must be >= 0, got {batch_window_s}")
+        self.batch_window_s = batch_window_s
         self._key = key
         self.node_id = key_id(key)
         self.public_key = public_bytes(key)
@@ -107,12 +115,29 @@ class DataPlane:
     # ------------------------------------------------------------ models
 
     def add(self, model: LoadedModel) -> None:
+        batch = model.manifest.batch
+        if (self.batch_window_s is not None and batch is not None and batch.max_batch > 1
+                and model.batcher is None and hasattr(model.runner, "run_batch")):
+            label = f"{model.manifest.name}/{model.manifest.version}"
+            problem = self_check(model.runner, model.manifest)
+            if problem:  # serving it unbatched keeps every digest equal to other nodes'
+                log.warning("not batching %s on this node: %s", label, problem)
+            else:
+                model.batcher = Batcher(model.runner.run_batch, min(batch.max_batch, self.capacity),
+                                        self.batch_window_s, label)
+                log.info("batching %s: up to %d requests, window %.0f us", label, model.batcher.max_batch,
+                         self.batch_window_s * 1e6)
         with self._lock:
+            old = self._models.get(model.key)
             self._models[model.key] = model
+        if old is not None and old is not model and old.batcher is not None:
+            old.batcher.stop()
 
     def remove(self, name: str, version: int) -> None:
         with self._lock:
-            self._models.pop((name, int(version)), None)
+            model = self._models.pop((name, int(version)), None)
+        if model is not None and model.batcher is not None:
+            model.batcher.stop()
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
@@ -170,7 +195,8 @@ class DataPlane:
         with self._lock:
             self._outstanding += 1
         try:
-            outputs = model.runner.run(feeds)
+            # batched: this request's slice of a batch run with others that arrived together
+            outputs = model.batcher.run(feeds) if model.batcher is not None else model.runner.run(feeds)
         finally:
             with self._lock:
                 self._outstanding -= 1

@@ -49,7 +49,7 @@ def tvm_runner_factory(threads: int | None = None) -> RunnerFactory:
     def make(path: Path, manifest: Manifest, target_id: str) -> Runner:
         from hyperinfer.runtime.tvm_runner import TVMRunner, device_kind_of
 
-        return TVMRunner(path, manifest.inputs, manifest.outputs, device_kind_of(target_id), threads)
+        return TVMRunner(path, manifest.inputs, manifest.outputs, device_kind_of(target_id), threads, manifest.batch)
 
     return make
 
