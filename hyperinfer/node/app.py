@@ -143,6 +143,7 @@ class Node:
             self.pool.stop(leave=True)
             self.loader.stop()
             self.server.stop(self.config.grace_s)
+            self.dataplane.close()
             self._stopped.set()
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -78,9 +78,14 @@ class Batcher:
 
     def stop(self) -> None:
         with self._cond:
+            if self._stopped:
+                return
             self._stopped = True
             self._cond.notify_all()
         self._thread.join(timeout=5)
+        if self.histogram:
+            log.info("%s: batch sizes %s", self.name,
+                     ", ".join(f"{k}: {v}" for k, v in sorted(self.histogram.items())))
 
     def _take(self) -> list[_Pending] | None:
         with self._cond:

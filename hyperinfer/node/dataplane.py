@@ -139,6 +139,14 @@ class DataPlane:
         if model is not None and model.batcher is not None:
             model.batcher.stop()
 
+    def close(self) -> None:
+        """Stop every batcher (after the server has drained)."""
+        with self._lock:
+            models = list(self._models.values())
+        for m in models:
+            if m.batcher is not None:
+                m.batcher.stop()
+
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
             return sorted(self._models.values(), key=lambda m: m.key)
