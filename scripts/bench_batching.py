@@ -83,6 +83,7 @@ def compile_models(repo: Path, max_batch: int) -> None:
 class Pool:
     def __init__(self, repo: Path, tmp: Path):
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.gateway = Child("gateway", ["-c", LAUNCHER, str(repo), str(tmp)], tmp, stdin=subprocess.PIPE)
         line = read_line(self.gateway.proc, 60)
         if not line.startswith("READY"):
@@ -119,6 +120,37 @@ class Pool:
         except (OSError, subprocess.TimeoutExpired):
             pass
         self.gateway.stop()
+
+
+def kernel_ratios(repo: Path, reps: int) -> None:
+    """In one process, no gRPC: time per request of a batched entry point vs batch 1, called in
+    turn (the ceiling of what batching can gain on this CPU, before any transport)."""
+    from hyperinfer.package import ModelPackage
+    from hyperinfer.runtime import TVMRunner
+
+    print("\nper-request time of the batched entry points vs batch 1, in process (TVMRunner, "
+          f"{os.cpu_count()} threads, median of {reps} calls each, called in turn)\n")
+    print("| model | batch 1 ms | " + " | ".join(f"batch {k} ms/request" for k in (2, 4, 8, 16)) + " | best x |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model in MODELS:
+        pkg = ModelPackage.open(repo / model / "1")
+        runner = TVMRunner.for_package(pkg, TARGET, threads=os.cpu_count())
+        shape = pkg.manifest.inputs[0].shape
+        items = [{pkg.manifest.inputs[0].name: np.random.default_rng(i).standard_normal(shape).astype(np.float32)}
+                 for i in range(pkg.manifest.batch.max_batch)]
+        sizes = [k for k in pkg.manifest.batch.sizes]
+        times: dict[int, list[float]] = {k: [] for k in sizes}
+        for k in sizes:  # warm-up
+            runner.run_batch(items[:k], k) if k > 1 else runner.run(items[0])
+        for _ in range(reps):
+            for k in sizes:
+                t0 = time.perf_counter()
+                runner.run_batch(items[:k], k) if k > 1 else runner.run(items[0])
+                times[k].append((time.perf_counter() - t0) / k)
+        med = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in times.items()}
+        best = max(med[1] / med[k] for k in sizes)
+        print(f"| {model} | {med[1]:.2f} | " + " | ".join(f"{med[k]:.2f} (x{med[1] / med[k]:.2f})" if k in med else "–"
+                                                       for k in (2, 4, 8, 16)) + f" | x{best:.2f} |")
 
 
 def request(model: str, seed: int) -> pb.ModelInferRequest:
@@ -172,29 +204,39 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="seconds per row")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--window-us", type=int, default=0, help="the batched node's --batch-window-us")
+    p.add_argument("--kernel-reps", type=int, default=15, help="calls per size in the in-process table (0: skip)")
     args = p.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     compile_models(args.repo, args.max_batch)
+    if args.kernel_reps:
+        kernel_ratios(args.repo, args.kernel_reps)
     tmp = Path(tempfile.mkdtemp(prefix="hyperinfer-bench-batching-"))
-    pool = Pool(args.repo, tmp)
+    pools: dict[str, Pool] = {}
     results: dict[tuple[str, str, int], tuple[float, list[float], int]] = {}
     sizes = ""
     try:
-        for batching in (False, True):
-            mode = "batched" if batching else "unbatched"
-            node = pool.start_node(batching, args.window_us)
-            for model in MODELS:
-                for clients in args.clients:
-                    results[(mode, model, clients)] = load(pool.address, model, clients, args.seconds)
-                    rps, lat, err = results[(mode, model, clients)]
-                    print(f"   {mode:9s} {model:10s} {clients:3d} clients: {rps:7.1f} req/s "
+        for mode in ("unbatched", "batched"):
+            pools[mode] = Pool(args.repo, tmp / mode)
+            pools[mode].start_node(mode == "batched", args.window_us)
+        for model in MODELS:
+            for clients in args.clients:
+                acc = {mode: [0.0, [], 0] for mode in pools}
+                for mode in ("unbatched", "batched", "batched", "unbatched"):
+                    rps, lat, err = load(pools[mode].address, model, clients, args.seconds / 2)
+                    acc[mode][0] += rps * args.seconds / 2  # requests done
+                    acc[mode][1] += lat
+                    acc[mode][2] += err
+                for mode, (done, lat, err) in acc.items():
+                    results[(mode, model, clients)] = (done / args.seconds, lat, err)
+                    print(f"   {mode:9s} {model:10s} {clients:3d} clients: {done / args.seconds:7.1f} req/s "
                           f"p50 {pct(lat, 50) * 1e3:7.2f} ms p99 {pct(lat, 99) * 1e3:7.2f} ms ({err} errors)",
                           flush=True)
-            pool.stop_node()
-            if batching:
-                sizes = batch_sizes_from_log(node.log_path)
+        node = pools["batched"].node
+        pools["batched"].stop_node()
+        sizes = batch_sizes_from_log(node.log_path)
     finally:
-        pool.close()
+        for pool in pools.values():
+            pool.close()
 
     print(f"\nDynamic batching on one node ({TARGET}, --max-batch {args.max_batch}, "
           f"--batch-window-us {args.window_us}; gateway at sample rate 0; clients, gateway and node share "
