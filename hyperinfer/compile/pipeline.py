@@ -199,9 +199,10 @@ def compile_model(
                         lambda size, items, r=runner: r.run_batch(items, size), batch_info, by_target[tid],
                         ref_inputs, tid)
                 st["detail"] = f"{checked} batch items identical" if runners else "no artifact can run here"
-            if not runners:
-                cal.warnings.append("batched entry points not checked here (no artifact runs on this machine); "
-                                    "nodes check them at load")
+            unchecked = [t.id for t in buildable if t.id not in runners]
+            if unchecked:  # a node re-checks on its own hardware at load and serves unbatched on a mismatch
+                cal.warnings.append(f"batched entry points of {', '.join(unchecked)} not checked bit for bit here "
+                                    "(cannot run on this machine); nodes check them at load")
         for o in cal.outputs:
             ui.note(f"{o.name}: max error {o.max_abs_error:.2g} → atol {o.tolerance.atol:.2g}, rtol {o.tolerance.rtol:g}")
         if not by_target:
