@@ -205,3 +205,26 @@ def test_compile_max_batch_needs_batch_1_shape(mlp_onnx, tmp_path):
     assert_one_line_error(run_cli("compile", str(mlp_onnx), "--name", "m", "--out", str(tmp_path),
                                   "--input-shape", "x=2,64", "--max-batch", "4"), "batch dim of 1", "'x'")
     assert not (tmp_path / "m" / "1").exists()
+
+
+def test_retune_refuses_a_batched_package(mlp_batched):
+    from hyperinfer.compile.retune import tune_package
+
+    with pytest.raises(FailedPrecondition, match="--max-batch 4"):
+        tune_package(mlp_batched.path, TARGET, trials=1)
+
+
+def test_node_serves_unbatched_when_its_hardware_breaks_bit_identity(mlp_batched, runner):
+    class Mixing:  # batch-1 runs are the real artifact's; batched rows come out slightly different
+        def run(self, feeds):
+            return runner.run(feeds)
+
+        def run_batch(self, items, size=None):
+            return [{"probs": runner.run(x)["probs"] + np.float32(1e-7)} for x in items]
+
+    m = mlp_batched.manifest
+    dp = DataPlane(Ed25519PrivateKey.generate(), batch_window_s=0.0)
+    dp.add(LoadedModel(m, TARGET, m.artifacts[TARGET].sha256, Mixing()))
+    assert dp.get("mlp-b").batcher is None
+    x = _x(7)
+    assert dp.infer("r", "mlp-b", 0, x).outputs["probs"].tobytes() == runner.run(x)["probs"].tobytes()
