@@ -41,7 +41,7 @@ def batched_node(tmp_path_factory):
                         progress=False, max_batch=4)
     publisher, key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     hw = detect("cpu")
-    dp = DataPlane(key, max_concurrency=8, batch_window_s=0.3)
+    dp = DataPlane(key, max_concurrency=8, batch_window_s=1.0)
     mgr = ModelManager(dp, ArtifactCache(root / "cache", progress=False), [TARGET], TrustPolicy([public_bytes(publisher)]),
                        local_fetch(pkg.path), tvm_runner_factory(threads=1))
     assert len(mgr.apply([Offer(pkg.name, pkg.version, pkg.manifest_bytes,

@@ -62,7 +62,7 @@ def test_batcher_groups_concurrent_requests_and_keeps_order():
         time.sleep(0.01)
         return [{"y": x["x"] * 2} for x in items]
 
-    b = Batcher(run_batch, max_batch=4, window_s=0.05, name="t")
+    b = Batcher(run_batch, max_batch=4, window_s=1.0, name="t")  # closes early once 4 are queued
     results = {}
 
     def one(i):
@@ -77,7 +77,7 @@ def test_batcher_groups_concurrent_requests_and_keeps_order():
     for i in range(8):  # each request got its own slice
         np.testing.assert_array_equal(results[i]["y"], np.full((1, 3), 2 * i, np.float32))
     assert sum(calls) == 8 and max(calls) <= 4
-    assert max(calls) > 1, calls  # 8 requests within a 50 ms window were not all run alone
+    assert max(calls) > 1, calls  # 8 requests within a 1 s window were not all run alone
 
 
 def test_batcher_error_fails_only_that_batch():
@@ -131,7 +131,7 @@ def test_batched_items_bit_identical_to_batch_1_and_close_to_ort(mlp_batched, ru
 
 def test_dataplane_batches_with_per_request_attestations(mlp_batched, runner):
     key = Ed25519PrivateKey.generate()
-    dp = DataPlane(key, max_concurrency=8, batch_window_s=0.2)
+    dp = DataPlane(key, max_concurrency=8, batch_window_s=1.0)
     m = mlp_batched.manifest
     dp.add(LoadedModel(m, TARGET, m.artifacts[TARGET].sha256, runner))
     model = dp.get("mlp-b")
