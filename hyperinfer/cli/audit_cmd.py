@@ -128,7 +128,8 @@ def verify_cmd(
         _fail()
 
 
-def _db(db: Optional[Path]) -> Path:
+def _db(db: Optional[str]) -> Path | str:
+    """--db as given: an SQLite path or a postgresql:// URL (kept a string: Path would fold its //)."""
     if db is not None:
         return db
     from hyperinfer.gateway.config import default_db_path
@@ -168,7 +169,8 @@ def evidence_report(dispute: Any) -> list[str]:
 def evidence_cmd(
     dispute_id: Optional[str] = typer.Argument(None, help="Dispute id (a unique prefix is enough); "
                                                "omit to list recent disputes"),
-    db: Optional[Path] = typer.Option(None, "--db", help="Gateway database (default: the gateway's default)"),
+    db: Optional[str] = typer.Option(None, "--db", help="Gateway database: SQLite file or postgresql:// URL "
+                                     "(default: the gateway's default)"),
     node_key: list[str] = typer.Option([], "--node-key", help="NODE_ID=HEX: a node key you trust (repeatable)"),
     limit: int = typer.Option(20, "--limit", help="How many disputes to list"),
 ) -> None:
@@ -201,7 +203,8 @@ def evidence_cmd(
 @audit_app.command("receipt")
 def receipt_cmd(
     request_id: str = typer.Argument(..., help="Request id from a receipt (e.g. a pending one)"),
-    db: Optional[Path] = typer.Option(None, "--db", help="Gateway database (default: the gateway's default)"),
+    db: Optional[str] = typer.Option(None, "--db", help="Gateway database: SQLite file or postgresql:// URL "
+                                     "(default: the gateway's default)"),
 ) -> None:
     """Print the latest stored receipt for a request (the final one once a background check ended)."""
     from hyperinfer.errors import NotFound
