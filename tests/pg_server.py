@@ -102,6 +102,18 @@ class Cluster:
     def url(self, dbname: str) -> str:
         return f"postgresql://{USER}@/{dbname}?host={self.socket_dir}"
 
+    def fresh_url(self) -> str:
+        """A new empty schema in the shared test database (milliseconds; a database takes ~0.4 s),
+        as a URL whose search_path points at it."""
+        import psycopg
+
+        if not hasattr(self, "_test_db"):
+            self._test_db = self.create_database("tests")
+        name = f"s_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self._test_db, autocommit=True) as c:
+            c.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self._test_db}&options=-csearch_path%3D{name}"
+
     def create_database(self, prefix: str = "t") -> str:
         """A new empty database; returns its URL."""
         import psycopg
