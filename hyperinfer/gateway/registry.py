@@ -207,7 +207,9 @@ class Registry:
         self.heartbeat_interval = float(heartbeat_interval)
         self.clock = clock
         self._lock = threading.RLock()
-        self._failed: set[str] = set()
+        # node id -> its last heartbeat (ms) when it was reported failed; a newer heartbeat
+        # clears the mark (on a shared store: one another gateway recorded)
+        self._failed: dict[str, int] = {}
         self._listeners: list[Callable[[str, str, str], None]] = []
         # write-through cache of the nodes table: the scheduler reads it on every request.
         # With one gateway per store it is always current; on a shared store other gateways
@@ -248,6 +250,8 @@ class Registry:
                 old = self._records.get(node_id)
                 if old is not None and old.state != rec.state:
                     changed.append((node_id, old.state, rec.state))
+                if self._failed.get(node_id, rec.last_heartbeat_ms) < rec.last_heartbeat_ms:
+                    del self._failed[node_id]  # alive again: it heartbeated (to another gateway)
             self._records = records
         for node_id, old, new in changed:
             self._changed(node_id, old, new, "seen in the shared store")
@@ -335,7 +339,7 @@ class Registry:
             if stored != state:  # quarantined by another gateway meanwhile
                 rec, state = replace(rec, state=stored), stored
             self._records[node_id] = rec
-            self._failed.discard(node_id)
+            self._failed.pop(node_id, None)
         log.info("node %s joined: operator=%s address=%s targets=%s capacity=%d%s",
                  short(node_id), operator, address, ",".join(targets), req.max_concurrency,
                  " (re-join)" if old is not None else "")
@@ -396,8 +400,7 @@ class Registry:
             if stored != state:  # quarantined by another gateway since this one last read it
                 new, state = replace(new, state=stored), stored
             self._records[hb.node_id] = new
-            was_failed = hb.node_id in self._failed
-            self._failed.discard(hb.node_id)
+            was_failed = self._failed.pop(hb.node_id, None) is not None
         self._changed(hb.node_id, rec.state, state, "heartbeat")
         if was_failed:
             log.info("node %s: failure cleared by heartbeat", short(hb.node_id))
@@ -415,7 +418,7 @@ class Registry:
             state = QUARANTINED if rec.state == QUARANTINED else LEFT
             self.store.set_node_state(node_id, state, heartbeat_ts_ms=timestamp_ms)
             self._records[node_id] = replace(rec, state=state, heartbeat_ts_ms=timestamp_ms)
-            self._failed.discard(node_id)
+            self._failed.pop(node_id, None)
         log.info("node %s left", short(node_id))
         self._changed(node_id, rec.state, state, "leave")
 
@@ -440,7 +443,8 @@ class Registry:
         with self._lock:
             if node_id in self._failed:
                 return
-            self._failed.add(node_id)
+            rec = self._records.get(node_id)
+            self._failed[node_id] = rec.last_heartbeat_ms if rec is not None else 0
         log.warning("node %s: marked failed until its next heartbeat (%s)", short(node_id), reason)
 
     def sweep(self) -> list[str]:

@@ -339,6 +339,10 @@ def test_node_joined_at_one_gateway_is_schedulable_from_the_other(two_gateways, 
     # a failure one gateway saw stays its own: the node may be reachable from the other
     b.report_failure(node.node_id)
     assert b.schedulable_nodes("m", 1) == [] and len(a.schedulable_nodes("m", 1)) == 1
+    # until the node's next heartbeat, which it sends to A only
+    clock.t += 1
+    a.heartbeat(hb(key, clock))
+    assert [n.node_id for n in b.schedulable_nodes("m", 1)] == [node.node_id]
 
 
 def test_quarantine_by_one_gateway_holds_on_the_other(two_gateways, clock):
