@@ -203,3 +203,19 @@ def test_sqlite_connect_is_independent(tmp_path):
     assert isinstance(c, sqlite3.Connection)
     c.close()
     s.close()
+
+
+@pytest.mark.parametrize("db, needle", [
+    ("mysql://u@h/db", "postgresql://"),
+    ("postgresql://someone:secret@/nodb?host=/nonexistent-hyperinfer-dir&connect_timeout=2",
+     "cannot connect to PostgreSQL"),
+])
+def test_gateway_db_errors_are_one_line(tmp_path, db, needle):
+    from support import assert_one_line_error, run_cli
+
+    if db.startswith("postgresql"):
+        pytest.importorskip("psycopg")
+    proc = run_cli("gateway", "--repository", str(tmp_path), "--listen", "127.0.0.1:0", "--db", db,
+                   "--key", str(tmp_path / "gateway.key"), timeout=60)
+    assert_one_line_error(proc, needle)
+    assert "secret" not in proc.stderr
