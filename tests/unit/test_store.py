@@ -219,3 +219,23 @@ def test_gateway_db_errors_are_one_line(tmp_path, db, needle):
                    "--key", str(tmp_path / "gateway.key"), timeout=60)
     assert_one_line_error(proc, needle)
     assert "secret" not in proc.stderr
+
+
+def test_postgresql_store_survives_a_lost_connection(postgresql_url):
+    """The server drops the gateway's connection (restart, failover): the next transaction
+    opens a new one; one cut mid-transaction fails with UNAVAILABLE and changes nothing."""
+    s = open_store(postgresql_url)
+    admin = s.connect()
+    try:
+        s.put_node(_node())
+        admin.execute("SELECT pg_terminate_backend(?)", (s._conn.raw.info.backend_pid,))
+        assert s.get_node("n1") == _node()  # reconnected before BEGIN
+        with pytest.raises(Unavailable, match="lost the connection"):
+            with s.transaction() as c:
+                c.execute("UPDATE nodes SET capacity = 99 WHERE node_id = ?", ("n1",))
+                admin.execute("SELECT pg_terminate_backend(?)", (s._conn.raw.info.backend_pid,))
+                c.execute("UPDATE nodes SET outstanding = 99 WHERE node_id = ?", ("n1",))
+        assert s.get_node("n1").capacity == 4
+    finally:
+        admin.close()
+        s.close()

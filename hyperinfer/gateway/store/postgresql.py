@@ -202,12 +202,7 @@ class PostgreSQLStore(SQLStore):
                 finally:
                     self._depth -= 1
                 return
-            if self._conn.raw.broken or self._conn.raw.closed:
-                self._conn = connect(self.url)  # the server came back (or the connection was dropped)
-            try:
-                self._conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            except psycopg.OperationalError as e:
-                raise Unavailable(f"PostgreSQL at {self.location}: {' '.join(str(e).split())}") from None
+            self._begin()
             self._depth = 1
             try:
                 yield self._conn
@@ -229,6 +224,19 @@ class PostgreSQLStore(SQLStore):
                     raise
             finally:
                 self._depth = 0
+
+    def _begin(self) -> None:
+        """BEGIN, on a new connection if the old one was lost (nothing was sent yet: safe to retry)."""
+        psycopg = self._psycopg
+        for attempt in (1, 2):
+            if self._conn.raw.broken or self._conn.raw.closed:
+                self._conn = connect(self.url)  # the server came back, or the connection was dropped
+            try:
+                self._conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                return
+            except psycopg.OperationalError as e:
+                if attempt == 2 or not self._conn.raw.broken:
+                    raise Unavailable(f"PostgreSQL at {self.location}: {' '.join(str(e).split())}") from None
 
     def close(self) -> None:
         with self._lock:
