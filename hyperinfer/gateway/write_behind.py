@@ -64,7 +64,9 @@ class WriteBehindLedger:
                         lock(n for op in ops for n in _nodes_of(*op))
                     for name, args, kwargs in ops:
                         getattr(self.ledger, name)(*args, **kwargs)
-            except Exception:  # noqa: BLE001 - retry one by one so one bad row loses only itself
+            except Exception as e:  # noqa: BLE001 - retry one by one so one bad row loses only itself
+                log.warning("ledger batch of %d writes failed (%s: %s); retrying them one by one",
+                            len(ops), type(e).__name__, " ".join(str(e).split())[:200])
                 for name, args, kwargs in ops:
                     try:
                         getattr(self.ledger, name)(*args, **kwargs)
