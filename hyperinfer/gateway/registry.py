@@ -242,9 +242,11 @@ class Registry:
         """On a shared store, re-read the nodes other gateways wrote (at most every cache_ttl)."""
         if not self.shared or (not force and time.monotonic() - self._read_at < self.cache_ttl):
             return
-        records = {r.node_id: r for r in self.store.list_nodes()}
         changed = []
-        with self._lock:
+        with self._lock:  # read under the lock: a write this registry makes meanwhile is not undone
+            if not force and time.monotonic() - self._read_at < self.cache_ttl:
+                return  # another thread just read
+            records = {r.node_id: r for r in self.store.list_nodes()}
             self._read_at = time.monotonic()
             for node_id, rec in records.items():
                 old = self._records.get(node_id)

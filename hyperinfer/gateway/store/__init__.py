@@ -83,8 +83,18 @@ from hyperinfer.gateway.store.base import (
 )
 from hyperinfer.gateway.store.sqlite import SQLiteStore
 
-__all__ = ["COMPONENT", "MIGRATIONS", "ChallengeRecord", "NodeRecord", "SQLStore", "SQLiteStore", "Store",
-           "is_database_url", "open_store"]
+__all__ = ["COMPONENT", "MIGRATIONS", "ChallengeRecord", "NodeRecord", "PostgreSQLStore", "SQLStore", "SQLiteStore",
+           "Store", "is_database_url", "open_store"]
+
+
+def __getattr__(name: str) -> Any:
+    # PostgreSQLStore on first use: its module needs no driver to import, but keep SQLite-only
+    # gateways from loading it at all
+    if name == "PostgreSQLStore":
+        from hyperinfer.gateway.store.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_database_url(db: Any) -> bool:
