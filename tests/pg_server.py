@@ -36,6 +36,30 @@ def find_bin_dir() -> Path | None:
     return None
 
 
+def _server_preexec(uid: int | None, gid: int | None):
+    """In the server's child process: drop to the unprivileged account (as root), then ask for
+    SIGINT (fast shutdown) when the test process dies, so a killed test run leaves no server
+    behind. In this order: changing credentials clears the parent-death signal."""
+
+    try:  # looked up here: after setuid the child may not be allowed to read Python's modules
+        import ctypes
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):  # not Linux: no parent-death signal
+        prctl = None
+    sigint = int(signal.SIGINT)
+
+    def run() -> None:
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        if prctl is not None:
+            prctl(1, sigint)  # PR_SET_PDEATHSIG
+
+    return run
+
+
 class Cluster:
     """``with Cluster() as pg: pg.url("db")``; :meth:`create_database` for a fresh one."""
 
@@ -45,13 +69,15 @@ class Cluster:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, postgres) not found; "
                                     "install Debian's postgresql package (scripts/setup.sh does, as root)")
         self.timeout = timeout
-        self.dir = Path(tempfile.mkdtemp(prefix="hyperinfer-pg-"))
+        root = os.geteuid() == 0
+        # as root, under /tmp: the postgres user must be able to reach it ($TMPDIR may be root-only)
+        self.dir = Path(tempfile.mkdtemp(prefix="hyperinfer-pg-", dir="/tmp" if root else None))
         self.data = self.dir / "data"
         self.socket_dir = self.dir  # short path: unix socket paths are limited to ~107 bytes
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "server.log"
         self._run_as: dict = {}
-        if os.geteuid() == 0:
+        if root:
             account = pwd.getpwnam("postgres")  # KeyError: no unprivileged account to run as
             os.chown(self.dir, account.pw_uid, account.pw_gid)
             self._run_as = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
@@ -76,7 +102,8 @@ class Cluster:
             [str(self.bin_dir / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir), "-h", "",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **self._run_as)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_server_preexec(self._run_as.get("user"), self._run_as.get("group")))
         log.close()
         deadline = time.monotonic() + self.timeout
         while True:
