@@ -207,10 +207,13 @@ class Ledger:
                    role: str = "primary") -> None:
         """An accepted, correctly signed result: one job, one reward, one attestation row."""
         now = _now_ms()
+        reward = float(self.config.reward_per_job)
         with self.store.transaction() as c:
-            self._ensure(c, node_id, now)
-            c.execute("UPDATE ledger SET jobs = jobs + 1, credits = credits + ?, updated = ? WHERE node_id = ?",
-                      (float(self.config.reward_per_job), now, node_id))
+            # one upsert (create or add): the most frequent write, one round trip on PostgreSQL
+            c.execute("INSERT INTO ledger (node_id, jobs, credits, stake, created, updated) VALUES (?, 1, ?, ?, ?, ?) "
+                      "ON CONFLICT (node_id) DO UPDATE SET jobs = ledger.jobs + 1, "
+                      "credits = ledger.credits + excluded.credits, updated = excluded.updated",
+                      (node_id, reward, float(self.config.initial_stake), now, now))
             c.execute("INSERT INTO attestations (request_id, node_id, role, attestation, signature, accepted) "
                       "VALUES (?, ?, ?, ?, ?, ?)", (request_id, node_id, role, bytes(attestation), bytes(signature), now))
 

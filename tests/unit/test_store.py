@@ -228,14 +228,44 @@ def test_postgresql_store_survives_a_lost_connection(postgresql_url):
     admin = s.connect()
     try:
         s.put_node(_node())
-        admin.execute("SELECT pg_terminate_backend(?)", (s._conn.raw.info.backend_pid,))
+        admin.execute("SELECT pg_terminate_backend(?)", (s._thread_conn().raw.info.backend_pid,))
         assert s.get_node("n1") == _node()  # reconnected before BEGIN
         with pytest.raises(Unavailable, match="lost the connection"):
             with s.transaction() as c:
                 c.execute("UPDATE nodes SET capacity = 99 WHERE node_id = ?", ("n1",))
-                admin.execute("SELECT pg_terminate_backend(?)", (s._conn.raw.info.backend_pid,))
+                admin.execute("SELECT pg_terminate_backend(?)", (s._thread_conn().raw.info.backend_pid,))
                 c.execute("UPDATE nodes SET outstanding = 99 WHERE node_id = ?", ("n1",))
         assert s.get_node("n1").capacity == 4
     finally:
         admin.close()
         s.close()
+
+
+def test_postgresql_connections_per_thread_are_closed(postgresql_url):
+    """Each thread gets its own connection; a thread that ends closes it; close() closes the rest."""
+    import gc
+
+    s = open_store(postgresql_url)
+    admin = s.connect()
+
+    def sessions() -> int:
+        return admin.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND application_name = 'hyperinfer-gateway' AND pid <> pg_backend_pid()").fetchone()[0]
+
+    try:
+        s.put_node(_node())
+        base = sessions()
+        threads = [threading.Thread(target=s.get_node, args=("n1",)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        del threads
+        gc.collect()
+        from support import wait_for
+
+        wait_for(lambda: sessions() == base, 10, "ended threads' connections to close")
+        s.close()
+        wait_for(lambda: sessions() == base - 1, 10, "close() to close the store's connection")
+    finally:
+        admin.close()

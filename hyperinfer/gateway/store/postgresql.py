@@ -13,9 +13,8 @@ conflicting transactions, which every caller would then have to retry; with
 row locks nothing is retried and nothing is counted twice. Rows of several
 nodes are locked in node id order, so two transactions cannot deadlock.
 
-One connection per store, shared by the gateway's threads behind a lock (like
-the SQLite store): gateway writes are few and batched (the write-behind
-ledger), and one connection keeps a transaction on one thread. A lost
+One connection per thread (:class:`PostgreSQLStore`), so the write-behind
+ledger's batches and the request threads' reads proceed side by side. A lost
 connection fails the transaction in progress with UNAVAILABLE and is opened
 again on the next one.
 
@@ -28,6 +27,7 @@ import contextlib
 import functools
 import re
 import threading
+import weakref
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -162,8 +162,31 @@ def connect(url: str, *, read_only: bool = False) -> Connection:
     return Connection(raw)
 
 
+class _Held:
+    """A thread's connection; closed when the thread ends (its thread-local is dropped)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self._finalizer = weakref.finalize(self, _close_quietly, conn.raw)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _close_quietly(raw: Any) -> None:
+    with contextlib.suppress(Exception):
+        raw.close()
+
+
 class PostgreSQLStore(SQLStore):
-    """The gateway store on a PostgreSQL database shared by several gateways (``shared``)."""
+    """The gateway store on a PostgreSQL database shared by several gateways (``shared``).
+
+    One connection per thread that uses the store (opened on first use, all closed by
+    :meth:`close`): a batch of ledger writes on the writer thread does not hold up the
+    registry reads of request threads, and each transaction stays on its thread's
+    connection. A gateway opens about as many as it has threads (``--max-workers`` plus a
+    few), so PostgreSQL's ``max_connections`` bounds gateways x threads.
+    """
 
     shared = True
 
@@ -171,15 +194,21 @@ class PostgreSQLStore(SQLStore):
         self.url = url
         self.location = redact(url)
         self._psycopg = _psycopg()
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._conn = connect(url)
+        self._local = threading.local()  # .conn, .depth (transaction nesting) of this thread
+        # every thread's connection, for close(); a thread that ends drops its connection from
+        # here and closes it (weakref.finalize on its thread-local holder)
+        self._conns: weakref.WeakSet[_Held] = weakref.WeakSet()
+        self._conns_lock = threading.Lock()
+        self._closed = False
         try:
             self.migrate(COMPONENT, MIGRATIONS)
         except self._psycopg.Error as e:
-            self._conn.close()
+            self.close()
             raise FailedPrecondition(f"gateway database {self.location} is not usable: "
                                      f"{' '.join(str(e).split())}") from None
+        except BaseException:
+            self.close()
+            raise
 
     def connect(self) -> Connection:
         return connect(self.url)
@@ -191,54 +220,74 @@ class PostgreSQLStore(SQLStore):
         # two gateways starting at once on an empty database would both CREATE TABLE
         conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 
+    def _thread_conn(self, fresh: bool = False) -> Connection:
+        """This thread's connection (a new one if it has none, or ``fresh``)."""
+        held = getattr(self._local, "held", None)
+        if held is not None and not fresh:
+            return held.conn
+        if self._closed:
+            raise Unavailable(f"the store on {self.location} is closed")
+        if held is not None:
+            held.close()
+        held = _Held(connect(self.url))
+        with self._conns_lock:
+            self._conns.add(held)
+        self._local.held = held
+        return held.conn
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         psycopg = self._psycopg
-        with self._lock:
-            if self._depth:
-                self._depth += 1  # nested: part of the outer transaction
-                try:
-                    yield self._conn
-                finally:
-                    self._depth -= 1
-                return
-            self._begin()
-            self._depth = 1
+        local = self._local
+        if getattr(local, "depth", 0):
+            local.depth += 1  # nested: part of the outer transaction
             try:
-                yield self._conn
-            except BaseException as e:
-                if not self._conn.raw.broken:
-                    with contextlib.suppress(psycopg.Error):
-                        self._conn.execute("ROLLBACK")
-                if isinstance(e, psycopg.OperationalError) and self._conn.raw.broken:
-                    raise Unavailable(f"lost the connection to PostgreSQL at {self.location}: "
+                yield local.held.conn
+            finally:
+                local.depth -= 1
+            return
+        conn = self._begin()
+        local.depth = 1
+        try:
+            yield conn
+        except BaseException as e:
+            if not conn.raw.broken:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(e, psycopg.OperationalError) and conn.raw.broken:
+                raise Unavailable(f"lost the connection to PostgreSQL at {self.location}: "
+                                  f"{' '.join(str(e).split())}") from None
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except psycopg.OperationalError as e:
+                if conn.raw.broken:
+                    raise Unavailable(f"lost the connection to PostgreSQL at {self.location} at commit: "
                                       f"{' '.join(str(e).split())}") from None
                 raise
-            else:
-                try:
-                    self._conn.execute("COMMIT")
-                except psycopg.OperationalError as e:
-                    if self._conn.raw.broken:
-                        raise Unavailable(f"lost the connection to PostgreSQL at {self.location} at commit: "
-                                          f"{' '.join(str(e).split())}") from None
-                    raise
-            finally:
-                self._depth = 0
+        finally:
+            local.depth = 0
 
-    def _begin(self) -> None:
-        """BEGIN, on a new connection if the old one was lost (nothing was sent yet: safe to retry)."""
+    def _begin(self) -> Connection:
+        """BEGIN on this thread's connection, on a new one if it was lost (nothing was sent
+        yet: safe to retry)."""
         psycopg = self._psycopg
+        conn = self._thread_conn()
         for attempt in (1, 2):
-            if self._conn.raw.broken or self._conn.raw.closed:
-                self._conn = connect(self.url)  # the server came back, or the connection was dropped
+            if conn.raw.broken or conn.raw.closed:
+                conn = self._thread_conn(fresh=True)  # the server came back, or dropped the connection
             try:
-                self._conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                return
+                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                return conn
             except psycopg.OperationalError as e:
-                if attempt == 2 or not self._conn.raw.broken:
+                if attempt == 2 or not conn.raw.broken:
                     raise Unavailable(f"PostgreSQL at {self.location}: {' '.join(str(e).split())}") from None
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
-        with self._lock:
-            with contextlib.suppress(Exception):
-                self._conn.close()
+        self._closed = True
+        with self._conns_lock:
+            held = list(self._conns)
+        for h in held:
+            h.close()
