@@ -35,8 +35,10 @@ ledger, attestations, faults, evidence and receipts there). Two entry points:
   once at start-up; it is idempotent, and concurrent gateways migrate one at
   a time.
 * ``with store.transaction() as conn:`` — a connection inside one transaction
-  (``COMMIT`` at the end, ``ROLLBACK`` if the block raises), holding the
-  store's lock, so statements from several threads never interleave. Nested
+  (``COMMIT`` at the end, ``ROLLBACK`` if the block raises). SQLite: one
+  connection behind the store's lock, so transactions of several threads run
+  one at a time. PostgreSQL: each thread its own connection, so transactions
+  run side by side (and other gateways' too: rule 5 below). Nested
   ``transaction()`` calls on the same thread join the outer transaction.
   ``conn.execute(sql, params)`` returns a cursor (``fetchone``, ``fetchall``,
   ``rowcount``); rows index by name or by position.
