@@ -386,6 +386,14 @@ class LedgerReader:
         row = self._conn.execute("SELECT receipt FROM receipts WHERE request_id = ?", (request_id,)).fetchone()
         return receipt_from_json(row[0]) if row else None
 
+    def gateway_key(self, gateway_id: str) -> bytes | None:
+        """The public key of a gateway that used this database (None if it never did)."""
+        try:
+            row = self._conn.execute("SELECT public_key FROM gateways WHERE gateway_id = ?", (gateway_id,)).fetchone()
+        except Exception:  # noqa: BLE001 - a database from before the gateways table: unknown
+            return None
+        return bytes(row[0]) if row else None
+
     def close(self) -> None:
         self._conn.close()
 

@@ -6,7 +6,8 @@ tampering node at A. Clients call both gateways with every request checked (samp
 sync mode). Shown: every node is scheduled by both gateways; the tamperer's wrong results
 never reach a client; it is slashed and quarantined, and both gateways report the same
 ledger and the quarantine; each receipt is signed by the gateway that answered and verifies
-with that gateway's key only; `audit evidence --db postgresql://...` reads the dispute.
+with that gateway's key only (`audit verify --db` finds it among the registered gateways);
+`audit evidence --db postgresql://...` reads the dispute.
 
 Nodes run ONNX Runtime on the package's model (tests/grpc/oip_harness.py), so nothing is
 compiled. Every wait is bounded; every child process is stopped in teardown.
@@ -127,6 +128,7 @@ def test_slash_at_one_gateway_is_seen_by_both(pool):
     ref = ORTRunner(pool["repo"] / MODEL / "1" / "model.onnx", threads=1)
     rng = np.random.default_rng(0)
     primaries: dict[str, set[str]] = {"a": set(), "b": set()}
+    receipts: dict[str, str] = {}
     served = 0
     honest = {pool["honest_a"], pool["honest_b"]}
     for i in range(80):  # bounded: the tamperer is checked on every request it serves or validates
@@ -142,6 +144,7 @@ def test_slash_at_one_gateway_is_seen_by_both(pool):
         assert all(c.ok for c in verify_receipt(rj, gws[name]["key"]))
         assert not all(c.ok for c in verify_receipt(rj, gws[other]["key"]))
         primaries[name].add(r.node_id)
+        receipts[name] = rj
         served += 1
         views = [_ledger(fetch_status(g["address"], 5)) for g in gws.values()]
         if all(v[pool["evil"]]["state"] == "quarantined" for v in views) and \
@@ -171,6 +174,14 @@ def test_slash_at_one_gateway_is_seen_by_both(pool):
     # rejected (tampered) primary result makes a request take a second attempt
     total_jobs = sum(v["jobs"] for v in ledger.values())
     assert served < total_jobs <= 2 * (served + evil["faults"]), (served, total_jobs, evil)
+
+    # `audit verify --db` checks a receipt of either gateway against the key that gateway registered
+    for name, rj in receipts.items():
+        path = pool["repo"].parent / f"receipt-{name}.json"
+        path.write_text(rj)
+        proc = subprocess.run([*HYPERINFER, "audit", "verify", str(path), "--db", pool["db"], "--json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and '"ok": true' in proc.stdout, (name, proc.stdout, proc.stderr)
 
     # the audit trail is in the shared database: the CLI reads it by URL
     proc = subprocess.run([*HYPERINFER, "audit", "evidence", "--db", pool["db"]], capture_output=True, text=True,

@@ -269,3 +269,18 @@ def test_postgresql_connections_per_thread_are_closed(postgresql_url):
         wait_for(lambda: sessions() == base - 1, 10, "close() to close the store's connection")
     finally:
         admin.close()
+
+
+def test_gateways_using_the_database_are_registered(db_location):
+    a, b = open_store(db_location), open_store(db_location)
+    try:
+        a.register_gateway("ga", b"\x0a" * 32, "127.0.0.1:8001", 1000)
+        b.register_gateway("gb", b"\x0b" * 32, "127.0.0.1:8002", 1100)
+        a.register_gateway("ga", b"\x0a" * 32, "", 5000)  # still alive; address kept
+        got = b.list_gateways()
+        assert [(g.gateway_id, g.public_key, g.address, g.started_ms, g.last_seen_ms) for g in got] == [
+            ("ga", b"\x0a" * 32, "127.0.0.1:8001", 1000, 5000), ("gb", b"\x0b" * 32, "127.0.0.1:8002", 1100, 1100)]
+        assert a.schema_version("gateways") == 1
+    finally:
+        a.close()
+        b.close()

@@ -25,6 +25,11 @@ Tables owned by the store (component ``"registry"``, :mod:`.base`):
 ``challenges``
     join nonces: ``nonce`` (PK, raw bytes), ``public_key`` it was issued to,
     ``expires`` (unix ms), ``used`` (0/1). Single use, across gateways too.
+``gateways`` (component ``"gateways"``)
+    every gateway that used the database: ``gateway_id`` (PK, fingerprint of
+    its key), ``public_key``, ``address`` (where it listens), ``started`` and
+    ``last_seen`` (unix ms). ``audit verify --db`` finds the key that must
+    have signed a receipt here.
 
 Other components add their own tables to the same database (the ledger keeps
 ledger, attestations, faults, evidence and receipts there). Two entry points:
@@ -81,11 +86,11 @@ from pathlib import Path
 from typing import Any
 
 from hyperinfer.gateway.store.base import (
-    COMPONENT, MIGRATIONS, ChallengeRecord, NodeRecord, SQLStore, Store,
+    COMPONENT, MIGRATIONS, ChallengeRecord, GatewayRecord, NodeRecord, SQLStore, Store,
 )
 from hyperinfer.gateway.store.sqlite import SQLiteStore
 
-__all__ = ["COMPONENT", "MIGRATIONS", "ChallengeRecord", "NodeRecord", "PostgreSQLStore", "SQLStore", "SQLiteStore",
+__all__ = ["COMPONENT", "MIGRATIONS", "ChallengeRecord", "GatewayRecord", "NodeRecord", "PostgreSQLStore", "SQLStore", "SQLiteStore",
            "Store", "is_database_url", "open_store"]
 
 

@@ -45,6 +45,21 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+# the gateways that use this database (component "gateways"): one row per gateway key, so
+# every gateway, and an auditor, can tell the pool's gateways and their public keys
+GATEWAYS_COMPONENT = "gateways"
+GATEWAYS_MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE gateways (
+            gateway_id TEXT PRIMARY KEY,
+            public_key BLOB NOT NULL,
+            address TEXT NOT NULL,
+            started BIGINT NOT NULL,
+            last_seen BIGINT NOT NULL
+        )""",
+    ],
+]
+
 QUARANTINED = "quarantined"
 _NODE_COLUMNS = ("node_id", "public_key", "operator", "address", "targets", "devices", "capacity", "state",
                  "joined_at", "last_heartbeat", "heartbeat_ts", "outstanding", "loaded", "software_version")
@@ -68,6 +83,17 @@ class NodeRecord:
     outstanding: int = 0
     loaded: tuple[tuple[str, int, str, str], ...] = field(default_factory=tuple)
     software_version: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayRecord:
+    """A gateway that used this database: its id (key fingerprint), public key, address."""
+
+    gateway_id: str
+    public_key: bytes
+    address: str
+    started_ms: int
+    last_seen_ms: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +162,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def count_challenges(self) -> int: ...
+
+    @abc.abstractmethod
+    def register_gateway(self, gateway_id: str, public_key: bytes, address: str, now_ms: int) -> None:
+        """Record (or refresh) a gateway using this database; ``address`` "" keeps the stored one."""
+
+    @abc.abstractmethod
+    def list_gateways(self) -> list[GatewayRecord]: ...
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
@@ -281,6 +314,21 @@ class SQLStore(Store):
             cur = c.execute("UPDATE nodes SET state = 'stale' WHERE node_id = ? AND state = 'healthy' "
                             "AND last_heartbeat < ?", (node_id, before_ms))
             return cur.rowcount > 0
+
+    # --------------------------------------------------------------- gateways
+
+    def register_gateway(self, gateway_id: str, public_key: bytes, address: str, now_ms: int) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO gateways (gateway_id, public_key, address, started, last_seen) "
+                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET "
+                      "address = CASE WHEN excluded.address = '' THEN gateways.address ELSE excluded.address END, "
+                      "last_seen = excluded.last_seen", (gateway_id, bytes(public_key), address, now_ms, now_ms))
+
+    def list_gateways(self) -> list[GatewayRecord]:
+        with self.transaction() as c:
+            rows = c.execute("SELECT gateway_id, public_key, address, started, last_seen FROM gateways "
+                             "ORDER BY gateway_id").fetchall()
+        return [GatewayRecord(r[0], bytes(r[1]), r[2], int(r[3]), int(r[4])) for r in rows]
 
     # ------------------------------------------------------------- challenges
 

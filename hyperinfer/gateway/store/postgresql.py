@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from hyperinfer.errors import FailedPrecondition, InvalidArgument, Unavailable
-from hyperinfer.gateway.store.base import COMPONENT, MIGRATIONS, SQLStore
+from hyperinfer.gateway.store.base import COMPONENT, GATEWAYS_COMPONENT, GATEWAYS_MIGRATIONS, MIGRATIONS, SQLStore
 
 URL_SCHEMES = ("postgresql", "postgres")
 # any constant: migrations of every component, from every gateway, run one at a time
@@ -202,6 +202,7 @@ class PostgreSQLStore(SQLStore):
         self._closed = False
         try:
             self.migrate(COMPONENT, MIGRATIONS)
+            self.migrate(GATEWAYS_COMPONENT, GATEWAYS_MIGRATIONS)
         except self._psycopg.Error as e:
             self.close()
             raise FailedPrecondition(f"gateway database {self.location} is not usable: "

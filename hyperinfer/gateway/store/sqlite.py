@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hyperinfer.errors import FailedPrecondition, Unavailable
-from hyperinfer.gateway.store.base import COMPONENT, MIGRATIONS, SQLStore
+from hyperinfer.gateway.store.base import COMPONENT, GATEWAYS_COMPONENT, GATEWAYS_MIGRATIONS, MIGRATIONS, SQLStore
 
 
 class SQLiteStore(SQLStore):
@@ -32,6 +32,7 @@ class SQLiteStore(SQLStore):
         self._conn = self._open(self.path)
         try:
             self.migrate(COMPONENT, MIGRATIONS)
+            self.migrate(GATEWAYS_COMPONENT, GATEWAYS_MIGRATIONS)
         except sqlite3.DatabaseError as e:
             self._conn.close()
             raise FailedPrecondition(f"gateway database {self.path} is not usable: {e}") from None
