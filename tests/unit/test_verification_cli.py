@@ -142,11 +142,14 @@ def test_audit_verify_takes_the_key_a_gateway_registered_in_the_database(tmp_pat
     path, gw, _ = make_receipt(tmp_path)
     db = tmp_path / "gw.db"
     store = open_store(str(db))
+    Ledger(store)  # a gateway's database has its ledger tables
     store.register_gateway(key_id(gw), public_bytes(gw), "127.0.0.1:8001", 1)
     store.close()
     assert main(["audit", "verify", str(path), "--db", str(db)]) == 0
     assert "all checks passed" in capsys.readouterr().out
     other = tmp_path / "other.db"
-    open_store(str(other)).close()
+    store = open_store(str(other))
+    Ledger(store)
+    store.close()
     assert main(["audit", "verify", str(path), "--db", str(other)]) == 1  # that gateway never used it
     assert "never used the database" in capsys.readouterr().err
