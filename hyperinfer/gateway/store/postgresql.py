@@ -45,13 +45,16 @@ def is_url(db: Any) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL without its password (for logs and messages)."""
+    """The URL without its password, in the user part or a ``password=`` parameter (for logs
+    and messages)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[1]}")
+    if parts.query:
+        parts = parts._replace(query=re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query))
+    return urlunsplit(parts)
 
 
 # ------------------------------------------------------------------ SQL dialect
