@@ -11,6 +11,16 @@ if ! ls /usr/lib/*/amdgcn/bitcode/ocml.bc >/dev/null 2>&1 && command -v apt-get 
     echo "note: run 'sudo apt-get install rocm-device-libs' to build rocm-* targets" >&2
   fi
 fi
+# PostgreSQL server (Debian package) for the store tests on PostgreSQL; the tests run their own
+# throwaway cluster (tests/pg_server.py), so the package's own cluster is not needed
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+      || echo "warning: could not install postgresql; PostgreSQL store tests will fail in CI, skip elsewhere" >&2
+  else
+    echo "note: run 'sudo apt-get install postgresql' to run the PostgreSQL store tests" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

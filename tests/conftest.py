@@ -50,3 +50,42 @@ def ppocr_paths():
     from hyperinfer import zoo
 
     return zoo.fetch_ppocr()
+
+
+# ---------------------------------------------------------------- PostgreSQL (tests/pg_server.py)
+
+
+@pytest.fixture(scope="session")
+def postgresql_cluster():
+    """A throwaway PostgreSQL server for the session. Skipped only outside CI when the server
+    binaries or the driver are missing; in CI (CI=true) that is a failure."""
+    from pg_server import Cluster, find_bin_dir
+
+    missing = None
+    if find_bin_dir() is None:
+        missing = "PostgreSQL server binaries not found (apt-get install postgresql; scripts/setup.sh does as root)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            missing = "psycopg is not installed (pip install -e '.[dev]')"
+    if missing:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI: {missing}")
+        pytest.skip(missing)
+    with Cluster() as pg:
+        yield pg
+
+
+@pytest.fixture
+def postgresql_url(postgresql_cluster) -> str:
+    """URL of a fresh, empty PostgreSQL schema."""
+    return postgresql_cluster.fresh_url()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_location(request, tmp_path) -> str:
+    """A fresh gateway database on each backend: an SQLite path or a postgresql:// URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "gw.db")
+    return request.getfixturevalue("postgresql_url")

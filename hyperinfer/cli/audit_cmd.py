@@ -65,8 +65,27 @@ def gateway_key(key: str | None, gateway: str | None) -> tuple[bytes | None, lis
     return given, [Check(f"--gateway-key matches the key gateway {gateway} reports", given == fetched)]
 
 
+def gateway_key_from_db(db: str | Path, receipt: str) -> bytes:
+    """The key of the gateway the receipt names, as registered in the (shared) gateway database."""
+    from hyperinfer.gateway.ledger import LedgerReader
+
+    try:
+        gateway_id = str(json.loads(receipt).get("gateway_id", ""))
+    except (ValueError, AttributeError):
+        raise InvalidArgument("receipt is not a JSON object") from None
+    reader = LedgerReader(db)
+    try:
+        key = reader.gateway_key(gateway_id)
+    finally:
+        reader.close()
+    if key is None:
+        raise InvalidArgument(f"gateway {gateway_id[:16]!r} named by the receipt never used the database {db}; "
+                              "pass --gateway-key or --gateway")
+    return key
+
+
 def verify_receipt_file(path: str, key: str | None = None, gateway: str | None = None,
-                        node_keys: list[str] | None = None) -> list[Check]:
+                        node_keys: list[str] | None = None, db: str | Path | None = None) -> list[Check]:
     from hyperinfer.verify.receipt import verify_receipt
 
     if path == "-":
@@ -76,8 +95,12 @@ def verify_receipt_file(path: str, key: str | None = None, gateway: str | None =
         if not p.is_file():
             raise InvalidArgument(f"receipt file {p} not found")
         text = p.read_text()
-    pub, extra = gateway_key(key, gateway)
-    return extra + verify_receipt(extract_receipt(text), pub, parse_node_keys(node_keys or []))
+    receipt = extract_receipt(text)
+    if key is None and gateway is None and db is not None:
+        pub, extra = gateway_key_from_db(db, receipt), []
+    else:
+        pub, extra = gateway_key(key, gateway)
+    return extra + verify_receipt(receipt, pub, parse_node_keys(node_keys or []))
 
 
 def _fail() -> None:
@@ -112,13 +135,15 @@ def verify_cmd(
     node_key: list[str] = typer.Option([], "--node-key", help="NODE_ID=HEX: insist the receipt's key for this "
                                        "node is this one (repeatable)"),
     gateway: Optional[str] = typer.Option(None, "--gateway", help="HOST:PORT: fetch the gateway key via Pool.Status"),
+    db: Optional[str] = typer.Option(None, "--db", help="Gateway database (SQLite file or postgresql:// URL): "
+                                     "use the key of the gateway the receipt names, as registered there"),
     json_: bool = typer.Option(False, "--json", help="Print the checks as JSON"),
 ) -> None:
     """Check a receipt offline: gateway signature, node signatures, attestation fields."""
-    if not gateway_key_ and not gateway:
-        raise InvalidArgument("pass --gateway-key HEX|FILE or --gateway HOST:PORT: a receipt is only as "
+    if not gateway_key_ and not gateway and not db:
+        raise InvalidArgument("pass --gateway-key HEX|FILE, --gateway HOST:PORT or --db: a receipt is only as "
                               "trustworthy as the gateway key it is checked against")
-    checks = verify_receipt_file(receipt, gateway_key_, gateway, node_key)
+    checks = verify_receipt_file(receipt, gateway_key_, gateway, node_key, db=db)
     if json_:
         print(_checks_json(checks))
         ok = all(c.ok for c in checks)
@@ -128,7 +153,8 @@ def verify_cmd(
         _fail()
 
 
-def _db(db: Optional[Path]) -> Path:
+def _db(db: Optional[str]) -> Path | str:
+    """--db as given: an SQLite path or a postgresql:// URL (kept a string: Path would fold its //)."""
     if db is not None:
         return db
     from hyperinfer.gateway.config import default_db_path
@@ -168,7 +194,8 @@ def evidence_report(dispute: Any) -> list[str]:
 def evidence_cmd(
     dispute_id: Optional[str] = typer.Argument(None, help="Dispute id (a unique prefix is enough); "
                                                "omit to list recent disputes"),
-    db: Optional[Path] = typer.Option(None, "--db", help="Gateway database (default: the gateway's default)"),
+    db: Optional[str] = typer.Option(None, "--db", help="Gateway database: SQLite file or postgresql:// URL "
+                                     "(default: the gateway's default)"),
     node_key: list[str] = typer.Option([], "--node-key", help="NODE_ID=HEX: a node key you trust (repeatable)"),
     limit: int = typer.Option(20, "--limit", help="How many disputes to list"),
 ) -> None:
@@ -201,7 +228,8 @@ def evidence_cmd(
 @audit_app.command("receipt")
 def receipt_cmd(
     request_id: str = typer.Argument(..., help="Request id from a receipt (e.g. a pending one)"),
-    db: Optional[Path] = typer.Option(None, "--db", help="Gateway database (default: the gateway's default)"),
+    db: Optional[str] = typer.Option(None, "--db", help="Gateway database: SQLite file or postgresql:// URL "
+                                     "(default: the gateway's default)"),
 ) -> None:
     """Print the latest stored receipt for a request (the final one once a background check ended)."""
     from hyperinfer.errors import NotFound

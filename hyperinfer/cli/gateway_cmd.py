@@ -40,9 +40,10 @@ def gateway(
     listen: str = typer.Option(DEFAULT_LISTEN, "--listen", envvar="HYPERINFER_GATEWAY_LISTEN",
                                help="HOST:PORT for all gateway services. Loopback by default; "
                                     "use 0.0.0.0:8001 to accept remote nodes and clients."),
-    db: Optional[Path] = typer.Option(None, "--db", envvar="HYPERINFER_GATEWAY_DB",
-                                      help="SQLite database (registry, ledger, evidence). "
-                                           "Default ~/.local/share/hyperinfer/gateway.db."),
+    db: Optional[str] = typer.Option(None, "--db", envvar="HYPERINFER_GATEWAY_DB",
+                                     help="Registry, ledger and evidence: an SQLite file, or "
+                                          "postgresql://USER@HOST/DB shared by several gateways. "
+                                          "Default ~/.local/share/hyperinfer/gateway.db."),
     key: Optional[Path] = typer.Option(None, "--key", envvar="HYPERINFER_GATEWAY_KEY",
                                        help="Gateway key (created if missing). Default ~/.config/hyperinfer/gateway.key."),
     heartbeat_interval: float = typer.Option(DEFAULT_HEARTBEAT_INTERVAL, "--heartbeat-interval",
@@ -82,7 +83,7 @@ def gateway(
             out.print(f"created gateway key {gw.config.key}")
         out.print(f"gateway {gw.gateway_id} listening on {gw.address}")
         out.print(f"public key {gw.public_key.hex()}")
-        out.print(f"database {gw.config.db}")
+        out.print(f"database {gw.store.location}")
         offers = gw.catalog.offers()
         if not offers:
             out.print(f"no models in {gw.config.repository} yet (packages added later are picked up)")

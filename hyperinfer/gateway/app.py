@@ -22,6 +22,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 from typing import Any, Callable
 
 from hyperinfer.errors import FailedPrecondition, HyperinferError
@@ -106,14 +107,20 @@ class Gateway:
 
     def start(self) -> int:
         port = self.server.start()
+        # which gateways use this database, with their keys (several, on a shared PostgreSQL store)
+        self.store.register_gateway(self.gateway_id, self.public_key, self.address, int(time.time() * 1000))
         self._sweeper = threading.Thread(target=self._sweep_loop, name="gateway-sweeper", daemon=True)
         self._sweeper.start()
         return port
 
     def _sweep_loop(self) -> None:
         period = min(max(self.config.heartbeat_interval / 2, 0.05), 5.0)
+        last_seen = time.monotonic()
         while not self._stop.wait(period):
             try:
+                if time.monotonic() - last_seen >= 30:
+                    last_seen = time.monotonic()
+                    self.store.register_gateway(self.gateway_id, self.public_key, "", int(time.time() * 1000))
                 self.registry.sweep()
             except Exception:  # noqa: BLE001 - liveness bookkeeping must not die
                 log.exception("registry sweep failed")

@@ -47,8 +47,9 @@ class GatewayConfig:
     listen: str = DEFAULT_LISTEN
     """host:port for every gateway service (Pool, Open Inference Protocol, health, reflection)."""
 
-    db: Path = field(default_factory=default_db_path)
-    """SQLite database with the registry, ledger and evidence (":memory:" for tests)."""
+    db: Path | str = field(default_factory=default_db_path)
+    """Registry, ledger and evidence: an SQLite file (":memory:" for tests) or a
+    ``postgresql://`` URL shared by several gateways."""
 
     key: Path = field(default_factory=default_key_path)
     """Gateway Ed25519 key, created with mode 0600 on first start."""
@@ -97,7 +98,13 @@ class GatewayConfig:
         self.repository = Path(self.repository).expanduser()
         if not self.repository.is_dir():
             raise InvalidArgument(f"--repository {self.repository}: not a directory")
-        if str(self.db) != ":memory:":
+        if isinstance(self.db, str) and "://" in self.db:
+            from hyperinfer.gateway.store import is_database_url
+
+            if not is_database_url(self.db):
+                raise InvalidArgument(f"--db {self.db.split('://')[0]}://...: expected a file path or a "
+                                      "postgresql://USER@HOST[:PORT]/DBNAME URL")
+        elif str(self.db) != ":memory:":
             self.db = Path(self.db).expanduser()
         self.key = Path(self.key).expanduser()
         host, sep, port = self.listen.rpartition(":")

@@ -24,10 +24,13 @@ fault with its reason), ``evidence`` (one row per dispute with the full
 signed receipt per request id; a pending receipt is replaced when its
 background check ends).
 
-Storage: any object with ``transaction()`` — a context manager yielding a
-sqlite3 connection inside one transaction — and optionally
-``migrate(component, migrations)``, i.e. :class:`hyperinfer.gateway.store.SQLiteStore`.
-Tests use :func:`hyperinfer.gateway.store.open_store` (``":memory:"`` works).
+Storage: a :class:`hyperinfer.gateway.store.Store` (SQLite, or PostgreSQL shared
+by several gateways), or any object with ``transaction()`` yielding a connection
+that takes ``?`` parameters. The SQL follows the store's portability rule. Every
+counter changes in one statement; a slash reads the stake after ``_ensure`` has
+locked the node's row; several nodes are locked in node id order (no deadlock
+between gateways). So concurrent gateways neither lose nor double a job, a check
+or a slash. Tests use :func:`hyperinfer.gateway.store.open_store` (``":memory:"`` works).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import logging
 import sqlite3
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -151,11 +155,22 @@ class Ledger:
 
     # ------------------------------------------------------------ internals
 
-    def _ensure(self, c: sqlite3.Connection, node_id: str, now: int) -> None:
-        c.execute("INSERT OR IGNORE INTO ledger (node_id, stake, created, updated) VALUES (?, ?, ?, ?)",
+    def _ensure(self, c: Any, node_id: str, now: int) -> None:
+        """Create the node's row if needed, and lock it (a write, even when it exists: on
+        PostgreSQL the row lock is held to commit, so what is read next stays true)."""
+        c.execute("INSERT INTO ledger (node_id, stake, created, updated) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT (node_id) DO UPDATE SET updated = excluded.updated",
                   (node_id, float(self.config.initial_stake), now, now))
 
-    def _fault(self, c: sqlite3.Connection, node_id: str, kind: str, request_id: str, dispute_id: str,
+    def lock_nodes(self, node_ids: Iterable[str]) -> None:
+        """In the caller's transaction, lock these nodes' rows in node id order (a batch that
+        then touches them in any order cannot deadlock with another gateway's batch)."""
+        now = _now_ms()
+        with self.store.transaction() as c:
+            for node_id in sorted(set(node_ids)):
+                self._ensure(c, node_id, now)
+
+    def _fault(self, c: Any, node_id: str, kind: str, request_id: str, dispute_id: str,
                reason: str, now: int, forfeit_reward: bool) -> bool:
         """Count a fault, slash, maybe revoke the job's reward; True if it newly quarantines the node."""
         self._ensure(c, node_id, now)
@@ -167,7 +182,7 @@ class Ledger:
         quarantine = bool(n) and faults >= n and not row[2]
         c.execute(
             """UPDATE ledger SET faults = faults + 1, stake = stake - ?, slashed = slashed + ?,
-               credits = credits - ?, quarantined = CASE WHEN ? THEN 1 ELSE quarantined END, updated = ?
+               credits = credits - ?, quarantined = CASE WHEN ? = 1 THEN 1 ELSE quarantined END, updated = ?
                WHERE node_id = ?""",
             (slash, slash, forfeit, 1 if quarantine else 0, now, node_id),
         )
@@ -192,10 +207,13 @@ class Ledger:
                    role: str = "primary") -> None:
         """An accepted, correctly signed result: one job, one reward, one attestation row."""
         now = _now_ms()
+        reward = float(self.config.reward_per_job)
         with self.store.transaction() as c:
-            self._ensure(c, node_id, now)
-            c.execute("UPDATE ledger SET jobs = jobs + 1, credits = credits + ?, updated = ? WHERE node_id = ?",
-                      (float(self.config.reward_per_job), now, node_id))
+            # one upsert (create or add): the most frequent write, one round trip on PostgreSQL
+            c.execute("INSERT INTO ledger (node_id, jobs, credits, stake, created, updated) VALUES (?, 1, ?, ?, ?, ?) "
+                      "ON CONFLICT (node_id) DO UPDATE SET jobs = ledger.jobs + 1, "
+                      "credits = ledger.credits + excluded.credits, updated = excluded.updated",
+                      (node_id, reward, float(self.config.initial_stake), now, now))
             c.execute("INSERT INTO attestations (request_id, node_id, role, attestation, signature, accepted) "
                       "VALUES (?, ?, ?, ?, ?, ?)", (request_id, node_id, role, bytes(attestation), bytes(signature), now))
 
@@ -210,7 +228,7 @@ class Ledger:
         """A comparison without fault: an agreement, or an unresolved/unrefereed disagreement."""
         now = _now_ms()
         with self.store.transaction() as c:
-            for node_id in node_ids:
+            for node_id in sorted(node_ids):  # lock order: node id
                 self._ensure(c, node_id, now)
                 c.execute("UPDATE ledger SET checks = checks + 1, agreements = agreements + ?, updated = ? "
                           "WHERE node_id = ?", (1 if agreed else 0, now, node_id))
@@ -234,6 +252,8 @@ class Ledger:
                  dispute.primary.node_id, dispute.validator.node_id, json.dumps(list(v.faults)),
                  1 if v.resolved else 0, v.reason, dispute.to_json()),
             )
+            for node_id in sorted({dispute.primary.node_id, dispute.validator.node_id}):  # lock order
+                self._ensure(c, node_id, now)
             for e in (dispute.primary, dispute.validator):
                 self._ensure(c, e.node_id, now)
                 right = v.resolved and e.node_id not in v.faults
@@ -248,12 +268,14 @@ class Ledger:
 
     def store_receipt(self, receipt: Receipt) -> None:
         with self.store.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO receipts (request_id, status, receipt, updated) VALUES (?, ?, ?, ?)",
+            c.execute("INSERT INTO receipts (request_id, status, receipt, updated) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, "
+                      "receipt = excluded.receipt, updated = excluded.updated",
                       (receipt.request_id, receipt.status, receipt_to_json(receipt), _now_ms()))
 
     # ------------------------------------------------------------ reading
 
-    def _row(self, node_id: str) -> sqlite3.Row | None:
+    def _row(self, node_id: str) -> Any:
         with self.store.transaction() as c:
             return c.execute("SELECT * FROM ledger WHERE node_id = ?", (node_id,)).fetchone()
 
@@ -305,7 +327,7 @@ class Ledger:
             return int(c.execute("SELECT COUNT(*) FROM attestations WHERE node_id = ?", (node_id,)).fetchone()[0])
 
 
-def _evidence(c: sqlite3.Connection, dispute_id: str) -> Dispute:
+def _evidence(c: Any, dispute_id: str) -> Dispute:
     row = c.execute("SELECT data FROM evidence WHERE dispute_id = ?", (dispute_id,)).fetchone()
     if row is None and dispute_id:
         # a unique prefix is enough, as ids are printed short
@@ -319,7 +341,7 @@ def _evidence(c: sqlite3.Connection, dispute_id: str) -> Dispute:
     return Dispute.from_json(row[0])
 
 
-def _list_evidence(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+def _list_evidence(c: Any, limit: int) -> list[dict[str, Any]]:
     rows = c.execute("SELECT dispute_id, created, model_name, model_version, primary_node, validator_node, "
                      "faults, resolved, reason FROM evidence ORDER BY created DESC LIMIT ?", (int(limit),)).fetchall()
     return [dict(dispute_id=r[0], created_ms=int(r[1]), model_name=r[2], model_version=int(r[3]),
@@ -328,11 +350,23 @@ def _list_evidence(c: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
 
 
 class LedgerReader:
-    """Read-only access to a gateway database file (the audit commands; safe while the gateway runs)."""
+    """Read-only access to a gateway database: an SQLite file or a ``postgresql://`` URL
+    (the audit commands; safe while gateways run)."""
 
     def __init__(self, path: str | Any):
-        from pathlib import Path
+        from hyperinfer.gateway.store import is_database_url
 
+        if is_database_url(path):
+            from hyperinfer.gateway.store.postgresql import connect, redact
+
+            self._conn = connect(str(path), read_only=True)
+            try:
+                self._conn.execute("SELECT 1 FROM evidence LIMIT 1")
+            except Exception as e:  # noqa: BLE001 - psycopg.Error: one line, no traceback
+                self._conn.close()
+                raise FailedPrecondition(f"{redact(str(path))} is not a gateway database with a ledger: "
+                                         f"{' '.join(str(e).split())}") from None
+            return
         p = Path(path).expanduser()
         if not p.is_file():
             raise NotFound(f"gateway database {p} not found (pass --db)")
@@ -351,6 +385,14 @@ class LedgerReader:
     def receipt(self, request_id: str) -> Receipt | None:
         row = self._conn.execute("SELECT receipt FROM receipts WHERE request_id = ?", (request_id,)).fetchone()
         return receipt_from_json(row[0]) if row else None
+
+    def gateway_key(self, gateway_id: str) -> bytes | None:
+        """The public key of a gateway that used this database (None if it never did)."""
+        try:
+            row = self._conn.execute("SELECT public_key FROM gateways WHERE gateway_id = ?", (gateway_id,)).fetchone()
+        except Exception:  # noqa: BLE001 - a database from before the gateways table: unknown
+            return None
+        return bytes(row[0]) if row else None
 
     def close(self) -> None:
         self._conn.close()

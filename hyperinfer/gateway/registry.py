@@ -19,6 +19,17 @@ reported failed by the scheduler keeps its state but is not schedulable until
 its next heartbeat. Quarantine outlives re-joins, heartbeats and restarts;
 only ``set_state(node_id, "healthy")`` lifts it. After a gateway restart every
 node is ``stale`` until it heartbeats again.
+
+Several gateways on one shared store (PostgreSQL, ``store.shared``): a node
+joins and heartbeats one of them; every gateway reads the nodes table (cached
+for ``cache_ttl`` seconds, 0.5 s by default) and so schedules it too. Writes that
+could race another gateway are conditional in the store: a heartbeat or re-join
+never overwrites a quarantine, the sweep marks a node stale only if its stored
+last heartbeat is still old, a nonce is claimed once. A restart does not mark
+nodes stale there (the other gateways are still receiving their heartbeats);
+liveness is computed from the stored last heartbeat, so gateway clocks should
+agree within a heartbeat interval (NTP). ``report_failure`` marks stay per
+gateway (a node unreachable from one may be fine from another).
 """
 
 from __future__ import annotations
@@ -186,6 +197,7 @@ class Registry:
     def __init__(
         self, store: Store, *, gateway_id: str, catalog: ArtifactIndex | None = None,
         heartbeat_interval: float = 5.0, clock: Callable[[], float] = time.time,
+        cache_ttl: float = 0.5,
     ):
         if heartbeat_interval <= 0:
             raise InvalidArgument(f"heartbeat_interval must be positive, got {heartbeat_interval}")
@@ -195,12 +207,21 @@ class Registry:
         self.heartbeat_interval = float(heartbeat_interval)
         self.clock = clock
         self._lock = threading.RLock()
-        self._failed: set[str] = set()
+        # node id -> its last heartbeat (ms) when it was reported failed; a newer heartbeat
+        # clears the mark (on a shared store: one another gateway recorded)
+        self._failed: dict[str, int] = {}
         self._listeners: list[Callable[[str, str, str], None]] = []
         # write-through cache of the nodes table: the scheduler reads it on every request.
-        # Valid while this registry is the only writer (one gateway per store).
+        # With one gateway per store it is always current; on a shared store other gateways
+        # write too, so it is re-read when older than cache_ttl (monotonic seconds).
         self._records: dict[str, NodeRecord] = {}
-        self._restart_marks_stale()
+        self.shared = bool(getattr(store, "shared", False))
+        self.cache_ttl = float(cache_ttl)
+        self._read_at = time.monotonic()
+        if self.shared:
+            self._records = {r.node_id: r for r in store.list_nodes()}
+        else:
+            self._restart_marks_stale()
 
     @property
     def stale_after(self) -> float:
@@ -216,6 +237,26 @@ class Registry:
                 self.store.set_node_state(rec.node_id, STALE)
                 rec = replace(rec, state=STALE)
             self._records[rec.node_id] = rec
+
+    def _refresh(self, force: bool = False) -> None:
+        """On a shared store, re-read the nodes other gateways wrote (at most every cache_ttl)."""
+        if not self.shared or (not force and time.monotonic() - self._read_at < self.cache_ttl):
+            return
+        changed = []
+        with self._lock:  # read under the lock: a write this registry makes meanwhile is not undone
+            if not force and time.monotonic() - self._read_at < self.cache_ttl:
+                return  # another thread just read
+            records = {r.node_id: r for r in self.store.list_nodes()}
+            self._read_at = time.monotonic()
+            for node_id, rec in records.items():
+                old = self._records.get(node_id)
+                if old is not None and old.state != rec.state:
+                    changed.append((node_id, old.state, rec.state))
+                if self._failed.get(node_id, rec.last_heartbeat_ms) < rec.last_heartbeat_ms:
+                    del self._failed[node_id]  # alive again: it heartbeated (to another gateway)
+            self._records = records
+        for node_id, old, new in changed:
+            self._changed(node_id, old, new, "seen in the shared store")
 
     def on_state_change(self, listener: Callable[[str, str, str], None]) -> None:
         """Call ``listener(node_id, old_state, new_state)`` after each state change."""
@@ -286,7 +327,7 @@ class Registry:
 
         with self._lock:
             now_ms = self._now_ms()
-            old = self._records.get(node_id)
+            old = self.store.get_node(node_id) if self.shared else self._records.get(node_id)
             # quarantine is a verdict of the ledger: re-joining does not lift it
             state = QUARANTINED if old is not None and old.state == QUARANTINED else HEALTHY
             rec = NodeRecord(
@@ -296,9 +337,11 @@ class Registry:
                 heartbeat_ts_ms=old.heartbeat_ts_ms if old is not None else 0,
                 outstanding=0, loaded=(), software_version=software_version,
             )
-            self.store.put_node(rec)
+            stored = self.store.put_node(rec, keep_quarantine=True)
+            if stored != state:  # quarantined by another gateway meanwhile
+                rec, state = replace(rec, state=stored), stored
             self._records[node_id] = rec
-            self._failed.discard(node_id)
+            self._failed.pop(node_id, None)
         log.info("node %s joined: operator=%s address=%s targets=%s capacity=%d%s",
                  short(node_id), operator, address, ",".join(targets), req.max_concurrency,
                  " (re-join)" if old is not None else "")
@@ -309,6 +352,9 @@ class Registry:
 
     def _known(self, node_id: str) -> NodeRecord:
         rec = self._records.get(node_id)
+        if self.shared and (rec is None or rec.state == LEFT):
+            self._refresh(force=True)  # joined (again) at another gateway a moment ago
+            rec = self._records.get(node_id)
         if rec is None:
             raise NotFound(f"unknown node {node_id!r}; join first")
         if rec.state == LEFT:
@@ -349,13 +395,14 @@ class Registry:
             state = QUARANTINED if rec.state == QUARANTINED else HEALTHY
             new = replace(rec, last_heartbeat_ms=self._now_ms(), heartbeat_ts_ms=hb.timestamp_ms,
                           outstanding=hb.outstanding, capacity=hb.capacity, loaded=loaded, state=state)
-            self.store.update_heartbeat(
+            stored = self.store.update_heartbeat(
                 hb.node_id, last_heartbeat_ms=new.last_heartbeat_ms, heartbeat_ts_ms=new.heartbeat_ts_ms,
                 outstanding=new.outstanding, capacity=new.capacity, loaded=loaded, state=state,
             )
+            if stored != state:  # quarantined by another gateway since this one last read it
+                new, state = replace(new, state=stored), stored
             self._records[hb.node_id] = new
-            was_failed = hb.node_id in self._failed
-            self._failed.discard(hb.node_id)
+            was_failed = self._failed.pop(hb.node_id, None) is not None
         self._changed(hb.node_id, rec.state, state, "heartbeat")
         if was_failed:
             log.info("node %s: failure cleared by heartbeat", short(hb.node_id))
@@ -373,7 +420,7 @@ class Registry:
             state = QUARANTINED if rec.state == QUARANTINED else LEFT
             self.store.set_node_state(node_id, state, heartbeat_ts_ms=timestamp_ms)
             self._records[node_id] = replace(rec, state=state, heartbeat_ts_ms=timestamp_ms)
-            self._failed.discard(node_id)
+            self._failed.pop(node_id, None)
         log.info("node %s left", short(node_id))
         self._changed(node_id, rec.state, state, "leave")
 
@@ -385,6 +432,8 @@ class Registry:
             raise InvalidArgument(f"state: unknown state {state!r} (one of {', '.join(STATES)})")
         with self._lock:
             rec = self._records.get(node_id)
+            if rec is None and self.shared:
+                rec = self.store.get_node(node_id)  # joined at another gateway since the last read
             if rec is None:
                 raise NotFound(f"unknown node {node_id!r}")
             self.store.set_node_state(node_id, state)
@@ -396,19 +445,22 @@ class Registry:
         with self._lock:
             if node_id in self._failed:
                 return
-            self._failed.add(node_id)
+            rec = self._records.get(node_id)
+            self._failed[node_id] = rec.last_heartbeat_ms if rec is not None else 0
         log.warning("node %s: marked failed until its next heartbeat (%s)", short(node_id), reason)
 
     def sweep(self) -> list[str]:
         """Write back liveness: healthy nodes without a recent heartbeat become stale. Returns their ids."""
+        self._refresh()
         limit_ms = self._now_ms() - int(self.stale_after * 1000)
         expired = []
         with self._lock:
             for rec in list(self._records.values()):
                 if rec.state == HEALTHY and rec.last_heartbeat_ms < limit_ms:
-                    self.store.set_node_state(rec.node_id, STALE)
-                    self._records[rec.node_id] = replace(rec, state=STALE)
-                    expired.append(rec)
+                    # conditional: another gateway may have just recorded a heartbeat
+                    if self.store.mark_stale(rec.node_id, limit_ms):
+                        self._records[rec.node_id] = replace(rec, state=STALE)
+                        expired.append(rec)
         for rec in expired:
             age = (self._now_ms() - rec.last_heartbeat_ms) / 1000
             self._changed(rec.node_id, HEALTHY, STALE, f"no heartbeat for {age:.0f} s")
@@ -430,12 +482,14 @@ class Registry:
         )
 
     def get(self, node_id: str) -> NodeInfo:
+        self._refresh()
         rec = self._records.get(node_id)
         if rec is None:
             raise NotFound(f"unknown node {node_id!r}")
         return self._info(rec)
 
     def all_nodes(self) -> list[NodeInfo]:
+        self._refresh()
         with self._lock:
             records = sorted(self._records.values(), key=lambda r: r.node_id)
         return [self._info(r) for r in records]

@@ -59,9 +59,14 @@ class WriteBehindLedger:
             ops = [op for op in batch if op is not None]
             try:
                 with store.transaction():  # one commit for the batch; nested calls join it
+                    lock = getattr(self.ledger, "lock_nodes", None) if getattr(store, "shared", False) else None
+                    if lock is not None:  # rows in id order first: no deadlock with another gateway's batch
+                        lock(n for op in ops for n in _nodes_of(*op))
                     for name, args, kwargs in ops:
                         getattr(self.ledger, name)(*args, **kwargs)
-            except Exception:  # noqa: BLE001 - retry one by one so one bad row loses only itself
+            except Exception as e:  # noqa: BLE001 - retry one by one so one bad row loses only itself
+                log.warning("ledger batch of %d writes failed (%s: %s); retrying them one by one",
+                            len(ops), type(e).__name__, " ".join(str(e).split())[:200])
                 for name, args, kwargs in ops:
                     try:
                         getattr(self.ledger, name)(*args, **kwargs)
@@ -106,3 +111,12 @@ class WriteBehindLedger:
             return attr(*args, **kwargs)
 
         return call
+
+
+def _nodes_of(name: str, args: tuple, kwargs: dict) -> list[str]:
+    """The ledger rows a deferred write touches."""
+    if name in ("record_job", "record_skipped"):
+        return [kwargs["node_id"] if "node_id" in kwargs else args[0]]
+    if name == "record_check":
+        return list(kwargs["node_ids"] if "node_ids" in kwargs else args[0])
+    return []

@@ -7,22 +7,23 @@ from hyperinfer.gateway.ledger import SUMMARY_KEYS, Ledger, LedgerConfig
 from hyperinfer.gateway.store import open_store
 
 
-def ledger(tmp_path=None, **cfg):
+def ledger(db: str = ":memory:", **cfg):
+    """A ledger on ``db`` (tests take ``db_location``: each runs on SQLite and PostgreSQL)."""
     quarantined = []
-    store = open_store(str(tmp_path / "l.db") if tmp_path else ":memory:")
+    store = open_store(db)
     return Ledger(store, LedgerConfig(**cfg), on_quarantine=quarantined.append), quarantined
 
 
-def test_fresh_node_defaults():
-    lg, _ = ledger(initial_stake=50.0, probation_jobs=3)
+def test_fresh_node_defaults(db_location):
+    lg, _ = ledger(db_location, initial_stake=50.0, probation_jobs=3)
     s = lg.summary("nobody")
     assert tuple(s) == SUMMARY_KEYS
     assert s == dict(jobs=0, checks=0, faults=0, credits=0.0, stake=50.0, slashed=0.0, reputation=0.5,
                      probation=True)
 
 
-def test_jobs_credits_checks_reputation_probation():
-    lg, _ = ledger(reward_per_job=2.0, probation_jobs=2)
+def test_jobs_credits_checks_reputation_probation(db_location):
+    lg, _ = ledger(db_location, reward_per_job=2.0, probation_jobs=2)
     for i in range(3):
         lg.record_job("a", f"r{i}", b"att", b"sig")
     lg.record_check(["a", "b"], agreed=True)
@@ -34,8 +35,8 @@ def test_jobs_credits_checks_reputation_probation():
     assert lg.attestation_count("a") == 3
 
 
-def test_faults_slash_capped_and_quarantine_once():
-    lg, q = ledger(initial_stake=25.0, slash_per_fault=10.0, quarantine_after=3)
+def test_faults_slash_capped_and_quarantine_once(db_location):
+    lg, q = ledger(db_location, initial_stake=25.0, slash_per_fault=10.0, quarantine_after=3)
     for i in range(4):
         lg.record_fault("x", f"bad {i}", f"r{i}")
     d = lg.details("x")
@@ -66,15 +67,15 @@ def test_config_validated(kw, field):
         LedgerConfig(**kw)
 
 
-def test_evidence_not_found_names_id():
-    lg, _ = ledger()
+def test_evidence_not_found_names_id(db_location):
+    lg, _ = ledger(db_location)
     with pytest.raises(NotFound, match="nope"):
         lg.evidence("nope")
     assert lg.receipt("nope") is None
 
 
-def test_concurrent_updates_are_atomic(tmp_path):
-    lg, _ = ledger(tmp_path)
+def test_concurrent_updates_are_atomic(db_location):
+    lg, _ = ledger(db_location)
 
     def work(k):
         for i in range(50):
@@ -88,9 +89,8 @@ def test_concurrent_updates_are_atomic(tmp_path):
     assert lg.summary("n")["jobs"] == 200
 
 
-def test_works_on_the_gateway_store(tmp_path):
-    store_mod = pytest.importorskip("hyperinfer.gateway.store")
-    store = store_mod.open_store(tmp_path / "gw.db")
+def test_works_on_the_gateway_store(db_location):
+    store = open_store(db_location)
     try:
         lg = Ledger(store)
         lg.record_job("n", "r", b"a", b"s")
@@ -115,3 +115,74 @@ def test_install_wires_quarantine_to_registry_and_reads_config():
     lg.record_fault("n", "bad")
     lg.record_fault("n", "bad")
     assert calls and calls[0][0] == ("n", "quarantined")
+
+
+def test_two_gateways_credit_and_slash_exactly_once(db_location):
+    """Many threads through two store connections (two gateways on one database): every job,
+    check and fault counts once, concurrent slashes never take more than the stake, and a
+    node is quarantined once (by whichever gateway saw its fault first)."""
+    cfg = LedgerConfig(reward_per_job=1.0, initial_stake=15.0, slash_per_fault=10.0, quarantine_after=2)
+    quarantined: list[str] = []
+    stores = [open_store(db_location), open_store(db_location)]
+    ledgers = [Ledger(s, cfg, on_quarantine=quarantined.append) for s in stores]
+    n_threads, jobs, bad_nodes = 8, 30, [f"x{i:02d}" for i in range(15)]
+    errors = []
+    barrier = threading.Barrier(n_threads)
+
+    def work(lg, k):
+        try:
+            barrier.wait(timeout=30)
+            for i in range(jobs):
+                lg.record_job("n", f"{k}-{i}", b"a", b"s")
+                # opposite lock orders across threads: rows are locked in node id order
+                lg.record_check(["n", "m"] if i % 2 else ["m", "n"], agreed=True)
+            for x in bad_nodes:  # all threads slash the same node at once
+                barrier.wait(timeout=30)
+                lg.record_fault(x, f"bad {k}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(ledgers[k % 2], k)) for k in range(n_threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not errors, errors
+    for lg in ledgers:  # both gateways read the same totals
+        n = lg.details("n")
+        assert (n["jobs"], n["credits"], n["checks"], n["agreements"]) == (n_threads * jobs,) * 4
+        assert lg.details("m")["checks"] == n_threads * jobs
+        assert lg.attestation_count("n") == n_threads * jobs
+        for x in bad_nodes:
+            d = lg.details(x)
+            assert (d["faults"], d["stake"], d["slashed"], d["quarantined"]) == (n_threads, 0.0, 15.0, True), (x, d)
+            assert sorted(f["slashed"] for f in lg.faults(x)) == [0.0] * (n_threads - 2) + [5.0, 10.0]
+    assert sorted(quarantined) == bad_nodes  # once each
+    for s in stores:
+        s.close()
+
+
+def test_write_behind_batches_of_two_gateways_do_not_deadlock(postgresql_url, caplog):
+    """Two gateways' batched writers touch the same nodes in opposite orders at the same time;
+    rows are locked in node id order first, so no batch dies in a deadlock (and is retried)."""
+    import logging
+
+    from hyperinfer.gateway.write_behind import WriteBehindLedger
+
+    stores = [open_store(postgresql_url), open_store(postgresql_url)]
+    writers = [WriteBehindLedger(Ledger(s)) for s in stores]
+    nodes = [f"n{i}" for i in range(6)]
+    rounds = 40
+    with caplog.at_level(logging.WARNING, logger="hyperinfer.gateway"):
+        for r in range(rounds):
+            for n in nodes:
+                writers[0].record_job(n, f"a{r}{n}", b"a", b"s")
+            for n in reversed(nodes):
+                writers[1].record_job(n, f"b{r}{n}", b"a", b"s")
+        for w in writers:
+            w.close()
+    assert not [r for r in caplog.records if "batch" in r.getMessage()]
+    lg = Ledger(stores[0])
+    assert [lg.details(n)["jobs"] for n in nodes] == [2 * rounds] * len(nodes)
+    for s in stores:
+        s.close()

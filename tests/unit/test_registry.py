@@ -1,4 +1,5 @@
-"""Registry: join (signature, nonce replay/expiry/binding), heartbeats, liveness, restart, scheduling."""
+"""Registry: join (signature, nonce replay/expiry/binding), heartbeats, liveness, restart, scheduling;
+several gateways' registries on one PostgreSQL store."""
 
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def clock():
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = open_store(tmp_path / "gw.db")
+def store(db_location):
+    """Every registry test runs on SQLite and on PostgreSQL."""
+    s = open_store(db_location)
     yield s
     s.close()
 
@@ -299,3 +301,93 @@ def test_open_challenges_are_bounded(reg, clock, monkeypatch):
 def test_node_info_is_hashable(reg):
     node = reg.join(join_req(reg, Ed25519PrivateKey.generate()))
     assert len({node, reg.get(node.node_id)}) == 1
+
+
+# ------------------------------------------------------- several gateways, one shared store
+
+
+@pytest.fixture
+def two_gateways(postgresql_url, clock):
+    """Registries of two gateways (ids GW, GW2) on one PostgreSQL database, no read cache."""
+    stores = [open_store(postgresql_url), open_store(postgresql_url)]
+    regs = [Registry(s, gateway_id=gid, catalog=FakeCatalog(), heartbeat_interval=5.0, clock=clock, cache_ttl=0)
+            for s, gid in zip(stores, (GW, GW2))]
+    yield regs
+    for s in stores:
+        s.close()
+
+
+GW2 = "g2" * 16
+
+
+def test_node_joined_at_one_gateway_is_schedulable_from_the_other(two_gateways, clock):
+    a, b = two_gateways
+    key = Ed25519PrivateKey.generate()
+    node = a.join(join_req(a, key))
+    a.heartbeat(hb(key, clock, outstanding=1))
+    seen = b.schedulable_nodes("m", 1)
+    assert [n.node_id for n in seen] == [node.node_id] and seen[0].address == "127.0.0.1:9001"
+    assert seen[0].outstanding == 1
+    # a join signed for gateway A does not verify at gateway B (the gateway id is signed)
+    with pytest.raises(Unauthenticated, match="join signature"):
+        b.join(join_req(a, Ed25519PrivateKey.generate()))
+    # liveness: B sees the heartbeats A records, and computes staleness from them
+    clock.t += 16
+    assert b.get(node.node_id).state == "stale"
+    a.heartbeat(hb(key, clock))
+    assert b.get(node.node_id).state == "healthy"
+    # a failure one gateway saw stays its own: the node may be reachable from the other
+    b.report_failure(node.node_id)
+    assert b.schedulable_nodes("m", 1) == [] and len(a.schedulable_nodes("m", 1)) == 1
+    # until the node's next heartbeat, which it sends to A only
+    clock.t += 1
+    a.heartbeat(hb(key, clock))
+    assert [n.node_id for n in b.schedulable_nodes("m", 1)] == [node.node_id]
+
+
+def test_quarantine_by_one_gateway_holds_on_the_other(two_gateways, clock):
+    a, b = two_gateways
+    key = Ed25519PrivateKey.generate()
+    node = a.join(join_req(a, key))
+    a.heartbeat(hb(key, clock))
+    changes = []
+    a.on_state_change(lambda *args: changes.append(args))
+    b.set_state(node.node_id, "quarantined", reason="ledger at gateway B")
+    assert a.schedulable_nodes("m", 1) == []
+    assert changes == [(node.node_id, "healthy", "quarantined")]  # A's listeners hear of it
+    clock.t += 1
+    assert a.heartbeat(hb(key, clock)).state == "quarantined"  # its own heartbeat does not lift it
+    assert a.join(join_req(a, key)).state == "quarantined"  # nor a re-join
+    assert b.get(node.node_id).state == "quarantined"
+
+
+def test_sweep_does_not_undo_a_heartbeat_another_gateway_recorded(postgresql_url, clock):
+    """B's cache is old (long TTL); A records a heartbeat; B's sweep must not mark the node stale."""
+    sa, sb = open_store(postgresql_url), open_store(postgresql_url)
+    try:
+        a = Registry(sa, gateway_id=GW, catalog=FakeCatalog(), clock=clock, cache_ttl=0)
+        key = Ed25519PrivateKey.generate()
+        node = a.join(join_req(a, key))
+        b = Registry(sb, gateway_id=GW2, catalog=FakeCatalog(), clock=clock, cache_ttl=3600)
+        clock.t += 16
+        a.heartbeat(hb(key, clock))
+        assert b.sweep() == []
+        assert sa.get_node(node.node_id).state == "healthy"
+        clock.t += 16
+        assert b.sweep() == [node.node_id]  # really silent now
+    finally:
+        sa.close()
+        sb.close()
+
+
+def test_challenge_from_one_gateway_is_single_use_across_both(two_gateways):
+    a, b = two_gateways
+    key = Ed25519PrivateKey.generate()
+    req = join_req(a, key)
+    a.join(req)
+    with pytest.raises(Unauthenticated, match="already used"):
+        a.join(req)
+    # the nonce store is shared: a challenge taken at A can be answered by a join (signed for B) at B
+    nonce = a.challenge(public_bytes(key)).nonce
+    b.join(join_req(b, key, nonce=nonce, gateway_id=GW2))
+    assert a.get(fingerprint(public_bytes(key))).state == "healthy"

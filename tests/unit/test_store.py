@@ -1,4 +1,6 @@
-"""SQLiteStore: WAL, schema versions, persistence across reopen, atomic single-use challenges."""
+"""The gateway store on SQLite and PostgreSQL (``db_location`` runs each test on both): schema
+versions, persistence across reopen, atomic single-use challenges, conditional writes two
+gateways rely on, transactions; plus SQLite's WAL and the PostgreSQL SQL translation."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ import threading
 
 import pytest
 
-from hyperinfer.errors import FailedPrecondition, NotFound
-from hyperinfer.gateway.store import NodeRecord, open_store
+from hyperinfer.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from hyperinfer.gateway.store import NodeRecord, SQLiteStore, Store, is_database_url, open_store
 
 
 def _node(node_id: str = "n1", **kw) -> NodeRecord:
@@ -22,6 +24,16 @@ def _node(node_id: str = "n1", **kw) -> NodeRecord:
     return NodeRecord(**base)
 
 
+def test_backend_follows_db(db_location):
+    s = open_store(db_location)
+    try:
+        assert isinstance(s, Store) and s.schema_version("registry") == 1
+        assert s.shared == is_database_url(db_location)  # PostgreSQL: several gateways may write
+        assert isinstance(s, SQLiteStore) != s.shared
+    finally:
+        s.close()
+
+
 def test_wal_and_schema_version(tmp_path):
     s = open_store(tmp_path / "gw.db")
     assert s.journal_mode == "wal"
@@ -29,25 +41,26 @@ def test_wal_and_schema_version(tmp_path):
     s.close()
 
 
-def test_persists_across_reopen(tmp_path):
-    path = tmp_path / "sub" / "gw.db"  # parent directory is created
-    s = open_store(path)
+def test_persists_across_reopen(db_location, tmp_path):
+    if not is_database_url(db_location):
+        db_location = str(tmp_path / "sub" / "gw.db")  # parent directory is created
+    s = open_store(db_location)
     s.put_node(_node())
     s.add_challenge(b"\x02" * 32, b"\x01" * 32, 99_000)
     s.close()
 
-    s = open_store(path)
+    s = open_store(db_location)
     assert s.get_node("n1") == _node()
     assert s.count_challenges() == 1
     assert s.schema_version("registry") == 1  # migrating again is a no-op
     s.close()
 
 
-def test_update_heartbeat_and_state(tmp_path):
-    s = open_store(tmp_path / "gw.db")
+def test_update_heartbeat_and_state(db_location):
+    s = open_store(db_location)
     s.put_node(_node())
-    s.update_heartbeat("n1", last_heartbeat_ms=5000, heartbeat_ts_ms=4999, outstanding=3, capacity=8,
-                       loaded=[("m", 2, "cpu-x86_64", "cd" * 32)], state="healthy")
+    assert s.update_heartbeat("n1", last_heartbeat_ms=5000, heartbeat_ts_ms=4999, outstanding=3, capacity=8,
+                              loaded=[("m", 2, "cpu-x86_64", "cd" * 32)], state="healthy") == "healthy"
     r = s.get_node("n1")
     assert (r.last_heartbeat_ms, r.heartbeat_ts_ms, r.outstanding, r.capacity) == (5000, 4999, 3, 8)
     assert r.loaded == (("m", 2, "cpu-x86_64", "cd" * 32),)
@@ -62,30 +75,61 @@ def test_update_heartbeat_and_state(tmp_path):
     s.close()
 
 
-def test_take_challenge_is_single_use_under_concurrency(tmp_path):
-    s = open_store(tmp_path / "gw.db")
-    nonce = b"\x07" * 32
-    s.add_challenge(nonce, b"\x01" * 32, 10_000)
-    results = []
-    barrier = threading.Barrier(8)
+def test_quarantine_outlives_heartbeat_and_rejoin_written_by_another_gateway(db_location):
+    """Gateway B quarantines; gateway A, not yet aware, records a heartbeat and a re-join."""
+    a, b = open_store(db_location), open_store(db_location)
+    try:
+        a.put_node(_node())
+        b.set_node_state("n1", "quarantined")
+        assert a.update_heartbeat("n1", last_heartbeat_ms=9000, heartbeat_ts_ms=8999, outstanding=0,
+                                  capacity=4, loaded=[], state="healthy") == "quarantined"
+        assert a.put_node(_node(last_heartbeat_ms=9500), keep_quarantine=True) == "quarantined"
+        assert b.get_node("n1").state == "quarantined" and b.get_node("n1").last_heartbeat_ms == 9500
+        assert a.put_node(_node()) == "healthy"  # a plain put replaces the row
+    finally:
+        a.close()
+        b.close()
 
-    def take():
-        barrier.wait(timeout=10)
-        results.append(s.take_challenge(nonce).used)
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert sorted(results) == [False] + [True] * 7
-    assert s.take_challenge(b"\x00" * 32) is None
-    assert s.purge_challenges(10_001) == 1
+def test_mark_stale_only_if_the_stored_heartbeat_is_old(db_location):
+    s = open_store(db_location)
+    s.put_node(_node(last_heartbeat_ms=2000))
+    assert not s.mark_stale("n1", 1000)  # a newer heartbeat than the limit: stays healthy
+    assert s.get_node("n1").state == "healthy"
+    assert s.mark_stale("n1", 3000)
+    assert s.get_node("n1").state == "stale"
+    assert not s.mark_stale("n1", 3000)  # only healthy -> stale
+    assert not s.mark_stale("nope", 3000)
     s.close()
 
 
-def test_transaction_rolls_back_and_nests(tmp_path):
-    s = open_store(tmp_path / "gw.db")
+def test_take_challenge_is_single_use_under_concurrency(db_location):
+    """Eight takers on two stores (two gateways' connections): exactly one gets the nonce unused."""
+    stores = [open_store(db_location), open_store(db_location)]
+    nonce = b"\x07" * 32
+    stores[0].add_challenge(nonce, b"\x01" * 32, 10_000)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def take(s):
+        barrier.wait(timeout=10)
+        results.append(s.take_challenge(nonce).used)
+
+    threads = [threading.Thread(target=take, args=(stores[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == [False] + [True] * 7
+    s = stores[1]
+    assert s.take_challenge(b"\x00" * 32) is None
+    assert s.purge_challenges(10_001) == 1
+    for s in stores:
+        s.close()
+
+
+def test_transaction_rolls_back_and_nests(db_location):
+    s = open_store(db_location)
     s.migrate("ledger", [["CREATE TABLE ledger (node_id TEXT PRIMARY KEY, credits REAL NOT NULL)"]])
     with pytest.raises(RuntimeError):
         with s.transaction() as c:
@@ -94,9 +138,12 @@ def test_transaction_rolls_back_and_nests(tmp_path):
     with s.transaction() as c:
         c.execute("INSERT INTO ledger VALUES ('b', 2.0)")
         with s.transaction() as inner:  # joins the outer transaction
-            inner.execute("INSERT INTO ledger VALUES ('c', 3.0)")
+            inner.execute("INSERT INTO ledger VALUES ('c', ?)", (3.0,))
     with s.transaction() as c:
-        rows = [tuple(r) for r in c.execute("SELECT node_id, credits FROM ledger ORDER BY node_id")]
+        rows = [tuple(r) for r in c.execute("SELECT node_id, credits FROM ledger ORDER BY node_id").fetchall()]
+        assert c.execute("SELECT credits FROM ledger WHERE node_id = ?", ("c",)).fetchone()["credits"] == 3.0
+        # a literal '?' and '%' are data, not parameters
+        assert c.execute("SELECT COUNT(*) FROM ledger WHERE node_id LIKE '%' AND node_id <> '?'").fetchone()[0] == 2
     assert rows == [("b", 2.0), ("c", 3.0)]
     # a second component's migrations extend its own version only
     assert s.migrate("ledger", [["CREATE TABLE ledger (node_id TEXT PRIMARY KEY, credits REAL NOT NULL)"],
@@ -109,15 +156,14 @@ def test_transaction_rolls_back_and_nests(tmp_path):
     s.close()
 
 
-def test_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "gw.db"
-    open_store(path).close()
-    conn = sqlite3.connect(path)
+def test_newer_schema_is_refused(db_location):
+    s = open_store(db_location)
+    conn = s.connect()
     conn.execute("UPDATE schema_version SET version = 99 WHERE component = 'registry'")
-    conn.commit()
     conn.close()
+    s.close()
     with pytest.raises(FailedPrecondition, match="schema version 99"):
-        open_store(path)
+        open_store(db_location)
 
 
 def test_not_a_database(tmp_path):
@@ -125,3 +171,117 @@ def test_not_a_database(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(FailedPrecondition, match="cannot open gateway database"):
         open_store(path)
+
+
+def test_unreachable_postgresql_is_one_line_unavailable(tmp_path):
+    pytest.importorskip("psycopg")
+    url = f"postgresql://someone:secret@/nodb?host={tmp_path}&connect_timeout=2"  # no server there
+    with pytest.raises(Unavailable, match="cannot connect to PostgreSQL") as e:
+        open_store(url)
+    assert "secret" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sql_translation_for_postgresql():
+    from hyperinfer.gateway.store.postgresql import redact, translate, translate_ddl
+
+    assert translate("SELECT a FROM t WHERE b = ? AND c LIKE ?") == "SELECT a FROM t WHERE b = %s AND c LIKE %s"
+    assert translate("SELECT '?', '%', 'it''s ?' FROM t WHERE x = ?") == \
+        "SELECT '?', '%%', 'it''s ?' FROM t WHERE x = %s"
+    assert translate("INSERT OR IGNORE INTO t (a) VALUES (?)") == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
+    with pytest.raises(InvalidArgument, match="ON CONFLICT"):
+        translate("INSERT OR REPLACE INTO t (a) VALUES (?)")
+    assert translate_ddl("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, b BLOB, r REAL, n INTEGER)") == \
+        "CREATE TABLE t (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, b BYTEA, r DOUBLE PRECISION, n INTEGER)"
+    assert redact("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact("postgresql://u@h/db?sslmode=require&password=pw") == "postgresql://u@h/db?sslmode=require&password=***"
+    assert is_database_url("postgres://h/db") and not is_database_url("/var/gw.db") and not is_database_url(":memory:")
+
+
+def test_sqlite_connect_is_independent(tmp_path):
+    s = open_store(tmp_path / "gw.db")
+    c = s.connect()
+    assert isinstance(c, sqlite3.Connection)
+    c.close()
+    s.close()
+
+
+@pytest.mark.parametrize("db, needle", [
+    ("mysql://u@h/db", "postgresql://"),
+    ("postgresql://someone:secret@/nodb?host=/nonexistent-hyperinfer-dir&connect_timeout=2",
+     "cannot connect to PostgreSQL"),
+])
+def test_gateway_db_errors_are_one_line(tmp_path, db, needle):
+    from support import assert_one_line_error, run_cli
+
+    if db.startswith("postgresql"):
+        pytest.importorskip("psycopg")
+    proc = run_cli("gateway", "--repository", str(tmp_path), "--listen", "127.0.0.1:0", "--db", db,
+                   "--key", str(tmp_path / "gateway.key"), timeout=60)
+    assert_one_line_error(proc, needle)
+    assert "secret" not in proc.stderr
+
+
+def test_postgresql_store_survives_a_lost_connection(postgresql_url):
+    """The server drops the gateway's connection (restart, failover): the next transaction
+    opens a new one; one cut mid-transaction fails with UNAVAILABLE and changes nothing."""
+    s = open_store(postgresql_url)
+    admin = s.connect()
+    try:
+        s.put_node(_node())
+        admin.execute("SELECT pg_terminate_backend(?)", (s._thread_conn().raw.info.backend_pid,))
+        assert s.get_node("n1") == _node()  # reconnected before BEGIN
+        with pytest.raises(Unavailable, match="lost the connection"):
+            with s.transaction() as c:
+                c.execute("UPDATE nodes SET capacity = 99 WHERE node_id = ?", ("n1",))
+                admin.execute("SELECT pg_terminate_backend(?)", (s._thread_conn().raw.info.backend_pid,))
+                c.execute("UPDATE nodes SET outstanding = 99 WHERE node_id = ?", ("n1",))
+        assert s.get_node("n1").capacity == 4
+    finally:
+        admin.close()
+        s.close()
+
+
+def test_postgresql_connections_per_thread_are_closed(postgresql_url):
+    """Each thread gets its own connection; a thread that ends closes it; close() closes the rest."""
+    import gc
+
+    s = open_store(postgresql_url)
+    admin = s.connect()
+
+    def sessions() -> int:
+        return admin.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND application_name = 'hyperinfer-gateway' AND pid <> pg_backend_pid()").fetchone()[0]
+
+    try:
+        s.put_node(_node())
+        base = sessions()
+        threads = [threading.Thread(target=s.get_node, args=("n1",)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        del threads
+        gc.collect()
+        from support import wait_for
+
+        wait_for(lambda: sessions() == base, 10, "ended threads' connections to close")
+        s.close()
+        wait_for(lambda: sessions() == base - 1, 10, "close() to close the store's connection")
+    finally:
+        admin.close()
+
+
+def test_gateways_using_the_database_are_registered(db_location):
+    a, b = open_store(db_location), open_store(db_location)
+    try:
+        a.register_gateway("ga", b"\x0a" * 32, "127.0.0.1:8001", 1000)
+        b.register_gateway("gb", b"\x0b" * 32, "127.0.0.1:8002", 1100)
+        a.register_gateway("ga", b"\x0a" * 32, "", 5000)  # still alive; address kept
+        got = b.list_gateways()
+        assert [(g.gateway_id, g.public_key, g.address, g.started_ms, g.last_seen_ms) for g in got] == [
+            ("ga", b"\x0a" * 32, "127.0.0.1:8001", 1000, 5000), ("gb", b"\x0b" * 32, "127.0.0.1:8002", 1100, 1100)]
+        assert a.schema_version("gateways") == 1
+    finally:
+        a.close()
+        b.close()

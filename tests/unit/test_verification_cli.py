@@ -136,3 +136,20 @@ def test_gateway_lookups_use_pool_status(tmp_path, capsys, monkeypatch):
     assert main(["economics", "--reward", "1", "--stake", "9", "--cost", "2", "--gateway", "127.0.0.1:1"]) == 0
     out = capsys.readouterr().out
     assert "model toy/1: safe" in out and "model big/2: unsafe" in out
+
+
+def test_audit_verify_takes_the_key_a_gateway_registered_in_the_database(tmp_path, capsys):
+    path, gw, _ = make_receipt(tmp_path)
+    db = tmp_path / "gw.db"
+    store = open_store(str(db))
+    Ledger(store)  # a gateway's database has its ledger tables
+    store.register_gateway(key_id(gw), public_bytes(gw), "127.0.0.1:8001", 1)
+    store.close()
+    assert main(["audit", "verify", str(path), "--db", str(db)]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+    other = tmp_path / "other.db"
+    store = open_store(str(other))
+    Ledger(store)
+    store.close()
+    assert main(["audit", "verify", str(path), "--db", str(other)]) == 1  # that gateway never used it
+    assert "never used the database" in capsys.readouterr().err
