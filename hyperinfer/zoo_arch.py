@@ -208,8 +208,8 @@ def mobilenetv2(size: int = 224, width_mult: float = 1.0, classes: int = 1000, s
         return max(8, int(c * width_mult + 4) // 8 * 8)
 
     cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-    if reduced:
-        cfg = [(t, c, 1, s) for t, c, _n, s in cfg]
+    if reduced:  # one block a stage, stages 1, 2, 3 and 5 (stride 1, 2, 2 and a wider stride-1 stage)
+        cfg = [(t, c, 1, s) for t, c, _n, s in (cfg[0], cfg[1], cfg[2], cfg[4])]
     cin = ch(32)
     y = g.relu6(g.bn(g.conv("input", 3, cin, 3, 2), cin))
     for t, c, n, s in cfg:
@@ -448,7 +448,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("resnet50-caffe2", resnet50_caffe2, {}, {"size": 64, "width": 16, "blocks": (1, 1, 1, 1)},
          "ResNet-50 as in the original ONNX Model Zoo (Caffe2, IR 3, opset 9, initializers as inputs)"),
     Arch("mobilenetv2", mobilenetv2, {}, {"size": 64, "reduced": True, "width_mult": 0.5},
-         "MobileNetV2 1.0 (reduced: one block a stage, width 0.5)"),
+         "MobileNetV2 1.0 (reduced: four stages of one block, width 0.5)"),
     Arch("densenet121", densenet, {}, {"size": 64, "blocks": (2, 1, 1, 1), "growth": 8, "init": 16},
          "DenseNet-121 (reduced: fewer layers a block, growth 8)"),
     Arch("inception", inception, {"n_blocks": 4}, {"size": 64, "n_blocks": 2}, "GoogLeNet stem + Inception-v1 blocks"),
