@@ -8,7 +8,10 @@ from typing import Optional
 
 import typer
 
+from hyperinfer.cli import _tls
 from hyperinfer.gateway.config import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LISTEN
+from hyperinfer.transport.limits import DEFAULT_MAX_STREAMS
+from hyperinfer.transport.server import DEFAULT_MAX_CONCURRENT_RPCS
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -66,6 +69,22 @@ def gateway(
     node_timeout: Optional[float] = typer.Option(
         None, "--node-timeout", help="Seconds before a node call is retried elsewhere. Default 30."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Nodes tried per request. Default 3."),
+    timeout_slash: Optional[float] = typer.Option(
+        None, "--timeout-slash", help="Stake taken per node call that runs past --node-timeout. Default 1."),
+    quarantine_after_timeouts: Optional[int] = typer.Option(
+        None, "--quarantine-after-timeouts", help="Timeouts before a node is quarantined (0: never). Default 5."),
+    max_concurrent_rpcs: int = typer.Option(
+        DEFAULT_MAX_CONCURRENT_RPCS, "--max-concurrent-rpcs",
+        help="RPCs held at once (running or queued); more get RESOURCE_EXHAUSTED."),
+    max_artifact_streams: int = typer.Option(
+        DEFAULT_MAX_STREAMS, "--max-artifact-streams",
+        help="Artifact downloads at once (more are told to retry); idle ones are cancelled after 30 s."),
+    max_pending_checks: int = typer.Option(
+        1000, "--max-pending-checks",
+        help="Background checks queued at once; beyond it a sampled request is recorded 'skipped'."),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(server=True),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
@@ -79,12 +98,16 @@ def gateway(
                            sample_rate=sample_rate, model_sample_rates=_model_rates(model_sample_rate),
                            probation_jobs=probation_jobs, quarantine_after=quarantine_after,
                            reward_per_job=reward_per_job, initial_stake=initial_stake,
-                           slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts)
+                           slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts,
+                           timeout_slash=timeout_slash, quarantine_after_timeouts=quarantine_after_timeouts,
+                           max_concurrent_rpcs=max_concurrent_rpcs, max_artifact_streams=max_artifact_streams,
+                           max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
             out.print(f"created gateway key {gw.config.key}")
-        out.print(f"gateway {gw.gateway_id} listening on {gw.address}")
+        out.print(f"gateway {gw.gateway_id} listening on {gw.address}"
+                  + (" (TLS" + (", mutual with nodes)" if gw.tls.ca else ")") if gw.tls else " (plaintext)"))
         out.print(f"public key {gw.public_key.hex()}")
         out.print(f"database {gw.store.location}")
         offers = gw.catalog.offers()
