@@ -63,6 +63,14 @@ def gateway(
     node_timeout: Optional[float] = typer.Option(
         None, "--node-timeout", help="Seconds before a node call is retried elsewhere. Default 30."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Nodes tried per request. Default 3."),
+    http_listen: Optional[str] = typer.Option(
+        None, "--http-listen", envvar="HYPERINFER_GATEWAY_HTTP_LISTEN", metavar="HOST:PORT|off",
+        help="KServe v2 REST (HTTP) front door. Default: --listen's host, port 8000 (a free port if --listen "
+             "has port 0)."),
+    metrics_listen: Optional[str] = typer.Option(
+        None, "--metrics-listen", envvar="HYPERINFER_GATEWAY_METRICS_LISTEN", metavar="HOST:PORT|off",
+        help="Prometheus metrics (GET /metrics). Default: --listen's host, port 8002 (a free port if --listen "
+             "has port 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
@@ -76,12 +84,18 @@ def gateway(
                            sample_rate=sample_rate, model_sample_rates=_model_rates(model_sample_rate),
                            probation_jobs=probation_jobs, quarantine_after=quarantine_after,
                            reward_per_job=reward_per_job, initial_stake=initial_stake,
-                           slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts)
+                           slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts,
+                           http_listen=http_listen, metrics_listen=metrics_listen)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
             out.print(f"created gateway key {gw.config.key}")
         out.print(f"gateway {gw.gateway_id} listening on {gw.address}")
+        rest, metrics = getattr(gw, "rest", None), getattr(gw, "metrics_server", None)
+        if rest is not None:
+            out.print(f"REST (KServe v2 HTTP) on http://{rest.address}/v2", soft_wrap=True)
+        if metrics is not None:
+            out.print(f"metrics (Prometheus) on http://{metrics.address}/metrics", soft_wrap=True)
         out.print(f"public key {gw.public_key.hex()}")
         out.print(f"database {gw.store.location}")
         offers = gw.catalog.offers()
