@@ -40,6 +40,8 @@ def up(
     demo_requests: int = typer.Option(4, "--demo-requests", help="Requests the demo sends."),
     exit_after_demo: bool = typer.Option(False, "--exit-after-demo", help="Stop everything after the demo."),
     refresh: float = typer.Option(2.0, "--refresh", help="Seconds between status refreshes."),
+    tls: bool = typer.Option(False, "--tls", help="TLS on every channel: a pool CA and certificates in "
+                                                  "<state>/tls, mutual TLS between the gateway and the nodes."),
 ) -> None:
     """Start a gateway and N nodes on 127.0.0.1, wait until they serve, show live status; Ctrl-C stops all."""
     from hyperinfer.errors import InvalidArgument
@@ -55,7 +57,7 @@ def up(
     pool = LocalPool(UpOptions(state=state, repository=repository, nodes=nodes, port=port, sample_rate=sample_rate,
                                threads=threads, model_timeout=model_timeout, heartbeat_interval=heartbeat_interval,
                                trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned,
-                               node_targets=list(node_target)),
+                               node_targets=list(node_target), tls=tls),
                      say=ui.say, stop_event=stop)
     o = pool.options
     ui.say(f"hyperinfer up: gateway + {o.nodes} node(s) on 127.0.0.1, state {o.state}, repository {o.repository}")
@@ -102,8 +104,9 @@ def _run(pool: LocalPool, ui: "_UI", stop: threading.Event, demo: bool, demo_mod
     ui.say(f"ready in {time.monotonic() - t0:.1f} s: {len(views)} node(s) serving {', '.join(pool.models)}")
     ui.say(f"endpoint {pool.address}: Open Inference Protocol gRPC (inference.GRPCInferenceService), "
            "pool, health and reflection on one port")
-    ui.say(f"  try: hyperinfer demo --url {pool.address} --model {_demo_model(pool)}   |   "
-           f"hyperinfer pool status --gateway {pool.address}")
+    tls_flag = f" --tls-ca {pool.tls_dir / 'ca.pem'}" if pool.options.tls else ""
+    ui.say(f"  try: hyperinfer demo --url {pool.address} --model {_demo_model(pool)}{tls_flag}   |   "
+           f"hyperinfer pool status --gateway {pool.address}{tls_flag}")
     for v in views:
         ui.say(f"{v.name} id={v.node_id} operator={v.operator} target={','.join(v.targets) or '-'} "
                f"pid={v.pid} listen={v.address} log={v.log_path}")
@@ -116,7 +119,7 @@ def _run(pool: LocalPool, ui: "_UI", stop: threading.Event, demo: bool, demo_mod
 
             try:
                 run(pool.address, model=demo_model or _demo_model(pool), requests=demo_requests, verify="always",
-                    wait=30, receipts_dir=pool.state / "receipts", say=ui.say)
+                    wait=30, receipts_dir=pool.state / "receipts", say=ui.say, tls=pool.client_tls)
             except BaseException as e:  # noqa: BLE001 - reported by the main thread
                 demo_error.append(e)
             finally:
