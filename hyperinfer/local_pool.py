@@ -386,7 +386,10 @@ class LocalPool:
             if o.allow_unsigned:
                 n.args.append("--allow-unsigned")
             if o.node_targets:
-                n.args += ["--target", o.node_targets[(i - 1) % len(o.node_targets)]]
+                pinned = o.node_targets[(i - 1) % len(o.node_targets)]
+                n.args += ["--target", pinned]
+                if pinned.split("-", 1)[0] == "vulkan":  # WGSL over wgpu: any adapter, lavapipe included
+                    n.args[n.args.index("--device") + 1] = "vulkan"
             self._spawn(n)
 
     def _wait_gateway_listening(self, log_start: int, timeout: float) -> None:
