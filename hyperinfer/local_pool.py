@@ -79,6 +79,9 @@ class UpOptions:
     """Pin node i to artifact ``node_targets[i % len]`` (``hyperinfer node --target``); empty: each runs its best."""
     gateway_args: list[str] = field(default_factory=list)
     """More ``hyperinfer gateway`` flags (e.g. ``--probation-jobs 0``)."""
+    tls: bool = False
+    """TLS everywhere: a pool CA and certificates in ``<state>/tls`` (made once by
+    :mod:`hyperinfer.pki`), mutual TLS between the gateway and the nodes."""
 
     def validate(self) -> "UpOptions":
         if not 1 <= self.nodes <= MAX_NODES:
@@ -237,6 +240,26 @@ class LocalPool:
     # ------------------------------------------------------------ prepare
 
     @property
+    def tls_dir(self) -> Path:
+        return self.state / "tls"
+
+    def tls_flags(self, name: str) -> list[str]:
+        """``--tls-cert/--tls-key/--tls-ca`` for ``name`` (gateway, nodeN, client); [] without TLS."""
+        if not self.options.tls:
+            return []
+        d = self.tls_dir
+        return ["--tls-cert", str(d / f"{name}.pem"), "--tls-key", str(d / f"{name}.key"), "--tls-ca", str(d / "ca.pem")]
+
+    @property
+    def client_tls(self) -> Any:
+        """TLSFiles a client of this pool uses (None without TLS)."""
+        if not self.options.tls:
+            return None
+        from hyperinfer.transport.tls import TLSFiles
+
+        return TLSFiles.load(ca=self.tls_dir / "ca.pem")
+
+    @property
     def children(self) -> list[Child]:
         return [c for c in [self.gateway, *self.nodes] if c is not None]
 
@@ -267,6 +290,10 @@ class LocalPool:
         from hyperinfer.verify.signing import key_id
 
         load_or_create_key(self.state / "gateway.key")
+        if o.tls:
+            from hyperinfer import pki
+
+            pki.pool_pki(self.tls_dir, ["gateway", *[f"node{i}" for i in range(1, o.nodes + 1)], "client"])
         self.nodes = []
         for i in range(1, o.nodes + 1):
             key, _ = load_or_create_key(self.state / f"node{i}.key")
@@ -364,7 +391,7 @@ class LocalPool:
                    "--http-listen", self.http_address, "--metrics-listen", self.metrics_address]
         if o.sample_rate is not None:
             gw_args += ["--sample-rate", f"{o.sample_rate:g}"]
-        gw_args += list(o.gateway_args)
+        gw_args += self.tls_flags("gateway") + list(o.gateway_args)
         self.gateway = Child("gateway", gw_args, self.state / "gateway.log")
         log_start = self.gateway.log_path.stat().st_size if self.gateway.log_path.exists() else 0
         self._spawn(self.gateway)
@@ -374,11 +401,15 @@ class LocalPool:
             n.args = ["node", "--gateway", self.address, "--listen", f"{HOST}:0",
                       "--key", str(self.state / f"node{i}.key"), "--operator", n.operator,
                       "--cache", str(self.state / f"cache{i}"), "--device", "cpu", "--threads", str(o.threads),
-                      "--max-concurrency", str(o.max_concurrency), "--grace", "2", *trust]
+                      "--max-concurrency", str(o.max_concurrency), "--grace", "2", *trust,
+                      *self.tls_flags(f"node{i}")]
             if o.allow_unsigned:
                 n.args.append("--allow-unsigned")
             if o.node_targets:
-                n.args += ["--target", o.node_targets[(i - 1) % len(o.node_targets)]]
+                pinned = o.node_targets[(i - 1) % len(o.node_targets)]
+                n.args += ["--target", pinned]
+                if pinned.split("-", 1)[0] == "vulkan":  # WGSL over wgpu: any adapter, lavapipe included
+                    n.args[n.args.index("--device") + 1] = "vulkan"
             self._spawn(n)
 
     def _wait_gateway_listening(self, log_start: int, timeout: float) -> None:
@@ -411,7 +442,7 @@ class LocalPool:
         """The gateway's Pool.Status as plain values (see ``hyperinfer pool status --json``)."""
         from hyperinfer.pool_status import fetch_status
 
-        return fetch_status(self.address, timeout=timeout)
+        return fetch_status(self.address, timeout=timeout, tls=self.client_tls)
 
     def views(self, status: dict[str, Any] | None) -> list[NodeView]:
         """One NodeView per node this pool started, from a status (None: only what up knows)."""

@@ -36,8 +36,9 @@ def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = Non
     if gateway.sample_rate is None:
         gateway.sample_rate = lambda name, version: policy.model_rate(name)
     ledger = WriteBehindLedger(gateway.ledger)
+    max_pending = getattr(gateway.config, "max_pending_checks", None) or 1000
     verifier = Verifier(ledger, policy, PackageReferee(gateway.catalog), client, gateway.key,
-                        call_timeout=call_timeout)
+                        call_timeout=call_timeout, max_pending_checks=max_pending)
     # hooks run in reverse: background checks end first, then the queued ledger writes are committed
     gateway.add_shutdown_hook(ledger.close)
     gateway.add_shutdown_hook(lambda: verifier.close(wait=False))
@@ -57,7 +58,8 @@ def build_dataplane(gateway: Any, *, client: Any = None, verifier: Verifier | No
     max_attempts = max_attempts or getattr(cfg, "max_attempts", None) or DEFAULT_MAX_ATTEMPTS
     registry = gateway.registry
     if client is None:
-        client = GrpcWorkerClient(timeout=call_timeout, max_message_bytes=cfg.max_message_bytes)
+        client = GrpcWorkerClient(timeout=call_timeout, max_message_bytes=cfg.max_message_bytes,
+                                  tls=getattr(gateway, "tls", None))
         gateway.add_shutdown_hook(client.close)
 
         def forget_left(node_id: str, old: str, new: str) -> None:
@@ -67,8 +69,13 @@ def build_dataplane(gateway: Any, *, client: Any = None, verifier: Verifier | No
         registry.on_state_change(forget_left)
     # no check in the scheduler: verifier.verify checks the attestation (one Ed25519 verify per
     # result, not two) and a rejected result is retried elsewhere by the data plane
+    def on_timeout(node_id: str, reason: str, request_id: str) -> None:
+        if gateway.ledger is not None:  # a stalling node pays (less than for a wrong answer)
+            gateway.ledger.record_timeout(node_id, reason, request_id)
+
     scheduler = Scheduler(registry, client, call_timeout=call_timeout, max_attempts=max_attempts, check=None,
-                          known_nodes=lambda: sum(1 for n in registry.all_nodes() if n.state != "left"))
+                          known_nodes=lambda: sum(1 for n in registry.all_nodes() if n.state != "left"),
+                          on_timeout=on_timeout)
     if verifier is None:
         verifier = make_verifier(gateway, scheduler.counted(client), policy, call_timeout)
     return DataPlane(gateway.catalog, registry, scheduler, verifier)

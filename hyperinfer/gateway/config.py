@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperinfer.errors import InvalidArgument
-from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+from hyperinfer.transport.limits import DEFAULT_IDLE_S, DEFAULT_MAX_STREAMS
+from hyperinfer.transport.server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_LISTEN = "127.0.0.1:8001"  # loopback by default; pass --listen 0.0.0.0:8001 to accept remote nodes
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -65,6 +66,29 @@ class GatewayConfig:
     max_workers: int = 16
     """gRPC server threads."""
 
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    """RPCs held at once (running or waiting for a thread); more get RESOURCE_EXHAUSTED."""
+
+    max_artifact_streams: int = DEFAULT_MAX_STREAMS
+    """FetchArtifact streams at once (more get RESOURCE_EXHAUSTED; nodes retry), so downloads
+    never take the threads inference and health need."""
+
+    artifact_idle_s: float = DEFAULT_IDLE_S
+    """A FetchArtifact stream whose client has not read for this long is cancelled."""
+
+    max_pending_checks: int = 1000
+    """Background checks queued at once; a sampled request beyond it is recorded ``skipped``
+    ("check queue full")."""
+
+    tls_cert: Path | None = None
+    """PEM certificate the gateway presents (to clients, and to nodes as its client certificate)."""
+
+    tls_key: Path | None = None
+    """Its PEM private key."""
+
+    tls_ca: Path | None = None
+    """PEM CA that signed the nodes' certificates (checked when calling them)."""
+
     grace_seconds: float = 5.0
     """On shutdown, how long in-flight calls may finish."""
 
@@ -95,6 +119,12 @@ class GatewayConfig:
 
     max_attempts: int | None = None
     """Nodes tried for one request before UNAVAILABLE."""
+
+    timeout_slash: float | None = None
+    """Stake taken from a node for each call that ran past ``node_timeout`` (default 1)."""
+
+    quarantine_after_timeouts: int | None = None
+    """Timeouts before a node is quarantined (0: never; default 5)."""
 
     http_listen: str | None = None
     """host:port of the KServe v2 REST front door, or "off". None: the host of ``listen``
@@ -146,6 +176,15 @@ class GatewayConfig:
             raise InvalidArgument(f"--max-attempts {self.max_attempts}: at least 1")
         if self.max_workers < 1:
             raise InvalidArgument(f"max_workers {self.max_workers}: at least 1")
+        for name in ("max_concurrent_rpcs", "max_artifact_streams", "max_pending_checks"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"--{name.replace('_', '-')} {getattr(self, name)}: at least 1")
+        if not self.artifact_idle_s > 0:
+            raise InvalidArgument(f"artifact_idle_s {self.artifact_idle_s}: must be > 0")
+        if self.timeout_slash is not None and not 0 <= self.timeout_slash < float("inf"):
+            raise InvalidArgument(f"--timeout-slash {self.timeout_slash}: must be a finite number >= 0")
+        if self.quarantine_after_timeouts is not None and self.quarantine_after_timeouts < 0:
+            raise InvalidArgument(f"--quarantine-after-timeouts {self.quarantine_after_timeouts}: must be >= 0")
         return self
 
 

@@ -244,6 +244,10 @@ class HttpServer:
         self._thread: threading.Thread | None = None
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_certfile else "http"
+
+    @property
     def address(self) -> str:
         host = self.listen.rpartition(":")[0]
         return f"{host}:{self.port}" if self.port is not None else self.listen

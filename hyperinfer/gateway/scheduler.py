@@ -74,7 +74,8 @@ class Scheduler:
                  call_timeout: float = DEFAULT_CALL_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  rng: random.Random | None = None,
                  check: Callable[[Manifest, Any, str, str, Any], Any] | None = None,
-                 known_nodes: Callable[[], int] | None = None):
+                 known_nodes: Callable[[], int] | None = None,
+                 on_timeout: Callable[[str, str, str], None] | None = None):
         if max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be >= 1, got {max_attempts}")
         if call_timeout <= 0:
@@ -86,6 +87,9 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._check = check
         self._known_nodes = known_nodes
+        # (node id, reason, request id) when a node ran past call_timeout (not the client's deadline):
+        # the ledger records it as a timeout fault
+        self._on_timeout = on_timeout
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._inflight: dict[str, int] = {}
@@ -215,6 +219,11 @@ class Scheduler:
                                           f"version {version}", Code.DEADLINE_EXCEEDED) from None
                 last = e
                 codes.add(e.code)
+                if e.code == Code.DEADLINE_EXCEEDED and self._on_timeout is not None:
+                    try:
+                        self._on_timeout(node.node_id, f"no answer within {timeout:.3g} s", request_id)
+                    except Exception:  # noqa: BLE001 - bookkeeping must not fail the request
+                        log.exception("recording the timeout of node %s failed", node.node_id)
                 if e.code != Code.RESOURCE_EXHAUSTED:
                     log.warning("node %s failed %s/%s (%s): %s; retrying elsewhere",
                                 node.node_id, name, version, e.code.value, e)

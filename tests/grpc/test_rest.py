@@ -338,6 +338,16 @@ def test_metrics_count_what_was_sent(pool):
             break
         time.sleep(0.1)
     assert jobs == sent
+    # Triton's names, from the data plane's statistics: REST and gRPC counted alike, failures by reason
+    model = {"model": "two-inputs", "version": "1"}
+    delta = lambda name, **kw: total(after, name, **kw) - total(before, name, **kw)  # noqa: E731
+    assert delta("nv_inference_request_success_total", **model) == sent
+    assert delta("nv_inference_count_total", **model) == sent
+    assert delta("nv_inference_exec_count_total", **model) == sent
+    assert delta("nv_inference_request_failure_total", **model, reason="INVALID_ARGUMENT") == n_bad
+    assert delta("nv_inference_request_failure_total", **model) == n_bad
+    assert delta("nv_inference_request_duration_us_total", **model) > 0
+    assert delta("nv_inference_compute_infer_duration_us_total", **model) > 0
     assert total(after, "hyperinfer_nodes_healthy") == 2
     assert total(after, "hyperinfer_nodes", state="healthy") == 2
     assert {dict(k)["operator"] for k in after["hyperinfer_node_jobs_total"]} == {"operator0", "operator1"}
