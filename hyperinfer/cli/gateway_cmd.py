@@ -85,6 +85,14 @@ def gateway(
     tls_cert: Optional[Path] = _tls.cert_option(),
     tls_key: Optional[Path] = _tls.key_option(),
     tls_ca: Optional[Path] = _tls.ca_option(server=True),
+    http_listen: Optional[str] = typer.Option(
+        None, "--http-listen", envvar="HYPERINFER_GATEWAY_HTTP_LISTEN", metavar="HOST:PORT|off",
+        help="KServe v2 REST (HTTP) front door. Default: --listen's host, port 8000 (a free port if --listen "
+             "has port 0)."),
+    metrics_listen: Optional[str] = typer.Option(
+        None, "--metrics-listen", envvar="HYPERINFER_GATEWAY_METRICS_LISTEN", metavar="HOST:PORT|off",
+        help="Prometheus metrics (GET /metrics). Default: --listen's host, port 8002 (a free port if --listen "
+             "has port 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
@@ -101,13 +109,19 @@ def gateway(
                            slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts,
                            timeout_slash=timeout_slash, quarantine_after_timeouts=quarantine_after_timeouts,
                            max_concurrent_rpcs=max_concurrent_rpcs, max_artifact_streams=max_artifact_streams,
-                           max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                           max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                           http_listen=http_listen, metrics_listen=metrics_listen)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
             out.print(f"created gateway key {gw.config.key}")
         out.print(f"gateway {gw.gateway_id} listening on {gw.address}"
                   + (" (TLS" + (", mutual with nodes)" if gw.tls.ca else ")") if gw.tls else " (plaintext)"))
+        rest, metrics = getattr(gw, "rest", None), getattr(gw, "metrics_server", None)
+        if rest is not None:
+            out.print(f"REST (KServe v2 HTTP) on {rest.scheme}://{rest.address}/v2", soft_wrap=True)
+        if metrics is not None:
+            out.print(f"metrics (Prometheus) on {metrics.scheme}://{metrics.address}/metrics", soft_wrap=True)
         out.print(f"public key {gw.public_key.hex()}")
         out.print(f"database {gw.store.location}")
         offers = gw.catalog.offers()
