@@ -79,6 +79,7 @@ def test_corrupt_artifact_fails_verify(compiled_small, tmp_path):
     data[len(data) // 2] ^= 0xFF
     artifact.write_bytes(bytes(data))
     assert_one_line_error(run_cli("models", "verify", str(pkg_dir)), "sha256")
+<<<<<<< HEAD
 
 
 def test_vulkan_explains_missing_codegen(dynamic_model, tmp_path):
@@ -234,3 +235,5 @@ def test_data_dependent_output_names_step_and_output(tmp_path):
     onnx.save(m, str(f))
     assert_one_line_error(run_cli("compile", str(f), "--name", "m", "--out", str(tmp_path / "r")),
                           "clean-up (shape inference)", "output 'y'", "dynamic shape")
+=======
+>>>>>>> main
