@@ -57,7 +57,10 @@ def gateway(
     model_sample_rate: list[str] = typer.Option(
         [], "--model-sample-rate", metavar="MODEL=P", help="Per-model sample rate (repeatable)."),
     probation_jobs: Optional[int] = typer.Option(
-        None, "--probation-jobs", help="A new node's first K jobs are all checked (0: no probation). Default 10."),
+        None, "--probation-jobs",
+        help="Probation: a new node, or one back from a fault, has every answer held until another operator's "
+             "node (or the ONNX Runtime referee) agrees, one job at a time, until it passes K checks in a row "
+             "(0: no probation). Default 10."),
     quarantine_after: Optional[int] = typer.Option(
         None, "--quarantine-after", help="Faults before a node is quarantined (0: never). Default 3."),
     reward_per_job: Optional[float] = typer.Option(None, "--reward", help="Credit R per job. Default 1."),
@@ -130,7 +133,10 @@ def gateway(
         c = gw.config
         rate = 0.1 if c.sample_rate is None else c.sample_rate
         extra = "".join(f", {m}={p:g}" for m, p in c.model_sample_rates.items())
-        out.print(f"verification: sample rate {rate:g}{extra}")
+        k = getattr(getattr(gw.ledger, "config", None), "probation_jobs", c.probation_jobs or 0)
+        probation = (f"probation {k} checks in a row (answers held until checked, one job at a time; "
+                     "receipts say \"probation\": true)") if k else "no probation"
+        out.print(f"verification: sample rate {rate:g}{extra}; {probation}")
         out.print(f"services: {', '.join(gw.server.services)}")
 
     serve(config, on_ready=ready)

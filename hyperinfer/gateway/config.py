@@ -100,7 +100,8 @@ class GatewayConfig:
     """Per-model sample rates that override ``sample_rate``."""
 
     probation_jobs: int | None = None
-    """A new node's first K jobs are all checked (0 disables probation)."""
+    """Probation (verify.probation): a new node, or one back from a fault, has its answers held
+    until checked, one job at a time, until K checks in a row passed (0 disables probation)."""
 
     quarantine_after: int | None = None
     """Verification faults before a node is quarantined (0: never)."""
