@@ -185,7 +185,7 @@ def test_curl_json_infer(pool):
     assert_matches({"probs": np.asarray(out["data"], np.float32).reshape(1, 10)}, pool["repo"], "mlp", {"x": X})
     check_receipt(pool, resp["parameters"], "mlp")
     # an error through curl: the status and one JSON line
-    bad = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-d", '{"inputs": []}',
+    bad = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-d", "{}",
                           f"http://{pool['http']}/v2/models/nope/infer"], capture_output=True, text=True, timeout=60)
     text, code = bad.stdout.rsplit("\n", 1)
     assert code == "404" and "nope" in json.loads(text)["error"]
