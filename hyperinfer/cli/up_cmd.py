@@ -19,7 +19,11 @@ def up(
         None, "--repository", help="Model repository to serve (default <state>/repo). Without any package, the "
                                    "bundled PP-OCRv4 text detector is downloaded and compiled into it first."),
     nodes: int = typer.Option(2, "--nodes", "-n", help="Worker nodes to start, each with its own key and operator."),
-    port: int = typer.Option(8001, "--port", help="Gateway port on 127.0.0.1 (0 picks a free one)."),
+    port: int = typer.Option(8001, "--port", help="Gateway gRPC port on 127.0.0.1 (0 picks a free one)."),
+    http_port: Optional[int] = typer.Option(
+        None, "--http-port", help="KServe v2 REST port on 127.0.0.1. Default 8000 (a free one with --port 0)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", help="Prometheus /metrics port on 127.0.0.1. Default 8002 (a free one with --port 0)."),
     sample_rate: Optional[float] = typer.Option(
         None, "--sample-rate", help="Share of requests re-run on another operator's node (passed to the gateway)."),
     state: Path = typer.Option(DEFAULT_STATE, "--state", help="Keys, gateway database, caches and logs."),
@@ -54,7 +58,8 @@ def up(
         raise InvalidArgument(f"--refresh {refresh}: must be in [0.2, 3600] seconds")
     ui = _UI()
     stop, force = threading.Event(), threading.Event()
-    pool = LocalPool(UpOptions(state=state, repository=repository, nodes=nodes, port=port, sample_rate=sample_rate,
+    pool = LocalPool(UpOptions(state=state, repository=repository, nodes=nodes, port=port, http_port=http_port,
+                               metrics_port=metrics_port, sample_rate=sample_rate,
                                threads=threads, model_timeout=model_timeout, heartbeat_interval=heartbeat_interval,
                                trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned,
                                node_targets=list(node_target), tls=tls),
@@ -104,6 +109,9 @@ def _run(pool: LocalPool, ui: "_UI", stop: threading.Event, demo: bool, demo_mod
     ui.say(f"ready in {time.monotonic() - t0:.1f} s: {len(views)} node(s) serving {', '.join(pool.models)}")
     ui.say(f"endpoint {pool.address}: Open Inference Protocol gRPC (inference.GRPCInferenceService), "
            "pool, health and reflection on one port")
+    scheme = "https" if pool.options.tls else "http"
+    ui.say(f"endpoint {scheme}://{pool.http_address}/v2: KServe v2 REST (curl, tritonclient.http); "
+           f"metrics: {scheme}://{pool.metrics_address}/metrics")
     tls_flag = f" --tls-ca {pool.tls_dir / 'ca.pem'}" if pool.options.tls else ""
     ui.say(f"  try: hyperinfer demo --url {pool.address} --model {_demo_model(pool)}{tls_flag}   |   "
            f"hyperinfer pool status --gateway {pool.address}{tls_flag}")
