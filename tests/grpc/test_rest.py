@@ -393,3 +393,48 @@ def test_rest_and_metrics_over_tls_with_the_gateway_certificate(tmp_path):
             plain.request("GET", "/v2/health/live")
             plain.getresponse()
         plain.close()
+
+
+# ------------------------------------------------------------------ metrics with a cheater
+
+def test_metrics_show_a_cheaters_faults_slashes_and_quarantine(tmp_path):
+    """Three operators, one of them returns wrong (but signed) floats. Every request is checked;
+    /metrics reports per node and operator exactly what the ledger says (Pool.Status)."""
+    from hyperinfer.pool_status import fetch_status
+
+    repo = tmp_path / "repo"
+    make_package(repo, "mlp")
+    with Harness(repo, tmp_path, http=True, nodes=3, tamper=1, sample_rate=1.0) as h:
+        pool = {"http": h.http_address, "metrics": h.metrics_address}
+        client = tclient.InferenceServerClient(h.http_address, network_timeout=30)
+        deadline = time.monotonic() + 30
+        while total(scrape(pool), "hyperinfer_nodes_healthy") < 3:
+            assert time.monotonic() < deadline, "three nodes did not join in 30 s"
+            time.sleep(0.05)
+        i = tclient.InferInput("x", [1, 64], "FP32")
+        i.set_data_from_numpy(X)
+        deadline = time.monotonic() + 60
+        while total(scrape(pool), "hyperinfer_nodes", state="quarantined") < 1:
+            assert time.monotonic() < deadline, "the cheater was not quarantined in 60 s"
+            res = client.infer("mlp", [i], parameters={"verify": "always"})  # never the cheater's answer
+            assert_matches({"probs": res.as_numpy("probs")}, repo, "mlp", {"x": X})
+        client.close()
+        time.sleep(0.5)  # the ledger writes behind
+        m, status = scrape(pool), fetch_status(h.address)
+    cheater = "operator2"
+    for n in status["nodes"]:
+        labels = {"node": n["node_id"], "operator": n["operator"]}
+        assert total(m, "hyperinfer_node_jobs_total", **labels) == n["jobs"], n
+        assert total(m, "hyperinfer_node_checks_total", **labels) == n["checks"], n
+        assert total(m, "hyperinfer_node_faults_total", **labels) == n["faults"], n
+        assert total(m, "hyperinfer_node_slashed_total", **labels) == pytest.approx(n["slashed"]), n
+        assert total(m, "hyperinfer_node_stake", **labels) == pytest.approx(n["stake"]), n
+        assert total(m, "hyperinfer_node_up", **labels) == (1.0 if n["state"] == "healthy" else 0.0), n
+        if n["operator"] == cheater:
+            assert n["state"] == "quarantined" and n["faults"] >= 1 and n["slashed"] > 0
+            assert total(m, "hyperinfer_node_quarantined", **labels) == 1
+        else:
+            assert n["faults"] == 0 and total(m, "hyperinfer_node_quarantined", **labels) == 0
+    assert total(m, "hyperinfer_nodes", state="quarantined") == 1 and total(m, "hyperinfer_nodes_healthy") == 2
+    # disputes recorded as evidence name the nodes involved
+    assert total(m, "hyperinfer_node_disputes_total", operator=cheater) == total(m, "hyperinfer_disputes_total")
