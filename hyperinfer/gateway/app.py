@@ -67,6 +67,11 @@ class Gateway:
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
         self.dataplane: Any = None
+        # model control (repository load/unload), shared likewise (assembly.model_control_for)
+        self.model_control: Any = None
+        # admin check for model control: (gRPC invocation metadata) -> None, raising
+        # Unauthenticated/PermissionDenied. None: the pool has no credentials, anyone may.
+        self.authorize_admin: Callable[[Any], None] | None = None
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
