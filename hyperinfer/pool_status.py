@@ -12,15 +12,16 @@ from hyperinfer.errors import Unavailable
 LEDGER_KEYS = ("jobs", "checks", "faults", "credits", "stake", "slashed", "reputation", "probation")
 
 
-def fetch_status(gateway: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Call Pool.Status and return plain values (what ``--json`` prints)."""
+def fetch_status(gateway: str, timeout: float = 10.0, tls: Any = None) -> dict[str, Any]:
+    """Call Pool.Status and return plain values (what ``--json`` prints); ``tls``: a
+    :class:`hyperinfer.transport.tls.TLSFiles` for a TLS gateway."""
     import grpc
 
     from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
     from hyperinfer.transport.errors import error_from_rpc
     from hyperinfer.transport.server import channel
 
-    with channel(gateway) as ch:
+    with channel(gateway, tls=tls) as ch:
         try:
             resp = pool_pb2_grpc.PoolStub(ch).Status(pool_pb2.StatusRequest(), timeout=timeout)
         except grpc.RpcError as e:

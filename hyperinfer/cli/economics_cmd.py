@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+from hyperinfer.cli import _tls
 
 from hyperinfer.errors import InvalidArgument
 
@@ -16,6 +19,10 @@ def economics_cmd(
     sample_rate: Optional[float] = typer.Option(None, "--sample-rate", help="P: the sample rate to judge (offline)"),
     gateway: Optional[str] = typer.Option(None, "--gateway", help="HOST:PORT: judge each model's configured "
                                           "sample rate, read via Pool.Status"),
+    tls: bool = _tls.tls_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
 ) -> None:
     """Print the bound C / (R + S) and whether the sample rate is above it (safe) or not (unsafe)."""
     from hyperinfer.cli._console import out
@@ -32,7 +39,7 @@ def economics_cmd(
     elif gateway:
         from hyperinfer.pool_status import fetch_status
 
-        status = fetch_status(gateway)
+        status = fetch_status(gateway, tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key))
         rates = [(f"model {m['name']}/{m['version']}", m["sample_rate"]) for m in status["models"]]
         if not rates:
             out.print(f"gateway {gateway} offers no models")

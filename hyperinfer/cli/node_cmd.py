@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from hyperinfer.cli import _tls
 from hyperinfer.node.devices import DEVICE_CHOICES
 
 
@@ -45,6 +46,9 @@ def node(
                                      "(0: batch what queued while the previous batch ran). Batches are at most "
                                      "--max-concurrency requests."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Run requests that arrive together as one batch."),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(server=True),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run a worker node: detect devices, join the gateway, serve the models it offers."""
@@ -62,7 +66,7 @@ def node(
         gateway=gateway, listen=listen, advertise=advertise, key_path=key or default_key_path(),
         operator=operator, device=device, targets=list(target), max_concurrency=max_concurrency, threads=threads, cache_dir=cache,
         trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned, grace_s=grace,
-        batch_window_us=batch_window_us, batching=batching,
+        batch_window_us=batch_window_us, batching=batching, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
     ), on_loaded=loaded)
     if n.key_created:
         out.print(f"created node key {n.config.key_path}", soft_wrap=True)

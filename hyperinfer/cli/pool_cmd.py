@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
+
+from hyperinfer.cli import _tls
 
 from hyperinfer.pool_status import LEDGER_KEYS, fetch_status
 
@@ -85,9 +88,13 @@ def status(
                                 help="HOST:PORT of the gateway."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the gateway."),
+    tls: bool = _tls.tls_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
 ) -> None:
     """Nodes (state, load, heartbeat, loaded models, ledger) and models (ready nodes)."""
-    data = fetch_status(gateway, timeout)
+    data = fetch_status(gateway, timeout, tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:

@@ -180,7 +180,8 @@ class _Run:
 class Verifier:
     def __init__(self, ledger: Any, policy: SamplingPolicy, referee: Referee, client: WorkerClient,
                  gateway_key: Ed25519PrivateKey, *, background_workers: int = 2, call_timeout: float = 30.0,
-                 max_validator_attempts: int = 2, probation: Probation | None = None):
+                 max_validator_attempts: int = 2, probation: Probation | None = None,
+                 max_pending_checks: int = 1000):
         self.ledger = ledger
         self.policy = policy
         self.referee = referee
@@ -190,6 +191,9 @@ class Verifier:
         self.call_timeout = float(call_timeout)
         self.max_validator_attempts = max(1, int(max_validator_attempts))
         self.probation = probation if probation is not None and probation.enabled else None
+        # background checks queued or running; beyond this a sampled request's check is recorded
+        # as skipped ("check queue full"), never dropped silently and never an unbounded queue
+        self.max_pending_checks = max(1, int(max_pending_checks))
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(background_workers)),
                                         thread_name_prefix="verify")
         self._lock = threading.Lock()
@@ -307,6 +311,13 @@ class Verifier:
         inputs = dict(req.inputs)
         candidates = list(req.candidates)
         if mode is Mode.AUTO:
+            with self._lock:
+                full = len(self._pending) >= self.max_pending_checks
+            if full:
+                log.warning("check queue full (%d checks pending): check of request %s skipped",
+                            self.max_pending_checks, primary.request_id)
+                self.ledger.record_skipped(primary.node.node_id)
+                return self._receipt(primary, rc.SKIPPED, f"check queue full ({self.max_pending_checks} pending)")
             pending = self._receipt(primary, rc.PENDING, "check running in the background")
             fut = self._pool.submit(self._background, manifest, inputs, input_digest, primary, candidates)
             with self._lock:
@@ -398,12 +409,24 @@ class Verifier:
             try:
                 return self._run_on(manifest, inputs, input_digest, handle, role, timeout), notes
             except HyperinferError as e:
+                if e.code == Code.DEADLINE_EXCEEDED and timeout >= self.call_timeout:
+                    # the validator stalled past the node timeout (not a client deadline): its fault
+                    self._record_timeout(choice.node.node_id, f"{role} gave no answer within {timeout:.3g} s")
                 notes.append(f"{role} {choice.node.node_id}: {e}")
                 log.warning("%s %s failed: %s", role, choice.node.node_id, e)
             except Exception as e:  # noqa: BLE001 - a broken client call is that validator's failure only
                 notes.append(f"{role} {choice.node.node_id}: {type(e).__name__}")
                 log.exception("%s %s failed", role, choice.node.node_id)
         return None, notes
+
+    def _record_timeout(self, node_id: str, reason: str) -> None:
+        record = getattr(self.ledger, "record_timeout", None)
+        if record is None:
+            return
+        try:
+            record(node_id, reason)
+        except Exception:  # noqa: BLE001 - bookkeeping must not end the check
+            log.exception("recording the timeout of node %s failed", node_id)
 
     def _run_check(self, manifest: Manifest, inputs, input_digest: str, primary: _Run,
                    candidates: Sequence[Any], deadline: float | None = None, probation: bool = False) -> Receipt:

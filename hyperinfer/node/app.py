@@ -24,6 +24,7 @@ from hyperinfer.node.models import BackgroundLoader, ModelManager, RunnerFactory
 from hyperinfer.node.pool_client import JoinSpec, PoolClient
 from hyperinfer.node.server import WorkerServer
 from hyperinfer.node.servicer import NodeInfo
+from hyperinfer.transport.tls import TLSFiles
 
 log = logging.getLogger("hyperinfer.node")
 
@@ -65,6 +66,13 @@ class NodeConfig:
     requests after its first; 0 batches only what queued while the previous batch ran."""
     batching: bool = True
     """Run requests that arrive together as one batch (packages compiled with --max-batch)."""
+    tls_cert: Path | None = None
+    """PEM certificate the node presents (Worker port, and to the gateway as a client)."""
+    tls_key: Path | None = None
+    """Its PEM private key."""
+    tls_ca: Path | None = None
+    """PEM CA of the pool: checks the gateway, and only clients with a certificate it signed may
+    call Worker (mutual TLS)."""
 
 
 def restrict_targets(hardware: Hardware, wanted: list[str]) -> Hardware:
@@ -103,10 +111,16 @@ class Node:
                                    batch_window_s=c.batch_window_us / 1e6 if c.batching else None)
         self.cache = ArtifactCache(c.cache_dir or default_cache_dir(self.dataplane.node_id))
         self.info = NodeInfo(c.operator or _user(), self.hardware.targets, self.hardware.devices)
-        self.server = WorkerServer(self.dataplane, self.info, c.listen)
+        self.tls = TLSFiles.load(c.tls_cert, c.tls_key, c.tls_ca)
+        if self.tls is not None and (not self.tls.can_serve or self.tls.ca is None):
+            raise InvalidArgument("a node's TLS is mutual: give --tls-cert, --tls-key and --tls-ca together")
+        self.server = WorkerServer(self.dataplane, self.info, c.listen,
+                                   credentials=self.tls.server_credentials(require_client_cert=True)
+                                   if self.tls else None)
         advertise = c.advertise or self.server.address
         self.pool = PoolClient(c.gateway, self.key, self.dataplane,
-                               JoinSpec(self.info.operator, advertise, self.hardware.targets, self.hardware.devices))
+                               JoinSpec(self.info.operator, advertise, self.hardware.targets, self.hardware.devices),
+                               tls=self.tls)
         self.manager = ModelManager(self.dataplane, self.cache, self.hardware.targets, self.trust,
                                     fetch=self.pool.fetch,
                                     runner_factory=runner_factory or tvm_runner_factory(c.threads),
