@@ -78,6 +78,7 @@ def pool(compiled_small, tmp_path_factory):
     assert sum(1 for _ in repo.glob("*/*/manifest.json")) == 8
     port = free_port()
     up = Up(["--repository", str(repo), "--nodes", "1", "--port", str(port), "--state", str(tmp / "state"),
+             "--http-port", "0", "--metrics-port", "0",
              "--allow-unsigned", "--threads", "1", "--heartbeat-interval", "0.2", "--model-timeout", "240"],
             cwd=tmp)
     try:
