@@ -24,9 +24,6 @@ data-plane calls go to Starlette's thread pool. :func:`install` wires it to a
 from __future__ import annotations
 
 import logging
-import socket
-import threading
-import time
 import zlib
 from typing import Any
 
@@ -37,9 +34,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hyperinfer.errors import Code, FailedPrecondition, HyperinferError, InvalidArgument, NotFound, Unavailable
+from hyperinfer.errors import Code, HyperinferError, InvalidArgument, Unavailable
 from hyperinfer.gateway import rest_converters as conv
 from hyperinfer.gateway.dataplane import DataPlane, deadline_from
+from hyperinfer.transport.http import HttpServer
 
 log = logging.getLogger("hyperinfer.gateway.rest")
 
@@ -206,81 +204,6 @@ def _timeout_s(parameters: dict[str, Any]) -> float | None:
     return value / 1e6 if value else None
 
 
-# ---------------------------------------------------------------- server
-
-def parse_listen(listen: str, flag: str = "--http-listen") -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise InvalidArgument(f"{flag} {listen!r}: expected HOST:PORT (port 0 picks a free one) or off")
-    return host, int(port)
-
-
-def bind_socket(listen: str, what: str, flag: str) -> socket.socket:
-    """A listening TCP socket, bound now so that a busy port fails at start with one clear line."""
-    host, port = parse_listen(listen, flag)
-    try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(info[4])
-        sock.listen(1024)
-    except OSError as e:
-        raise Unavailable(f"cannot listen on {listen} for {what}: {e.strerror or e}; "
-                          f"pass {flag} HOST:PORT (or off)") from None
-    sock.setblocking(False)
-    return sock
-
-
-class HttpServer:
-    """uvicorn serving an ASGI app on a thread, on a socket bound at :meth:`start`."""
-
-    def __init__(self, app: Any, listen: str, *, what: str = "HTTP", flag: str = "--http-listen",
-                 ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
-        self.app, self.listen, self.what, self.flag = app, listen, what, flag
-        self.ssl_certfile, self.ssl_keyfile = ssl_certfile, ssl_keyfile
-        self.port: int | None = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.ssl_certfile else "http"
-
-    @property
-    def address(self) -> str:
-        host = self.listen.rpartition(":")[0]
-        return f"{host}:{self.port}" if self.port is not None else self.listen
-
-    def start(self, timeout: float = 30.0) -> int:
-        import uvicorn
-
-        sock = bind_socket(self.listen, self.what, self.flag)
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_level="warning",
-                                log_config=None, timeout_graceful_shutdown=5,
-                                ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"{self.what}-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise FailedPrecondition(f"the {self.what} server on {self.address} did not start")
-            time.sleep(0.01)
-        return self.port
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._server is None:
-            return
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._server = None
-
-
 def install(gateway: Any) -> HttpServer | None:
     """Serve KServe v2 REST on ``gateway.config.http_listen`` (``None`` or "off": not at all),
     started and stopped with the gateway, over the gateway's one data plane."""
@@ -290,7 +213,7 @@ def install(gateway: Any) -> HttpServer | None:
     if not listen or listen == "off":
         return None
     door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes)
-    cert, key = _tls_files(gateway.config)
+    cert, key = tls_files(gateway.config)
     server = HttpServer(door.app, listen, what="HTTP/REST", flag="--http-listen", ssl_certfile=cert, ssl_keyfile=key)
     gateway.rest = server
     gateway.add_start_hook(server.start)
@@ -298,7 +221,7 @@ def install(gateway: Any) -> HttpServer | None:
     return server
 
 
-def _tls_files(config: Any) -> tuple[str | None, str | None]:
+def tls_files(config: Any) -> tuple[str | None, str | None]:
     """The gateway's TLS certificate and key, if it has them (the gRPC port's, reused for HTTPS)."""
     cert, key = getattr(config, "tls_cert", None), getattr(config, "tls_key", None)
     return (str(cert), str(key)) if cert and key else (None, None)
