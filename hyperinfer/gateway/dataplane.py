@@ -131,7 +131,7 @@ def parse_version(version: str, where: str = "model_version") -> int | None:
         return None
     if not version.isdigit() or int(version) < 1:
         raise InvalidArgument(f"{where}: failed to get model version from specified version string {version!r} "
-                              "(use a positive integer, or '' for the newest)")
+                              "(use a positive integer version, or '' for the newest)")
     return int(version)
 
 
