@@ -177,7 +177,8 @@ def run(url: str = "127.0.0.1:8001", model: str = "ppocr-det", requests: int = 4
                     flat = a.reshape(-1)
                     head = ", ".join(f"{v:.4g}" if a.dtype.kind == "f" else str(v) for v in flat[:4])
                     say(f"   {name} {a.dtype}{list(a.shape)}: {head}{', …' if flat.size > 4 else ''}")
-            say(f"   receipt: node {r.node_id[:12] or '?'} status {r.status} validator {r.validator_node_id[:12] or '-'}")
+            say(f"   receipt: node {r.node_id[:12] or '?'} status {r.status} validator {r.validator_node_id[:12] or '-'}"
+                + (" (probation: held until checked)" if receipt.get("probation") else ""))
             if receipts_dir is not None and rj:
                 path = Path(receipts_dir) / f"{r.request_id}.json"
                 path.write_text(rj + "\n")

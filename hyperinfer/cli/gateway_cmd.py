@@ -57,7 +57,10 @@ def gateway(
     model_sample_rate: list[str] = typer.Option(
         [], "--model-sample-rate", metavar="MODEL=P", help="Per-model sample rate (repeatable)."),
     probation_jobs: Optional[int] = typer.Option(
-        None, "--probation-jobs", help="A new node's first K jobs are all checked (0: no probation). Default 10."),
+        None, "--probation-jobs",
+        help="Probation: a new node, or one back from a fault, has every answer held until another operator's "
+             "node (or the ONNX Runtime referee) agrees, one job at a time, until it passes K checks in a row "
+             "(0: no probation). Default 10."),
     quarantine_after: Optional[int] = typer.Option(
         None, "--quarantine-after", help="Faults before a node is quarantined (0: never). Default 3."),
     reward_per_job: Optional[float] = typer.Option(None, "--reward", help="Credit R per job. Default 1."),
@@ -82,6 +85,14 @@ def gateway(
     tls_cert: Optional[Path] = _tls.cert_option(),
     tls_key: Optional[Path] = _tls.key_option(),
     tls_ca: Optional[Path] = _tls.ca_option(server=True),
+    http_listen: Optional[str] = typer.Option(
+        None, "--http-listen", envvar="HYPERINFER_GATEWAY_HTTP_LISTEN", metavar="HOST:PORT|off",
+        help="KServe v2 REST (HTTP) front door. Default: --listen's host, port 8000 (a free port if --listen "
+             "has port 0)."),
+    metrics_listen: Optional[str] = typer.Option(
+        None, "--metrics-listen", envvar="HYPERINFER_GATEWAY_METRICS_LISTEN", metavar="HOST:PORT|off",
+        help="Prometheus metrics (GET /metrics). Default: --listen's host, port 8002 (a free port if --listen "
+             "has port 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
@@ -98,13 +109,19 @@ def gateway(
                            slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts,
                            timeout_slash=timeout_slash, quarantine_after_timeouts=quarantine_after_timeouts,
                            max_concurrent_rpcs=max_concurrent_rpcs, max_artifact_streams=max_artifact_streams,
-                           max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                           max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                           http_listen=http_listen, metrics_listen=metrics_listen)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
             out.print(f"created gateway key {gw.config.key}")
         out.print(f"gateway {gw.gateway_id} listening on {gw.address}"
                   + (" (TLS" + (", mutual with nodes)" if gw.tls.ca else ")") if gw.tls else " (plaintext)"))
+        rest, metrics = getattr(gw, "rest", None), getattr(gw, "metrics_server", None)
+        if rest is not None:
+            out.print(f"REST (KServe v2 HTTP) on {rest.scheme}://{rest.address}/v2", soft_wrap=True)
+        if metrics is not None:
+            out.print(f"metrics (Prometheus) on {metrics.scheme}://{metrics.address}/metrics", soft_wrap=True)
         out.print(f"public key {gw.public_key.hex()}")
         out.print(f"database {gw.store.location}")
         offers = gw.catalog.offers()
@@ -116,7 +133,10 @@ def gateway(
         c = gw.config
         rate = 0.1 if c.sample_rate is None else c.sample_rate
         extra = "".join(f", {m}={p:g}" for m, p in c.model_sample_rates.items())
-        out.print(f"verification: sample rate {rate:g}{extra}")
+        k = getattr(getattr(gw.ledger, "config", None), "probation_jobs", c.probation_jobs or 0)
+        probation = (f"probation {k} checks in a row (answers held until checked, one job at a time; "
+                     "receipts say \"probation\": true)") if k else "no probation"
+        out.print(f"verification: sample rate {rate:g}{extra}; {probation}")
         out.print(f"services: {', '.join(gw.server.services)}")
 
     serve(config, on_ready=ready)

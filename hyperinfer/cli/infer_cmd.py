@@ -101,6 +101,8 @@ def describe_receipt(receipt_json: str) -> dict[str, Any]:
          "node_signature": r.node_signature.hex()[:32] + "…", "gateway_signature": r.gateway_signature.hex()[:32] + "…"}
     if r.validator_node_id:
         d["validator_node_id"] = r.validator_node_id
+    if r.probation:
+        d["probation"] = True
     if r.detail:
         d["detail"] = r.detail
     if r.dispute_id:
@@ -157,7 +159,8 @@ def infer_command(
         out.print("receipt: none (the gateway has no verifier)")
     else:
         out.print(f"receipt: status={receipt_info['status']} node={receipt_info['node_id']}"
-                  + (f" validator={receipt_info['validator_node_id']}" if "validator_node_id" in receipt_info else ""),
+                  + (f" validator={receipt_info['validator_node_id']}" if "validator_node_id" in receipt_info else "")
+                  + (" probation (held until checked)" if receipt_info.get("probation") else ""),
                   soft_wrap=True)
         out.print(f"  request {receipt_info['request_id']}, gateway {receipt_info['gateway_id']}", soft_wrap=True)
         out.print(f"  node signature {receipt_info['node_signature']} gateway signature "

@@ -46,6 +46,8 @@ log = logging.getLogger("hyperinfer.gateway")
 EXTENSIONS: tuple[str, ...] = (
     "hyperinfer.gateway.ledger:install",
     "hyperinfer.gateway.oip_servicer:install",
+    "hyperinfer.gateway.rest:install",
+    "hyperinfer.gateway.metrics:install",
 )
 
 
@@ -79,6 +81,7 @@ class Gateway:
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
         self.dataplane: Any = None
         self._shutdown_hooks: list[Callable[[], None]] = []
+        self._start_hooks: list[Callable[[], Any]] = []
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -106,6 +109,10 @@ class Gateway:
         """Serve another gRPC service on the gateway's port (before :meth:`start`)."""
         self.server.add_servicer(add_fn, servicer, service_full_name)
 
+    def add_start_hook(self, fn: Callable[[], Any]) -> None:
+        """Called by :meth:`start` after the gRPC port is bound, in order (e.g. the REST and metrics servers)."""
+        self._start_hooks.append(fn)
+
     def add_shutdown_hook(self, fn: Callable[[], None]) -> None:
         """Called on :meth:`stop`, after the server stopped, in reverse order of registration."""
         self._shutdown_hooks.append(fn)
@@ -118,6 +125,8 @@ class Gateway:
 
     def start(self) -> int:
         port = self.server.start()
+        for fn in self._start_hooks:
+            fn()
         # which gateways use this database, with their keys (several, on a shared PostgreSQL store)
         self.store.register_gateway(self.gateway_id, self.public_key, self.address, int(time.time() * 1000))
         self._sweeper = threading.Thread(target=self._sweep_loop, name="gateway-sweeper", daemon=True)

@@ -13,6 +13,8 @@ from hyperinfer.transport.server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX
 
 DEFAULT_LISTEN = "127.0.0.1:8001"  # loopback by default; pass --listen 0.0.0.0:8001 to accept remote nodes
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_HTTP_PORT = 8000  # Triton's ports: HTTP 8000, gRPC 8001, metrics 8002
+DEFAULT_METRICS_PORT = 8002
 # artifacts go out in 1 MiB chunks: a smaller limit could not carry one
 MIN_MESSAGE_BYTES = 2 * 1024 * 1024
 
@@ -98,7 +100,8 @@ class GatewayConfig:
     """Per-model sample rates that override ``sample_rate``."""
 
     probation_jobs: int | None = None
-    """A new node's first K jobs are all checked (0 disables probation)."""
+    """Probation (verify.probation): a new node, or one back from a fault, has its answers held
+    until checked, one job at a time, until K checks in a row passed (0 disables probation)."""
 
     quarantine_after: int | None = None
     """Verification faults before a node is quarantined (0: never)."""
@@ -124,6 +127,14 @@ class GatewayConfig:
     quarantine_after_timeouts: int | None = None
     """Timeouts before a node is quarantined (0: never; default 5)."""
 
+    http_listen: str | None = None
+    """host:port of the KServe v2 REST front door, or "off". None: the host of ``listen``
+    with port 8000 (Triton's), or a free port when ``listen`` asks for port 0."""
+
+    metrics_listen: str | None = None
+    """host:port of the Prometheus metrics endpoint (``/metrics``), or "off". None: the
+    host of ``listen`` with port 8002 (Triton's), or a free port when ``listen`` asks for port 0."""
+
     def validate(self) -> "GatewayConfig":
         self.repository = Path(self.repository).expanduser()
         if not self.repository.is_dir():
@@ -140,6 +151,8 @@ class GatewayConfig:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise InvalidArgument(f"--listen {self.listen!r}: expected HOST:PORT (port 0 picks a free one)")
+        self.http_listen = _side_port(self.http_listen, host, port, DEFAULT_HTTP_PORT, "--http-listen")
+        self.metrics_listen = _side_port(self.metrics_listen, host, port, DEFAULT_METRICS_PORT, "--metrics-listen")
         if not 0 < self.heartbeat_interval <= 3600:
             raise InvalidArgument(f"--heartbeat-interval {self.heartbeat_interval}: must be in (0, 3600] seconds")
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
@@ -174,3 +187,16 @@ class GatewayConfig:
         if self.quarantine_after_timeouts is not None and self.quarantine_after_timeouts < 0:
             raise InvalidArgument(f"--quarantine-after-timeouts {self.quarantine_after_timeouts}: must be >= 0")
         return self
+
+
+def _side_port(value: str | None, host: str, grpc_port: str, default_port: int, flag: str) -> str:
+    """The REST or metrics address: as given, "off", or derived from the gRPC ``--listen``."""
+    if value is None:
+        return f"{host}:{0 if grpc_port == '0' else default_port}"
+    value = value.strip()
+    if value.lower() == "off":
+        return "off"
+    h, sep, p = value.rpartition(":")
+    if not sep or not h or not p.isdigit() or int(p) > 65535:
+        raise InvalidArgument(f"{flag} {value!r}: expected HOST:PORT (port 0 picks a free one) or off")
+    return value

@@ -296,10 +296,13 @@ class DataPlane:
         digest = tensors_digest(self._input_names(manifest), inputs)
         tried: list[str] = []
         last: ResultRejected | None = None
+        # a probation node's answer is held until the verifier's check is over: it keeps its one
+        # job (no new primary work) until then
+        release = getattr(self.scheduler, "release_hold", None) if self.verifier is not None else None
         for _ in range(self.scheduler.max_attempts):
             try:
                 primary = self.scheduler.run(manifest, inputs, deadline=deadline, input_digest=digest,
-                                             exclude=tried)
+                                             exclude=tried, **({"hold": True} if release else {}))
             except Unavailable as e:
                 if last is None:
                     raise
@@ -321,6 +324,9 @@ class DataPlane:
                 tried.append(primary.node.node_id)
                 self.registry.report_failure(primary.node.node_id, f"result rejected: {e}")
                 continue
+            finally:
+                if release is not None:
+                    release(primary.node.node_id)
             return primary, receipt, time.perf_counter_ns() - t_verify
         raise Unavailable(f"model {manifest.name} version {manifest.version}: results of {len(tried)} node(s) "
                           f"were rejected by verification; last: {last}")

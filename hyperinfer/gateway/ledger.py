@@ -15,7 +15,10 @@ first time the node is seen):
 
 Derived: ``reputation = (agreements + a) / (checks + n)`` with the prior
 (a, n) = ``reputation_prior`` (rule of succession: 0.5 before any check), and
-``probation = jobs < probation_jobs`` (0 disables probation).
+``probation``: what the gateway's :class:`~hyperinfer.verify.probation.Probation`
+says when one is attached (``ledger.probation``: fewer than K consecutive checks
+passed since joining or the last fault), else ``jobs < probation_jobs`` (0
+disables probation).
 
 Audit tables: ``attestations`` (every signed attestation the gateway accepted:
 request id, node id, role, bytes, signature, time), ``faults`` (one row per
@@ -149,6 +152,7 @@ class Ledger:
         self.store = store
         self.config = config or LedgerConfig()
         self.on_quarantine = on_quarantine
+        self.probation: Any = None  # verify.probation.Probation, attached by the gateway's assembly
         if hasattr(store, "migrate"):
             store.migrate(COMPONENT, MIGRATIONS)
         else:
@@ -309,8 +313,8 @@ class Ledger:
         with self.store.transaction() as c:
             return c.execute("SELECT * FROM ledger WHERE node_id = ?", (node_id,)).fetchone()
 
-    def details(self, node_id: str) -> dict[str, Any]:
-        """Everything the ledger knows about a node (a fresh node's defaults if unseen)."""
+    def counts(self, node_id: str) -> dict[str, Any]:
+        """The node's counters as stored (a fresh node's defaults if unseen), nothing derived."""
         r = self._row(node_id)
         cfg = self.config
         if r is None:
@@ -320,9 +324,18 @@ class Ledger:
             d = dict(jobs=int(r["jobs"]), checks=int(r["checks"]), agreements=int(r["agreements"]),
                      faults=int(r["faults"]), skipped=int(r["skipped"]), credits=float(r["credits"]),
                      stake=float(r["stake"]), slashed=float(r["slashed"]), quarantined=bool(r["quarantined"]))
+        return d
+
+    def details(self, node_id: str) -> dict[str, Any]:
+        """Everything the ledger knows about a node (a fresh node's defaults if unseen)."""
+        d = self.counts(node_id)
+        cfg = self.config
         a, n = cfg.reputation_prior
         d["reputation"] = (d["agreements"] + a) / (d["checks"] + n)
-        d["probation"] = d["jobs"] < cfg.probation_jobs
+        if self.probation is not None:
+            d["probation"] = self.probation.on_probation(node_id)
+        else:
+            d["probation"] = d["jobs"] < cfg.probation_jobs
         return d
 
     def summary(self, node_id: str) -> dict[str, Any]:
@@ -451,8 +464,9 @@ def install(gateway: Any) -> Ledger:
     gateway.ledger = ledger
     c = ledger.config
     log.info("ledger: reward %g per job, stake %g, slash %g per fault, quarantine after %s faults, "
-             "probation %s jobs; cheating is unprofitable when the sample rate p > C / %g "
+             "%s; cheating is unprofitable when the sample rate p > C / %g "
              "(C: compute cost saved per job; see `hyperinfer economics`)",
              c.reward_per_job, c.initial_stake, c.slash_per_fault, c.quarantine_after or "never",
-             c.probation_jobs or "no", c.reward_per_job + c.slash_per_fault)
+             f"probation until {c.probation_jobs} checks in a row" if c.probation_jobs else "no probation",
+             c.reward_per_job + c.slash_per_fault)
     return ledger
