@@ -14,6 +14,8 @@ Variants (every answer is signed with the node's key, as a cheater's would be):
 - ``stall``: runs it, but first sleeps ``--delay`` seconds (default 40): a node that ties up the
   gateway's calls.
 - ``slow``: honest, answers after ``--delay`` seconds (default 0.5), inside any sane node timeout.
+- ``late``: honest for its first ``--honest-jobs`` runs (default 30: past probation), then like
+  ``noise`` (a patient cheater: only the sample rate can catch it).
 
 ``--runner tvm`` (default) runs the package's TVM artifact; ``--runner ort`` runs ONNX Runtime on
 ``REPO/NAME/VERSION/model.onnx`` (no compile step, for quick runs). Prints ``READY <node id>
@@ -31,16 +33,18 @@ import threading
 import time
 from pathlib import Path
 
-VARIANTS = ("honest", "noise", "zeros", "constant", "stall", "slow")
+VARIANTS = ("honest", "noise", "zeros", "constant", "stall", "slow", "late")
 
 
 class Cheat:
     """Wraps a runner; what it returns depends on the variant."""
 
-    def __init__(self, runner, manifest, variant: str, delay: float, seed: int):
+    def __init__(self, runner, manifest, variant: str, delay: float, seed: int, honest_jobs: int = 30):
         import numpy as np
 
         self._runner, self.variant, self.delay = runner, variant, delay
+        self.honest_jobs, self._runs = honest_jobs, 0
+        self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
         self._outputs = manifest.outputs
         # constant outputs: the same for every input and every node of this variant
@@ -59,6 +63,10 @@ class Cheat:
         if v == "constant":
             return {k: a.copy() for k, a in self._constant.items()}
         out = self._runner.run(inputs)
+        if v == "late":
+            with self._lock:
+                self._runs += 1
+                v = "noise" if self._runs > self.honest_jobs else "honest"
         if v == "noise":
             out = {k: (a + self._rng.normal(0, 0.05, a.shape).astype(a.dtype)) if a.dtype.kind == "f" else a
                    for k, a in out.items()}
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", required=True, type=Path)
     p.add_argument("--variant", choices=VARIANTS, default="honest")
     p.add_argument("--delay", type=float, default=None, help="seconds (stall: 40, slow: 0.5)")
+    p.add_argument("--honest-jobs", type=int, default=30, help="late: honest runs before it cheats")
     p.add_argument("--runner", choices=("tvm", "ort"), default="tvm")
     p.add_argument("--repo", type=Path, help="model repository (for --runner ort)")
     p.add_argument("--max-concurrency", type=int, default=4)
@@ -109,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def factory(path, manifest, target_id):
         runner = base(path, manifest, target_id)
-        return runner if args.variant == "honest" else Cheat(runner, manifest, args.variant, delay, seed)
+        if args.variant == "honest":
+            return runner
+        return Cheat(runner, manifest, args.variant, delay, seed, args.honest_jobs)
 
     ready = threading.Event()
     config = NodeConfig(gateway=args.gateway, key_path=args.key, operator=args.operator, cache_dir=args.cache,

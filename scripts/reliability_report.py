@@ -7,7 +7,8 @@
 Starts ``hyperinfer gateway`` and one ``scripts/pool_node.py`` process per node, all on 127.0.0.1:
 ``--honest`` honest nodes of distinct operators, and the cheaters (``--cheaters``, default all):
 ``noise`` (adds noise), ``zeros`` (returns zeros), ``pair`` (two nodes of ONE operator returning
-the same constant outputs: a colluding/Sybil pair), ``stall`` (sleeps 40 s per request). Then
+the same constant outputs: a colluding/Sybil pair), ``stall`` (sleeps 40 s per request), ``late``
+(honest for its first 30 runs, past probation, then noisy: only sampling catches it). Then
 ``--clients`` threads send ModelInfer requests (verification mode ``--verify``, default auto) for
 ``--duration`` seconds; every answer is compared with ONNX Runtime on the package's model within
 the manifest's tolerance. Prints one table:
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CHEATERS = ("noise", "zeros", "pair", "stall")
+CHEATERS = ("noise", "zeros", "pair", "stall", "late")
 
 
 def free_port() -> int:
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             specs.append(("lazy", "zeros"))
         elif c == "stall":
             specs.append(("staller", "stall"))
+        elif c == "late":
+            specs.append(("patient", "late"))
     if args.tls:
         from hyperinfer import pki
         from hyperinfer.transport.tls import TLSFiles
@@ -356,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     wrong_by_node = Counter(r.node_id for r in wrong)
     lat = [r.seconds * 1000 for r in answered]
     sent = len(res) + stats.lost
-    answer_cheaters = [n for n in nodes if n.variant in ("noise", "zeros", "constant")]
+    answer_cheaters = [n for n in nodes if n.variant in ("noise", "zeros", "constant", "late")]
     q, prate = args.quarantine_after, args.sample_rate
     allowed = len(answer_cheaters) * (q / prate if prate > 0 else float("inf"))
     honest_faults = sum(sum(kinds.get(n.node_id, {}).values()) for n in nodes if n.variant == "honest")
