@@ -155,6 +155,7 @@ class RestFrontDoor:
         return Response(payload, media_type=media, headers=headers)
 
     def _infer(self, body: bytes, header_length: str | None, name: str, version: str) -> tuple[bytes, int | None]:
+        self.dataplane.manifest(name, version, "model_")  # an unknown model is a 404 whatever the body
         req = conv.request_from_rest(body, header_length, name, version)
         resp = self.dataplane.infer(req, deadline=deadline_from(_timeout_s(req.parameters)))
         return conv.response_to_rest(resp, req)

@@ -185,7 +185,7 @@ def test_curl_json_infer(pool):
     assert_matches({"probs": np.asarray(out["data"], np.float32).reshape(1, 10)}, pool["repo"], "mlp", {"x": X})
     check_receipt(pool, resp["parameters"], "mlp")
     # an error through curl: the status and one JSON line
-    bad = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-d", '{"inputs": []}',
+    bad = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-d", "{}",
                           f"http://{pool['http']}/v2/models/nope/infer"], capture_output=True, text=True, timeout=60)
     text, code = bad.stdout.rsplit("\n", 1)
     assert code == "404" and "nope" in json.loads(text)["error"]
@@ -355,3 +355,41 @@ def test_metrics_count_what_was_sent(pool):
     # the /metrics port serves nothing else
     status, _, data = call(pool, "GET", "/v2/health/live", where="metrics")
     assert status == 404 and "/metrics" in json.loads(data)["error"]
+
+
+# ------------------------------------------------------------------ TLS
+
+def test_rest_and_metrics_over_tls_with_the_gateway_certificate(tmp_path):
+    """With --tls-cert/--tls-key the REST and metrics ports are HTTPS with the gateway's certificate."""
+    import ssl
+
+    from hyperinfer import pki
+
+    repo = tmp_path / "repo"
+    make_package(repo, "mlp")
+    pki.pool_pki(tmp_path / "pki", ["gateway", "node"])
+    ca = str(tmp_path / "pki" / "ca.pem")
+    with Harness(repo, tmp_path, tls=tmp_path / "pki", http=True) as h:
+        client = tclient.InferenceServerClient(h.http_address, ssl=True, ssl_options={"ca_certs": ca},
+                                               network_timeout=30)
+        deadline = time.monotonic() + 30
+        while not client.is_model_ready("mlp"):
+            assert time.monotonic() < deadline, "nodes did not serve mlp over TLS in 30 s"
+            time.sleep(0.05)
+        i = tclient.InferInput("x", [1, 64], "FP32")
+        i.set_data_from_numpy(X)
+        res = client.infer("mlp", [i])
+        assert_matches({"probs": res.as_numpy("probs")}, repo, "mlp", {"x": X})
+        client.close()
+        ctx = ssl.create_default_context(cafile=ca)
+        host, port = h.metrics_address.rsplit(":", 1)
+        conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
+        conn.request("GET", "/metrics")
+        assert b"nv_inference_request_success" in conn.getresponse().read()
+        conn.close()
+        # plaintext HTTP to the TLS port gets no answer it could mistake for one
+        plain = http.client.HTTPConnection(*h.http_address.rsplit(":", 1), timeout=10)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.request("GET", "/v2/health/live")
+            plain.getresponse()
+        plain.close()
