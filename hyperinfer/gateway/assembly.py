@@ -131,8 +131,9 @@ def dataplane_for(gateway: Any, **kwargs: Any) -> DataPlane:
 
 def model_control_for(gateway: Any) -> ModelControl:
     """The gateway's one model control (repository index, load, unload, ModelConfig), shared by
-    every front door. Load and unload ask ``gateway.authorize_admin(metadata)`` at call time,
-    so an admin credential installed after this is built still applies."""
+    every front door. Load and unload call ``gateway.authorize_admin(metadata)`` (a method of
+    the gateway once it has an admin credential; raises Unauthenticated/PermissionDenied),
+    looked up at call time, so a credential installed after this is built still applies."""
     control = getattr(gateway, "model_control", None)
     if control is None:
         def authorize(metadata):
