@@ -357,6 +357,53 @@ def test_metrics_count_what_was_sent(pool):
     assert status == 404 and "/metrics" in json.loads(data)["error"]
 
 
+# ------------------------------------------------------------------ Triton's extensions over HTTP
+
+def test_statistics_config_and_repository_over_http(pool):
+    c = pool["client"]
+    # statistics: the same counters as gRPC ModelStatistics and the nv_* metrics
+    g = tgrpc.InferenceServerClient(pool["grpc"])
+    try:
+        rest = c.get_inference_statistics("two-inputs")["model_stats"]
+        grpc_stats = g.get_inference_statistics("two-inputs", as_json=True)["model_stats"]
+    finally:
+        g.close()
+    assert [(s["name"], s["version"]) for s in rest] == [("two-inputs", "1")]
+    ok = rest[0]["inference_stats"]["success"]["count"]
+    assert int(grpc_stats[0]["inference_stats"]["success"].get("count", 0)) >= ok
+    assert total(scrape(pool), "nv_inference_request_success_total", model="two-inputs") >= ok
+    assert {s["name"] for s in c.get_inference_statistics()["model_stats"]} >= set(MODELS)
+    assert c.get_inference_statistics("mlp", "1")["model_stats"][0]["version"] == "1"
+    # config: Triton's ModelConfig as JSON
+    cfg = c.get_model_config("int-bool")
+    assert cfg["name"] == "int-bool" and [t["name"] for t in cfg["input"]] == ["scores"]
+    # repository: index, unload, load (the model is offered again and served)
+    index = {(e["name"], e["version"]): e["state"] for e in c.get_model_repository_index()}
+    assert index[("int-bool", "1")] == "READY"
+    c.unload_model("int-bool")
+    assert not c.is_model_ready("int-bool")
+    assert ("int-bool", "1") not in {(e["name"], e["version"]) for e in
+                                     c.get_model_repository_index() if e["state"] == "READY"}
+    c.load_model("int-bool")
+    deadline = time.monotonic() + 30
+    while not c.is_model_ready("int-bool"):
+        assert time.monotonic() < deadline, "int-bool was not served again within 30 s"
+        time.sleep(0.05)
+    for method, path, body, status, fragment in [
+        ("GET", "/v2/models/nope/stats", None, 404, "nope"),
+        ("GET", "/v2/models/nope/config", None, 404, "nope"),
+        ("POST", "/v2/repository/index", b'{"ready": "yes"}', 400, "ready"),
+        ("POST", "/v2/repository/models/nope/load", b"{}", 404, "nope"),
+        ("POST", "/v2/repository/models/mlp/load", b'{"parameters": {"colour": "red"}}', 400, "colour"),
+        ("POST", "/v2/repository/models/mlp/load", b'{"parameters": {"file:1/model.onnx": "%%"}}', 400, "base64"),
+        ("POST", "/v2/repository/models/mlp/unload", b'{"parameters": {"unload_dependents": 1}}', 400,
+         "unload_dependents"),
+        ("GET", "/v2/repository/index", None, 405, "not allowed"),
+    ]:
+        got, _, data = call(pool, method, path, body)
+        assert got == status and fragment in json.loads(data)["error"], (path, got, data)
+
+
 # ------------------------------------------------------------------ TLS
 
 def test_rest_and_metrics_over_tls_with_the_gateway_certificate(tmp_path):
