@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MAX_MESSAGE = 4 * 1024 * 1024
-MODELS = ["mlp", "int-bool", "two-inputs"]
+MODELS = ["mlp", "int-bool", "two-inputs", "simple"]  # simple: Triton's example model (INT32 add/sub)
 X = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
 
 
@@ -100,6 +100,8 @@ INPUTS = {
     "int-bool": lambda rng: {"scores": rng.standard_normal((4, 10)).astype(np.float32)},
     "two-inputs": lambda rng: {"b": rng.standard_normal((2, 16)).astype(np.float32),
                                "a": rng.standard_normal((2, 16)).astype(np.float32)},
+    "simple": lambda rng: {"INPUT0": rng.integers(-1000, 1000, (1, 16), dtype=np.int32),
+                           "INPUT1": rng.integers(-1000, 1000, (1, 16), dtype=np.int32)},
 }
 
 
