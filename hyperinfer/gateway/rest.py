@@ -10,10 +10,12 @@ HTTP out. Routes (``/versions/V`` optional wherever a model is named)::
     GET  /v2/models/M[/versions/V]  model metadata
     GET  /v2/models/M[/versions/V]/ready   200 ready, 503 no node serves it, 404 unknown model
     POST /v2/models/M[/versions/V]/infer   JSON tensors or Triton's binary tensor extension
+    GET  /v2/models[/M[/versions/V]]/stats, /v2/models/M[/versions/V]/config
+    POST /v2/repository/index, /v2/repository/models/M/load, .../unload   (Triton's extensions)
 
 Errors are JSON ``{"error": "..."}`` with the status of the same error on the
-gRPC side (400 bad input, 404 unknown model or path, 503 no node, 413 body over
-the gateway's message limit, ...). Responses carry the receipt in
+gRPC side (400 bad input, 404 unknown model or path, 503 no node, 429 out of
+capacity; 413 body over the gateway's message limit, ...). Responses carry the receipt in
 ``parameters["hyperinfer.receipt"]``, as over gRPC.
 
 uvicorn runs on a thread of the gateway process (its own event loop); blocking
@@ -47,17 +49,17 @@ DEFAULT_HTTP_PORT = 8000
 HTTP_STATUS = {
     Code.INVALID_ARGUMENT: 400, Code.FAILED_PRECONDITION: 400, Code.NOT_FOUND: 404,
     Code.ALREADY_EXISTS: 409, Code.PERMISSION_DENIED: 403, Code.UNAUTHENTICATED: 401,
-    Code.RESOURCE_EXHAUSTED: 413, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
+    Code.RESOURCE_EXHAUSTED: 429, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
     Code.UNIMPLEMENTED: 501, Code.DATA_LOSS: 500, Code.INTERNAL: 500,
 }
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class _HttpError(HyperinferError):
-    """An HTTP-only status (415) with its message."""
+    """An error with a status of its own: 413 (body too large), 415 (unknown Content-Encoding)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message, Code.INVALID_ARGUMENT)
+    def __init__(self, status: int, message: str, code: Code = Code.INVALID_ARGUMENT):
+        super().__init__(message, code)
         self.status = status
 
 
@@ -212,14 +214,14 @@ class RestFrontDoor:
         limit = self.max_body_bytes
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            raise HyperinferError(f"request body of {int(length)} bytes is over the gateway's limit of {limit}",
-                                  Code.RESOURCE_EXHAUSTED)
+            raise _HttpError(413, f"request body of {int(length)} bytes is over the gateway's limit of {limit}",
+                             Code.RESOURCE_EXHAUSTED)
         chunks, n = [], 0
         async for chunk in request.stream():
             n += len(chunk)
             if n > limit:
-                raise HyperinferError(f"request body is over the gateway's limit of {limit} bytes",
-                                      Code.RESOURCE_EXHAUSTED)
+                raise _HttpError(413, f"request body is over the gateway's limit of {limit} bytes",
+                                 Code.RESOURCE_EXHAUSTED)
             chunks.append(chunk)
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -233,8 +235,8 @@ class RestFrontDoor:
         except zlib.error as e:
             raise InvalidArgument(f"request body: not valid {encoding} data ({e})") from None
         if len(out) > limit or d.unconsumed_tail:
-            raise HyperinferError(f"decompressed request body is over the gateway's limit of {limit} bytes",
-                                  Code.RESOURCE_EXHAUSTED)
+            raise _HttpError(413, f"decompressed request body is over the gateway's limit of {limit} bytes",
+                             Code.RESOURCE_EXHAUSTED)
         return out
 
 
