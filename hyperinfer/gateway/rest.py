@@ -67,10 +67,33 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in the app at once; more get 429 at once
+    (as gRPC calls beyond ``--max-concurrent-rpcs`` get RESOURCE_EXHAUSTED). One event loop
+    runs it: the counter needs no lock."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit, self.active = app, int(limit), 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await error_response(429, f"the gateway is at its limit of {self.limit} concurrent HTTP "
+                                      "requests; retry later")(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 class RestFrontDoor:
     """The Starlette app over one data plane; ``max_body_bytes`` bounds a request body (decompressed too)."""
 
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int, control: Any = None):
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, control: Any = None, max_concurrent: int = 256):
         self.dataplane = dataplane
         self.control = control  # gateway.model_control.ModelControl: config, repository index/load/unload
         self.max_body_bytes = int(max_body_bytes)
@@ -94,8 +117,9 @@ class RestFrontDoor:
                 Route(base + "/stats", self.statistics, methods=["GET"]),
                 Route(base + "/config", self.model_config, methods=["GET"]),
             ]
-        self.app = Starlette(routes=routes, exception_handlers={
+        self.starlette = Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_exception, HyperinferError: self._error, Exception: self._internal})
+        self.app = ConcurrencyLimit(self.starlette, max_concurrent)
 
     # ------------------------------------------------------------ errors
 
@@ -268,7 +292,8 @@ def install(gateway: Any) -> HttpServer | None:
     listen = getattr(gateway.config, "http_listen", None)
     if not listen or listen == "off":
         return None
-    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes, model_control_for(gateway))
+    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes, model_control_for(gateway),
+                         max_concurrent=getattr(gateway.config, "max_concurrent_rpcs", None) or 256)
     cert, key = tls_files(gateway.config)
     server = HttpServer(door.app, listen, what="HTTP/REST", flag="--http-listen", ssl_certfile=cert, ssl_keyfile=key)
     gateway.rest = server
