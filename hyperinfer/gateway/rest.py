@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hyperinfer.errors import Code, HyperinferError, InvalidArgument, Unavailable
+from hyperinfer.errors import Code, HyperinferError, InvalidArgument, NotFound, Unavailable
 from hyperinfer.gateway import rest_converters as conv
 from hyperinfer.gateway.dataplane import DataPlane, deadline_from
 from hyperinfer.transport.http import HttpServer
@@ -162,7 +162,7 @@ class RestFrontDoor:
     async def model_config(self, request: Request) -> Response:
         name, version = _model(request)
         config = await run_in_threadpool(self._control().model_config, name, version)
-        return JSONResponse(config)
+        return JSONResponse(conv.model_config_json(config))
 
     async def repository_index(self, request: Request) -> Response:
         ready = conv.index_request(await self._body(request))
@@ -200,7 +200,10 @@ class RestFrontDoor:
         return Response(payload, media_type=media, headers=headers)
 
     def _infer(self, body: bytes, header_length: str | None, name: str, version: str) -> tuple[bytes, int | None]:
-        self.dataplane.manifest(name, version, "model_")  # an unknown model is a 404 whatever the body
+        # an unknown model is a 404 whatever the body, in Triton's words (its HTTP clients test them)
+        if name and not self.dataplane.catalog.versions(name):
+            raise NotFound(f"Request for unknown model: {name!r} is not found in the repository")
+        self.dataplane.manifest(name, version, "model_")
         req = conv.request_from_rest(body, header_length, name, version)
         resp = self.dataplane.infer(req, deadline=deadline_from(_timeout_s(req.parameters)))
         return conv.response_to_rest(resp, req)

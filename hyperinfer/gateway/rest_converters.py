@@ -306,6 +306,21 @@ def model_stats_json(stats: list[Any]) -> dict[str, Any]:
     return {"model_stats": out}
 
 
+def model_config_json(config: dict[str, Any]) -> dict[str, Any]:
+    """Triton's ModelConfig as its HTTP endpoint writes it: every field, integers as numbers
+    (a config override may hold "16" where Triton's JSON reads an int64)."""
+    from google.protobuf import json_format
+
+    from hyperinfer.proto.inference import model_config_pb2
+
+    try:
+        msg = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    except json_format.ParseError as e:
+        raise InvalidArgument(f"config: not a Triton ModelConfig: {e}") from None
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+                                     unquote_int64_if_possible=True)
+
+
 def _body_parameters(body: bytes, what: str) -> dict[str, Any]:
     if not body.strip():
         return {}
