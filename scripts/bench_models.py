@@ -19,6 +19,11 @@ so that load from other processes hits them alike. Ratios are TVM / ONNX
 Runtime (below 1.0: TVM is faster). GFLOP/s counts conv, conv-transpose,
 matmul and gemm multiply-adds (x2) from the ONNX graph.
 
+``--vulkan`` adds the vulkan artifact (TVM's WGSL kernels run by wgpu-native)
+on this machine's WebGPU adapter, timed on its own (``--vulkan-runs``, median).
+On lavapipe (a Vulkan driver that runs on the CPU) it is a correctness backend:
+expect tens to hundreds of times ONNX Runtime's latency; on a GPU it is a speed one.
+
 Tuning databases are looked up in ``--repository DIR`` (packages written by
 ``hyperinfer compile``: ``DIR/<name>/<version>/tuning/<target>/``, the newest
 version first) and in ``--tuning-root DIR`` (``DIR/<name>/<target>/``).
@@ -60,6 +65,9 @@ class Row:
     compile_s: float
     rules: str = ""
     ops: str = ""
+    vulkan_ms: float | None = None
+    vulkan_err: float | None = None
+    vulkan_note: str = ""
 
     @property
     def ratio(self) -> float:
@@ -256,12 +264,40 @@ def bench(args) -> tuple[list[Row], list[tuple[str, str, str]]]:
         shape = ";".join("x".join(str(d) for d in s.shape) for s in clean.inputs)
         rules = ", ".join(f"{k} {v}" for k, v in sorted(report.count().items()))
         row = Row(name, shape, ms["ort"], ms["tvm"], ms.get("tuned"), err, tuned_err, gflop, compile_s, rules, ops)
+        if args.vulkan:
+            row.vulkan_ms, row.vulkan_err, row.vulkan_note = bench_vulkan(name, mod, clean, work, x, ref, args)
         rows.append(row)
         print(f"{name:11s} ORT {row.ort_ms:8.2f} ms  TVM {row.tvm_ms:8.2f} ms  ratio {row.ratio:5.2f}"
               + (f"  tuned {row.tuned_ms:8.2f} ms ({row.tuned_ratio:4.2f})" if row.tuned_ms else "")
-              + f"  max err {err:.1e}  compile {compile_s:5.1f} s  [{rules}]", flush=True)
+              + f"  max err {err:.1e}  compile {compile_s:5.1f} s  [{rules}]"
+              + (f"  vulkan {row.vulkan_ms:9.2f} ms ({row.vulkan_ms / row.ort_ms:.0f}x ORT, err {row.vulkan_err:.1e})"
+                 if row.vulkan_ms else (f"  vulkan: {row.vulkan_note}" if args.vulkan else "")), flush=True)
     print(f"threads: {thread_affinity_report()}")
     return rows, failed
+
+
+def bench_vulkan(name, mod, clean, work: Path, x, ref, args) -> tuple[float | None, float | None, str]:
+    """(median ms, max abs error vs ONNX Runtime, note) of the vulkan artifact on this machine's adapter."""
+    from hyperinfer.compile import build, targets
+    from hyperinfer.errors import HyperinferError
+    from hyperinfer.runtime import webgpu
+    from hyperinfer.runtime.wgsl_runner import WGSLRunner
+
+    if not webgpu.adapters():
+        return None, None, f"does not run here: {webgpu.why_not()}"
+    try:
+        path = work / f"{name}.vulkan.zip"
+        build.build_artifact(mod, targets.get("vulkan"), path, model=name)
+        runner = WGSLRunner(path, clean.inputs, clean.outputs)
+    except HyperinferError as e:
+        return None, None, str(e)[:160]
+    err = max_error(ref, runner.run(x))
+    times = []
+    for _ in range(max(1, args.vulkan_runs)):
+        t0 = time.perf_counter()
+        runner.run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), err, webgpu.adapters()[0].name
 
 
 def _f(v, fmt):
@@ -285,6 +321,13 @@ def table(rows: list[Row], threads: int, target: str) -> str:
     lines.append("")
     lines.append(f"Target `{target}`, {threads} threads for both runtimes, median of runs after warm-up, "
                  f"ratio = TVM / ONNX Runtime (below 1: TVM faster).")
+    if any(r.vulkan_ms or r.vulkan_note for r in rows):
+        lines += ["", "| model | ONNX Runtime ms | vulkan ms | vulkan / ORT | max abs err | adapter / why not |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for r in rows:
+            lines.append(f"| {r.model} | {r.ort_ms:.2f} | {_f(r.vulkan_ms, '.1f')} | "
+                         f"{_f(r.vulkan_ms / r.ort_ms if r.vulkan_ms else None, '.0f')} | {_f(r.vulkan_err, '.1e')} | "
+                         f"{r.vulkan_note} |")
     return "\n".join(lines)
 
 
@@ -315,6 +358,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=None, help="where cleaned models and artifacts go (default: a temp dir)")
     ap.add_argument("--markdown", type=Path, default=None, help="write the table as markdown to this file")
     ap.add_argument("--compat", type=Path, default=None, help="write the compatibility table as markdown here")
+    ap.add_argument("--vulkan", action="store_true", help="also time the vulkan artifact (WGSL over wgpu)")
+    ap.add_argument("--vulkan-runs", type=int, default=3, help="timed runs of the vulkan artifact (median)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TVM_BIND_THREADS", "0")
     rows, failed = bench(args)

@@ -464,8 +464,9 @@ def install(gateway: Any) -> Ledger:
     gateway.ledger = ledger
     c = ledger.config
     log.info("ledger: reward %g per job, stake %g, slash %g per fault, quarantine after %s faults, "
-             "probation %s jobs; cheating is unprofitable when the sample rate p > C / %g "
+             "%s; cheating is unprofitable when the sample rate p > C / %g "
              "(C: compute cost saved per job; see `hyperinfer economics`)",
              c.reward_per_job, c.initial_stake, c.slash_per_fault, c.quarantine_after or "never",
-             c.probation_jobs or "no", c.reward_per_job + c.slash_per_fault)
+             f"probation until {c.probation_jobs} checks in a row" if c.probation_jobs else "no probation",
+             c.reward_per_job + c.slash_per_fault)
     return ledger

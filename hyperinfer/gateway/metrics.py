@@ -24,15 +24,15 @@ but the verification timer.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+from hyperinfer.transport.http import HttpServer, metrics_app, prometheus_text
 
 log = logging.getLogger("hyperinfer.gateway.metrics")
 
@@ -55,7 +55,6 @@ _TRITON_COUNTERS = (
     ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
      "compute_output", "us"),
 )
-_NV_TOTAL = re.compile(rb"^# (HELP|TYPE) (nv_\w+?)_total ", re.M)
 
 # ledger column -> (metric, help, counter?)
 _LEDGER = (
@@ -218,43 +217,22 @@ class GatewayMetrics:
             self.timer.attach(dataplane.verifier)
 
     def render(self) -> bytes:
-        # Triton writes its counters without the _total suffix prometheus_client adds to TYPE/HELP
-        return _NV_TOTAL.sub(rb"# \1 \2 ", generate_latest(self.registry))
+        return prometheus_text(self.registry)
 
     def app(self) -> Any:
         return metrics_app(self.render)
 
 
-def metrics_app(render) -> Any:
-    """A Starlette app: ``GET /metrics`` -> Prometheus text; anything else -> 404 JSON error."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    async def metrics(request):
-        return Response(await run_in_threadpool(render), media_type=CONTENT_TYPE_LATEST)
-
-    async def not_found(request, exc: HTTPException):
-        msg = (f"no such endpoint: {request.method} {request.url.path}; metrics are at GET /metrics"
-               if exc.status_code in (404, 405) else str(exc.detail))
-        return JSONResponse({"error": msg}, status_code=exc.status_code)
-
-    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])],
-                     exception_handlers={HTTPException: not_found})
-
-
 def install(gateway: Any) -> Any:
     """Serve ``/metrics`` on ``gateway.config.metrics_listen`` (None or "off": not at all)."""
     from hyperinfer.gateway.assembly import dataplane_for
-    from hyperinfer.gateway.rest import HttpServer, _tls_files
+    from hyperinfer.gateway.rest import tls_files
 
     listen = getattr(gateway.config, "metrics_listen", None)
     if not listen or listen == "off":
         return None
     metrics = GatewayMetrics(gateway, dataplane_for(gateway))
-    cert, key = _tls_files(gateway.config)
+    cert, key = tls_files(gateway.config)
     server = HttpServer(metrics.app(), listen, what="metrics", flag="--metrics-listen",
                         ssl_certfile=cert, ssl_keyfile=key)
     gateway.metrics = metrics

@@ -446,6 +446,9 @@ class Verifier:
                 validator, notes = self._find(manifest, inputs, input_digest, primary, trusted, "validator",
                                               deadline=deadline)
                 rest = [(r, c) for r, c in pool if not self.probation.trusted(r.node_id)]
+            # a probation node holding a job of its own (or with a dispute pending) validates nothing
+            # meanwhile: one job at a time, so its faults come one by one
+            rest = [(r, c) for r, c in rest if not self.probation.blocked(r.node_id)]
         if validator is None:
             validator, more = self._find(manifest, inputs, input_digest, primary, rest, "validator",
                                          deadline=deadline)

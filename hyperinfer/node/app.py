@@ -73,6 +73,8 @@ class NodeConfig:
     tls_ca: Path | None = None
     """PEM CA of the pool: checks the gateway, and only clients with a certificate it signed may
     call Worker (mutual TLS)."""
+    metrics_listen: str = "off"
+    """host:port of the node's Prometheus endpoint (GET /metrics), or "off"."""
 
 
 def restrict_targets(hardware: Hardware, wanted: list[str]) -> Hardware:
@@ -126,6 +128,11 @@ class Node:
                                     runner_factory=runner_factory or tvm_runner_factory(c.threads),
                                     on_loaded=lambda m: self._loaded(m, on_loaded))
         self.loader = BackgroundLoader(self.manager)
+        self.metrics = None
+        if c.metrics_listen and c.metrics_listen.lower() != "off":
+            from hyperinfer.node.metrics import NodeMetrics
+
+            self.metrics = NodeMetrics(self, c.metrics_listen)
         self.pool.on_offers = self.loader.submit
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -145,6 +152,8 @@ class Node:
 
     def start(self) -> "Node":
         self.server.start()
+        if self.metrics is not None:
+            self.metrics.server.start()
         self.loader.start()
         self.pool.start()
         return self
@@ -157,6 +166,8 @@ class Node:
             self.pool.stop(leave=True)
             self.loader.stop()
             self.server.stop(self.config.grace_s)
+            if self.metrics is not None:
+                self.metrics.server.stop()
             self.dataplane.close()
             self._stopped.set()
 

@@ -1,17 +1,23 @@
-"""The verifier under probation rules, with in-process workers that sign real attestations
-(the fakes of test_verification): held answers, refereed answers, faults that restart
-probation, trusted validators first, and suspension while a dispute is pending."""
+"""The verifier and the scheduler under probation rules, with in-process workers that sign
+real attestations (the fakes of test_verification and test_scheduler): held answers,
+refereed answers, faults that restart probation, trusted validators first, suspension
+while a dispute is pending, one held job at a time."""
 
 from __future__ import annotations
 
+import random
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hyperinfer.errors import ResourceExhausted, Unavailable
 from hyperinfer.gateway.ledger import Ledger, LedgerConfig
+from hyperinfer.gateway.scheduler import Scheduler
 from hyperinfer.gateway.store import open_store
 from hyperinfer.gateway.verification import ResultRejected, Verifier, VerifyRequest
 from hyperinfer.verify import receipt as rc
@@ -21,6 +27,9 @@ from hyperinfer.verify.sampling import SamplingPolicy
 from hyperinfer.verify.signing import public_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))  # importlib mode does not put test dirs on sys.path
+from test_scheduler import MANIFEST as SMANIFEST  # noqa: E402
+from test_scheduler import X as SX  # noqa: E402
+from test_scheduler import FakeClient, FakeRegistry, make_nodes  # noqa: E402
 from test_verification import MANIFEST, FakeWorker, InProcessClient, Tamperer, referee  # noqa: E402
 
 
@@ -168,3 +177,54 @@ def test_dispute_suspends_both_nodes_until_verdict(pools):
         p.request(evil)
     assert seen == [(True, True)]
     assert not p.probation.blocked(h.node_id)
+
+
+# ---------------------------------------------------------------- the scheduler's gate
+
+
+def test_scheduler_gives_a_probation_node_one_held_job_at_a_time():
+    (node,) = make_nodes(1)
+    gate = Probation(2)
+    s = Scheduler(FakeRegistry([node]), FakeClient(), gate=gate, call_timeout=0.3)
+    r = s.run(SMANIFEST, SX, hold=True)
+    assert r.node is node and gate.holding(node.node_id)
+    with pytest.raises(ResourceExhausted):  # its held answer is not checked yet: no second job
+        s.run(SMANIFEST, SX, hold=True)
+    s.release_hold(node.node_id)
+    assert s.run(SMANIFEST, SX).node is node and not gate.holding(node.node_id)  # no hold: released at once
+
+
+def test_scheduler_waiting_request_gets_the_node_when_its_hold_ends():
+    (node,) = make_nodes(1)
+    gate = Probation(2)
+    s = Scheduler(FakeRegistry([node]), FakeClient(), gate=gate, call_timeout=5)
+    s.run(SMANIFEST, SX, hold=True)
+    timer = threading.Timer(0.2, s.release_hold, args=(node.node_id,))
+    timer.start()
+    t0 = time.monotonic()
+    assert s.run(SMANIFEST, SX, hold=True).node is node
+    assert 0.15 < time.monotonic() - t0 < 2  # woken by the release, not by a poll timeout
+    timer.join()
+
+
+def test_scheduler_skips_nodes_with_a_dispute_pending_and_probation_nodes_that_hold_a_job():
+    a, b, c = make_nodes(3)
+    gate = Probation(1, seed=lambda n: 1 if n != c.node_id else 0)  # a, b trusted; c on probation
+    s = Scheduler(FakeRegistry([a, b, c]), FakeClient(), gate=gate, rng=random.Random(1))
+    gate.suspend([a.node_id])
+    gate.admit(c.node_id)  # c holds a job
+    assert {s.run(SMANIFEST, SX, hold=True).node.node_id for _ in range(20)} == {b.node_id}
+    assert not gate.holding(b.node_id)  # trusted: nothing held
+    gate.resume([a.node_id])
+    assert a.node_id in {s.run(SMANIFEST, SX).node.node_id for _ in range(40)}
+
+
+def test_scheduler_releases_the_hold_when_the_call_fails():
+    (node,) = make_nodes(1)
+    gate = Probation(2)
+    client = FakeClient()
+    client.behaviour[node.node_id] = Unavailable("down")
+    s = Scheduler(FakeRegistry([node]), client, gate=gate, max_attempts=1)
+    with pytest.raises(Unavailable):
+        s.run(SMANIFEST, SX, hold=True)
+    assert not gate.holding(node.node_id)
