@@ -67,6 +67,8 @@ _PARALLEL_MIN = 2048
 _PARALLEL_MIN_MACS = 1 << 15
 # register tile: accumulators = unroll x vector (<= ~24 of AVX-512's 32 zmm registers)
 _UNROLL = 8
+# constant weights repacked at compile time (HYPERINFER_PACK_WEIGHTS=0: once per call, as before)
+_PACK_WEIGHTS = os.environ.get("HYPERINFER_PACK_WEIGHTS", "1") != "0"
 
 
 @dataclass
@@ -711,9 +713,32 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
         sch.unroll(x_i)
     sch.vectorize(c_i)
     _decompose(sch, block, rloops[0])
-    # the weight repack runs once per call: parallel copy
     _schedule_elementwise(sch, wcache, lanes)
+    if _layout_free(sch, _buf(w)):
+        # a constant weight: the repack becomes its own function (SplitLayoutRewritePreproc), which
+        # FoldConstant runs once at compile time; the artifact holds the packed weight
+        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        return "tiled-channels-packed"
+    # the weight repack runs once per call: parallel copy
     return "tiled-channels"
+
+
+def _layout_free(sch, buf) -> bool:
+    """Is ``buf`` a parameter the Relax caller passes a constant for (``layout_free_buffers``,
+    attached by ``AttachAttrLayoutFreeBuffers``)?"""
+    if not _PACK_WEIGHTS:
+        return False
+    func = sch.mod["main"]
+    free = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    if not free:
+        return False
+    bmap = getattr(func, "buffer_map", None)  # TVM < 0.27: params are handles with a buffer map
+    for i in free:
+        p = func.params[int(i)]
+        b = bmap[p] if bmap is not None and p in bmap else p  # TVM 0.27: the param is the buffer
+        if b.same_as(buf) or (hasattr(b, "data") and hasattr(buf, "data") and b.data.same_as(buf.data)):
+            return True
+    return False
 
 
 def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | None = None, name: str = ""):
@@ -779,7 +804,8 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
         except Exception as e:  # noqa: BLE001
             if report is not None:
                 report.fallbacks.append(f"{name}/{blk.name_hint}: elementwise: {_short(e)}")
-    rule = next((u for u in ("tiled", "tiled-channels", "tiled-strided") if u in used), used[0] if used else "none")
+    rule = next((u for u in ("tiled", "tiled-channels-packed", "tiled-channels", "tiled-strided") if u in used),
+                used[0] if used else "none")
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), rule
 
 
