@@ -528,7 +528,7 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     if reg is not None:
         uf = _unroll_factor(_ext(sch, reg[0]) or 1, limit)
         if uf > 1:
-            packed = _pack_register_operand(sch, block, loads, reg[1], uf)
+            packed = _pack_register_operand(sch, block, loads, reg[1], uf, lanes)
             reg_o, reg_i = sch.split(reg[0], [None, uf])
     outer = []
     for lp, iv in spatial:
@@ -591,7 +591,7 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     return ("tiled" if not allow_strided else "tiled-strided") + ("-packed" if packed else "")
 
 
-def _pack_register_operand(sch, block, loads, reg_iv, uf: int) -> bool:
+def _pack_register_operand(sch, block, loads, reg_iv, uf: int, lanes: int) -> bool:
     """A constant weight read at ``W[o, ...]`` by the register axis ``o`` (unrolled by ``uf``):
     repack it to ``[O/uf, ..., uf]`` at compile time, so the ``uf`` weights each step broadcasts
     are adjacent (one cache line instead of ``uf`` rows apart)."""
@@ -608,7 +608,7 @@ def _pack_register_operand(sch, block, loads, reg_iv, uf: int) -> bool:
     wcache = sch.cache_read(block, widx[0], "global")
     sch.transform_layout(wcache, ("write", 0),
                          lambda *ax: (ax[0] // uf, *ax[1:], ax[0] % uf) if len(ax) == ndim else ax)
-    _schedule_elementwise(sch, wcache, 8)
+    _schedule_elementwise(sch, wcache, lanes)
     sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
     return True
 
@@ -684,7 +684,9 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     ch_ext = _ext(sch, ch_loop) or 0
     # two vectors of output channels when they divide (a 2x6 tile of AVX2's 16 registers: 12
     # accumulators, two weight vectors, one broadcast input): each broadcast feeds two FMAs
-    vf = next((f for f in (_CH_VECTORS * lanes, lanes, lanes // 2) if f >= 4 and ch_ext % f == 0), 0)
+    # (AVX2 and AVX-512; SSE keeps one vector)
+    wide = _CH_VECTORS * lanes if lanes >= 8 else lanes
+    vf = next((f for f in (wide, lanes, lanes // 2) if f >= 4 and ch_ext % f == 0), 0)
     if not vf:
         raise ValueError(f"{ch_ext} channels do not vectorize")
     x_limit = _UNROLL if vf <= lanes else (6 if lanes < 16 else 8)
