@@ -75,6 +75,8 @@ class UpOptions:
     """Pin node i to artifact ``node_targets[i % len]`` (``hyperinfer node --target``); empty: each runs its best."""
     gateway_args: list[str] = field(default_factory=list)
     """More ``hyperinfer gateway`` flags (e.g. ``--probation-jobs 0``)."""
+    bond: float = 100.0
+    """Bond each node's operator is admitted with (every node runs for its own operator)."""
 
     def validate(self) -> "UpOptions":
         if not 1 <= self.nodes <= MAX_NODES:
@@ -248,12 +250,40 @@ class LocalPool:
         from hyperinfer.verify.signing import key_id
 
         load_or_create_key(self.state / "gateway.key")
+        load_or_create_key(self.admin_key)  # reads pool status (the pool API is closed)
         self.nodes = []
         for i in range(1, o.nodes + 1):
             key, _ = load_or_create_key(self.state / f"node{i}.key")
             name = f"node{i}"
             self.nodes.append(Child(name, [], self.state / f"{name}.log", node_id=key_id(key),
                                     operator=f"operator-{i}"))
+        self._admit_operators()
+
+    @property
+    def admin_key(self) -> Path:
+        return self.state / "admin.key"
+
+    def _admit_operators(self) -> None:
+        """A closed pool, as in production: node i runs for operator-i, whose key
+        (``operator-i.key``) is admitted into the gateway database with a bond and certifies
+        the node key (``node-i.cert``)."""
+        from hyperinfer.gateway.operators import OperatorBook
+        from hyperinfer.gateway.store import open_store
+        from hyperinfer.identity import load_or_create_key
+        from hyperinfer.verify.operators import certify
+        from hyperinfer.verify.signing import key_id, public_bytes
+
+        store = open_store(self.state / "gateway.db")
+        try:
+            book = OperatorBook(store)
+            for i, n in enumerate(self.nodes, 1):
+                op_key, _ = load_or_create_key(self.state / f"{n.operator}.key")
+                if book.get(key_id(op_key), fresh=True) is None:
+                    book.add(public_bytes(op_key), n.operator, self.options.bond)
+                node_key, _ = load_or_create_key(self.state / f"node{i}.key")
+                (self.state / f"node{i}.cert").write_bytes(certify(op_key, public_bytes(node_key), n.operator).to_bytes())
+        finally:
+            store.close()
 
     def _lock(self) -> None:
         path = self.state / "up.lock"
@@ -341,7 +371,7 @@ class LocalPool:
         o = self.options
         gw_args = ["gateway", "--repository", str(self.repository), "--listen", self.address,
                    "--db", str(self.state / "gateway.db"), "--key", str(self.state / "gateway.key"),
-                   "--heartbeat-interval", f"{o.heartbeat_interval:g}"]
+                   "--heartbeat-interval", f"{o.heartbeat_interval:g}", "--admin-key", str(self.admin_key)]
         if o.sample_rate is not None:
             gw_args += ["--sample-rate", f"{o.sample_rate:g}"]
         gw_args += list(o.gateway_args)
@@ -354,9 +384,11 @@ class LocalPool:
             n.args = ["node", "--gateway", self.address, "--listen", f"{HOST}:0",
                       "--key", str(self.state / f"node{i}.key"), "--operator", n.operator,
                       "--cache", str(self.state / f"cache{i}"), "--device", "cpu", "--threads", str(o.threads),
-                      "--max-concurrency", str(o.max_concurrency), "--grace", "2", *trust]
-            if o.allow_unsigned:
-                n.args.append("--allow-unsigned")
+                      "--max-concurrency", str(o.max_concurrency), "--grace", "2", *trust,
+                      "--operator-cert", str(self.state / f"node{i}.cert"),
+                      "--gateway-key", str(self.state / "gateway.key")]
+            if o.allow_unsigned:  # only what this repository holds
+                n.args += ["--allow-unsigned", str(self.repository)]
             if o.node_targets:
                 n.args += ["--target", o.node_targets[(i - 1) % len(o.node_targets)]]
             self._spawn(n)
@@ -391,7 +423,7 @@ class LocalPool:
         """The gateway's Pool.Status as plain values (see ``hyperinfer pool status --json``)."""
         from hyperinfer.pool_status import fetch_status
 
-        return fetch_status(self.address, timeout=timeout)
+        return fetch_status(self.address, timeout=timeout, key=self.admin_key)
 
     def views(self, status: dict[str, Any] | None) -> list[NodeView]:
         """One NodeView per node this pool started, from a status (None: only what up knows)."""

@@ -68,7 +68,7 @@ from hyperinfer.verify.sampling import SamplingPolicy
 
 repo, tmp, rate = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gateway.db",
-                           key=tmp / "gateway.key", heartbeat_interval=0.5))
+                           key=tmp / "gateway.key", heartbeat_interval=0.5, open_pool=True, audit_rate=0.0))
 install_extensions(gw, tuple(e for e in EXTENSIONS if "oip_servicer" not in e))
 policy = SamplingPolicy(default_rate=rate)
 install(gw, policy=policy)
@@ -191,7 +191,7 @@ class Bench:
         for i in range(self.args.nodes):
             n = Child(f"node{i}", [*HYPERINFER, "node", "--gateway", self.address,
                                    "--key", str(self.tmp / f"node{i}.key"), "--operator", f"operator{i}",
-                                   "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", "--device", "cpu",
+                                   "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", str(repo), "--device", "cpu",
                                    "--threads", "1", "--max-concurrency", "8", "--grace", "1"], self.tmp)
             self.children.append(n)
             self.nodes.append(n)

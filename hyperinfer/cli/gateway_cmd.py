@@ -63,12 +63,21 @@ def gateway(
     node_timeout: Optional[float] = typer.Option(
         None, "--node-timeout", help="Seconds before a node call is retried elsewhere. Default 30."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Nodes tried per request. Default 3."),
+    open_pool: bool = typer.Option(False, "--open-pool", help="Let nodes join without an admitted operator "
+                                   "(bond 0, probation; receipts say admission: open). Default: only operators "
+                                   "admitted with `hyperinfer operators add`."),
+    admin_key: list[str] = typer.Option([], "--admin-key", envvar="HYPERINFER_GATEWAY_ADMIN_KEY",
+                                        help="Admin public key (hex or key file; repeatable): may read pool "
+                                             "status and call admin-only RPCs."),
+    audit_rate: Optional[float] = typer.Option(
+        None, "--audit-rate", help="Share of requests the gateway re-runs itself with ONNX Runtime (0..1). "
+                                   "Default 0.02."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
     from hyperinfer.cli._console import out
     from hyperinfer.gateway.app import Gateway, serve
-    from hyperinfer.gateway.config import GatewayConfig, default_db_path, default_key_path
+    from hyperinfer.gateway.config import DEFAULT_AUDIT_RATE, GatewayConfig, default_db_path, default_key_path
 
     _setup_logging(verbose)
     config = GatewayConfig(repository=repository, listen=listen, db=db or default_db_path(),
@@ -76,7 +85,8 @@ def gateway(
                            sample_rate=sample_rate, model_sample_rates=_model_rates(model_sample_rate),
                            probation_jobs=probation_jobs, quarantine_after=quarantine_after,
                            reward_per_job=reward_per_job, initial_stake=initial_stake,
-                           slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts)
+                           slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts,
+                           open_pool=open_pool, admin_keys=list(admin_key), audit_rate=audit_rate)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
@@ -93,7 +103,11 @@ def gateway(
         c = gw.config
         rate = 0.1 if c.sample_rate is None else c.sample_rate
         extra = "".join(f", {m}={p:g}" for m, p in c.model_sample_rates.items())
-        out.print(f"verification: sample rate {rate:g}{extra}")
+        audit = DEFAULT_AUDIT_RATE if c.audit_rate is None else c.audit_rate
+        out.print(f"verification: sample rate {rate:g}{extra}, audit rate {audit:g}")
+        admitted = sum(1 for o in gw.operators.list() if o.admission == "admitted" and o.state != "removed")
+        out.print(f"admission: {'open pool' if c.open_pool else 'closed pool'}, {admitted} admitted operator(s), "
+                  f"{len(c.admin_keys)} admin key(s)")
         out.print(f"services: {', '.join(gw.server.services)}")
 
     serve(config, on_ready=ready)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
@@ -53,8 +54,9 @@ def render(status: dict[str, Any]) -> None:
     for n in nodes:
         style = _STATE_STYLE.get(n["state"], "")
         state = n["state"] + (" (probation)" if n["probation"] else "")
+        op = n["operator"] + (" (open)" if n.get("admission") == "open" else "")
         row = [
-            n["node_id"][:12], n["operator"], n["address"], f"[{style}]{state}[/]" if style else state,
+            n["node_id"][:12], op, n["address"], f"[{style}]{state}[/]" if style else state,
             "\n".join(n["targets"]), f"{n['outstanding']}/{n['capacity']}",
             _age(n["last_heartbeat_unix_ms"], now),
             "\n".join(f"{m['name']}/{m['version']} {m['target_id']}" for m in n["loaded"]) or "-",
@@ -68,11 +70,12 @@ def render(status: dict[str, Any]) -> None:
     else:
         out.print("no nodes have joined")
     m = Table(title=f"models ({len(status['models'])})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("model", "version", "targets", "ready nodes", "sample rate"):
-        m.add_column(col, justify="right" if col in ("version", "ready nodes", "sample rate") else "left")
+    for col in ("model", "version", "targets", "ready nodes", "sample rate", "audit rate"):
+        m.add_column(col, justify="right" if col in ("version", "ready nodes", "sample rate", "audit rate") else "left")
     for x in status["models"]:
         ready = str(x["ready_nodes"]) if x["ready_nodes"] else "[red]0[/]"
-        m.add_row(x["name"], str(x["version"]), ",".join(x["targets"]), ready, f"{x['sample_rate']:.3g}")
+        m.add_row(x["name"], str(x["version"]), ",".join(x["targets"]), ready, f"{x['sample_rate']:.3g}",
+                  f"{x.get('audit_rate', 0.0):.3g}")
     if status["models"]:
         out.print(m)
     else:
@@ -85,9 +88,12 @@ def status(
                                 help="HOST:PORT of the gateway."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the gateway."),
+    key: Optional[Path] = typer.Option(None, "--key", envvar="HYPERINFER_ADMIN_KEY",
+                                       help="Admin private key (its public key is a gateway --admin-key); "
+                                            "a closed pool answers only signed calls."),
 ) -> None:
     """Nodes (state, load, heartbeat, loaded models, ledger) and models (ready nodes)."""
-    data = fetch_status(gateway, timeout)
+    data = fetch_status(gateway, timeout, key=key)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:

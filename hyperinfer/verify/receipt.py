@@ -16,6 +16,10 @@ parameter ``hyperinfer.receipt`` (:data:`RECEIPT_PARAMETER`), a JSON object:
     validator_*          node id, public key (hex), attestation and signature
                          (base64) of the validator when one ran, else null
     dispute_id           evidence id when a dispute was opened, else ""
+    admission            how the primary's operator got into the pool: ``admitted``
+                         (by the gateway operator, with a bond) or ``open`` (an
+                         --open-pool gateway: bond 0, probation); absent in
+                         receipts from before admission existed
     gateway_id           fingerprint of the gateway's key
     issued_ms            when the gateway signed it
     gateway_signature    Ed25519 over b"hyperinfer-receipt-v1\\n" + canonical JSON
@@ -32,6 +36,9 @@ Status values:
     disputed-won         disagreement; the referee found the primary right
     disputed-lost        disagreement; the referee found the primary at fault
     disputed-unresolved  disagreement nobody could be blamed for (see verify.dispute)
+    audited              the gateway re-ran it with ONNX Runtime (--audit-rate) and
+                         it agreed within the model's tolerance
+    audit-failed         the gateway's ONNX Runtime re-run disagreed: the node is at fault
 """
 
 from __future__ import annotations
@@ -59,7 +66,10 @@ AGREED = "agreed"
 DISPUTED_WON = "disputed-won"
 DISPUTED_LOST = "disputed-lost"
 DISPUTED_UNRESOLVED = "disputed-unresolved"
-STATUSES = (UNCHECKED, PENDING, SKIPPED, AGREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED)
+AUDITED = "audited"
+AUDIT_FAILED = "audit-failed"
+STATUSES = (UNCHECKED, PENDING, SKIPPED, AGREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED, AUDITED,
+            AUDIT_FAILED)
 # statuses where a validator ran and its attestation is in the receipt
 CHECKED_STATUSES = (AGREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED)
 
@@ -87,9 +97,12 @@ class Receipt:
     dispute_id: str = ""
     gateway_signature: bytes = b""
     format_version: int = FORMAT_VERSION
+    admission: str = ""  # admitted | open; "" (left out of the JSON) for receipts from before
 
     def _json_fields(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in _FIELDS}  # flat and immutable: asdict's deep copy is slow
+        if not d["admission"]:
+            del d["admission"]  # receipts signed before the field existed still verify
         for k in _BYTES:
             d[k] = None if d[k] is None else b64(d[k])
         for k in _HEX:
@@ -113,6 +126,7 @@ class Receipt:
 
 
 _FIELDS = tuple(f.name for f in fields(Receipt))
+_OPTIONAL = {"admission"}
 
 
 def sign_receipt(gateway_key: Ed25519PrivateKey, receipt: Receipt, gateway_id: str | None = None) -> Receipt:
@@ -137,7 +151,7 @@ def receipt_from_json(data: str | bytes) -> Receipt:
     if not isinstance(d, dict):
         raise InvalidArgument("receipt is not a JSON object")
     names = {f.name for f in fields(Receipt)}
-    missing = sorted(names - set(d))
+    missing = sorted(names - set(d) - _OPTIONAL)
     if missing:
         raise InvalidArgument(f"receipt: missing field {missing[0]!r}")
     extra = sorted(set(d) - names)
@@ -145,7 +159,7 @@ def receipt_from_json(data: str | bytes) -> Receipt:
         raise InvalidArgument(f"receipt: unknown field {extra[0]!r}")
     if d["format_version"] != FORMAT_VERSION:
         raise InvalidArgument(f"format_version: unsupported receipt format {d['format_version']!r}")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"admission": ""}
     for k, v in d.items():
         if k in _BYTES:
             values[k] = None if v is None else unb64(v, k)
@@ -153,7 +167,7 @@ def receipt_from_json(data: str | bytes) -> Receipt:
             values[k] = None if v is None else unhex(v, k)
         else:
             values[k] = v
-    for k in ("request_id", "model_name", "node_id", "status", "gateway_id", "detail", "dispute_id"):
+    for k in ("request_id", "model_name", "node_id", "status", "gateway_id", "detail", "dispute_id", "admission"):
         if not isinstance(values[k], str):
             raise InvalidArgument(f"{k}: expected a string")
     for k in ("model_version", "issued_ms"):

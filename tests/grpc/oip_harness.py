@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     cfg = GatewayConfig(repository=args.repo, listen="127.0.0.1:0", db=":memory:", key=args.tmp / "gateway.key",
-                        heartbeat_interval=0.2, max_message_bytes=args.max_message, max_workers=8)
+                        heartbeat_interval=0.2, max_message_bytes=args.max_message, max_workers=8,
+                        open_pool=True, audit_rate=0.0)  # statuses are asserted: no random audits
     gw = Gateway(cfg)
     # probation off: the sample rate alone decides, so tests know which requests are checked
     install(gw, policy=SamplingPolicy(default_rate=args.sample_rate, probation_rate=args.sample_rate))
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.nodes):
             nc = NodeConfig(gateway=gw.address, key_path=args.tmp / f"node{i}.key", operator=f"operator{i}",
-                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=True, max_concurrency=4, grace_s=1)
+                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=args.repo, max_concurrency=4, grace_s=1)
             hw = Hardware([Device("cpu", "test cpu", "x86_64", 1)], [TARGET])
             nodes.append(Node(nc, runner_factory=ort_factory(args.repo), hardware=hw).start())
         print(f"READY {gw.address} {gw.public_key.hex()}", flush=True)
