@@ -51,11 +51,10 @@ def regions(prob: np.ndarray, threshold: float = 0.3) -> list[tuple[int, int, in
     return out
 
 
-def _channel(url: str):
-    import grpc
+def _channel(url: str, tls=None):
+    from hyperinfer.transport.server import channel
 
-    return grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", 64 << 20),
-                                               ("grpc.max_send_message_length", 64 << 20)])
+    return channel(url, 64 << 20, tls=tls)
 
 
 def wait_ready(stub, model: str, seconds: float) -> None:
@@ -115,7 +114,7 @@ def _np_dtype(datatype: str) -> np.dtype:
 
 def run(url: str = "127.0.0.1:8001", model: str = "ppocr-det", requests: int = 4, verify: str = "always",
         wait: float = 120.0, timeout: float = 120.0, receipts_dir: str | os.PathLike | None = None,
-        say: Callable[[str], None] = print) -> list[DemoResult]:
+        say: Callable[[str], None] = print, tls=None) -> list[DemoResult]:
     """Send ``requests`` requests to ``model`` at ``url``, print a summary of each; return the results.
 
     With ``receipts_dir`` each receipt is also written to ``DIR/demo-<i>.json``.
@@ -136,7 +135,7 @@ def run(url: str = "127.0.0.1:8001", model: str = "ppocr-det", requests: int = 4
     saved: list[Path] = []
     if receipts_dir is not None:
         Path(receipts_dir).mkdir(parents=True, exist_ok=True)
-    with _channel(url) as channel:
+    with _channel(url, tls) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         wait_ready(stub, model, wait)
         try:
@@ -178,7 +177,8 @@ def run(url: str = "127.0.0.1:8001", model: str = "ppocr-det", requests: int = 4
                     flat = a.reshape(-1)
                     head = ", ".join(f"{v:.4g}" if a.dtype.kind == "f" else str(v) for v in flat[:4])
                     say(f"   {name} {a.dtype}{list(a.shape)}: {head}{', …' if flat.size > 4 else ''}")
-            say(f"   receipt: node {r.node_id[:12] or '?'} status {r.status} validator {r.validator_node_id[:12] or '-'}")
+            say(f"   receipt: node {r.node_id[:12] or '?'} status {r.status} validator {r.validator_node_id[:12] or '-'}"
+                + (" (probation: held until checked)" if receipt.get("probation") else ""))
             if receipts_dir is not None and rj:
                 path = Path(receipts_dir) / f"{r.request_id}.json"
                 path.write_text(rj + "\n")

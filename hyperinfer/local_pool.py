@@ -59,6 +59,10 @@ class UpOptions:
     nodes: int = 2
     port: int = 8001
     """Gateway port on 127.0.0.1; 0 picks a free one."""
+    http_port: int | None = None
+    """KServe v2 REST port on 127.0.0.1; None: 8000, or a free one when ``port`` is 0; 0 picks a free one."""
+    metrics_port: int | None = None
+    """Prometheus /metrics port on 127.0.0.1; None: 8002, or a free one when ``port`` is 0; 0 picks a free one."""
     sample_rate: float | None = None
     """Passed to ``hyperinfer gateway --sample-rate``; None keeps the gateway's default."""
     threads: int = 1
@@ -77,12 +81,18 @@ class UpOptions:
     """More ``hyperinfer gateway`` flags (e.g. ``--probation-jobs 0``)."""
     bond: float = 100.0
     """Bond each node's operator is admitted with (every node runs for its own operator)."""
+    tls: bool = False
+    """TLS everywhere: a pool CA and certificates in ``<state>/tls`` (made once by
+    :mod:`hyperinfer.pki`), mutual TLS between the gateway and the nodes."""
 
     def validate(self) -> "UpOptions":
         if not 1 <= self.nodes <= MAX_NODES:
             raise InvalidArgument(f"--nodes {self.nodes}: must be between 1 and {MAX_NODES}")
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"--port {self.port}: must be in 0..65535 (0 picks a free port)")
+        for flag, value in (("--http-port", self.http_port), ("--metrics-port", self.metrics_port)):
+            if value is not None and not 0 <= value <= 65535:
+                raise InvalidArgument(f"{flag} {value}: must be in 0..65535 (0 picks a free port)")
         if self.sample_rate is not None and not 0.0 <= self.sample_rate <= 1.0:
             raise InvalidArgument(f"--sample-rate {self.sample_rate}: must be in [0, 1]")
         if self.threads < 1:
@@ -174,7 +184,7 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
-def check_port_free(port: int, host: str = HOST) -> None:
+def check_port_free(port: int, host: str = HOST, flag: str = "--port") -> None:
     # a plain bind without SO_REUSEPORT: gRPC servers set SO_REUSEPORT, so a second
     # gateway on a busy port would otherwise start silently and split the traffic
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -183,7 +193,7 @@ def check_port_free(port: int, host: str = HOST) -> None:
         except OSError:
             raise FailedPrecondition(
                 f"port {port} on {host} is in use (another gateway or `hyperinfer up`?); "
-                "pass --port N (or --port 0 for a free one)") from None
+                f"pass {flag} N (or {flag} 0 for a free one)") from None
 
 
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
@@ -214,6 +224,13 @@ class LocalPool:
         self.repository: Path = self.options.repository  # type: ignore[assignment]
         self.port = self.options.port
         self.address = ""
+        # Triton's ports next to the gateway's gRPC one; free ones when the gRPC port is picked too
+        default = (lambda p: p) if self.options.port else (lambda p: 0)
+        o = self.options
+        self.http_port = default(8000) if o.http_port is None else o.http_port
+        self.metrics_port = default(8002) if o.metrics_port is None else o.metrics_port
+        self.http_address = ""
+        self.metrics_address = ""
         self.gateway: Child | None = None
         self.nodes: list[Child] = []
         self.models: list[str] = []  # NAME/VERSION offered
@@ -225,6 +242,26 @@ class LocalPool:
     # ------------------------------------------------------------ prepare
 
     @property
+    def tls_dir(self) -> Path:
+        return self.state / "tls"
+
+    def tls_flags(self, name: str) -> list[str]:
+        """``--tls-cert/--tls-key/--tls-ca`` for ``name`` (gateway, nodeN, client); [] without TLS."""
+        if not self.options.tls:
+            return []
+        d = self.tls_dir
+        return ["--tls-cert", str(d / f"{name}.pem"), "--tls-key", str(d / f"{name}.key"), "--tls-ca", str(d / "ca.pem")]
+
+    @property
+    def client_tls(self) -> Any:
+        """TLSFiles a client of this pool uses (None without TLS)."""
+        if not self.options.tls:
+            return None
+        from hyperinfer.transport.tls import TLSFiles
+
+        return TLSFiles.load(ca=self.tls_dir / "ca.pem")
+
+    @property
     def children(self) -> list[Child]:
         return [c for c in [self.gateway, *self.nodes] if c is not None]
 
@@ -233,14 +270,19 @@ class LocalPool:
         o = self.options
         self.state.mkdir(parents=True, exist_ok=True)
         self._lock()
-        if self.port:  # before a compile that may take minutes
-            check_port_free(self.port)
+        for p, flag in ((self.port, "--port"), (self.http_port, "--http-port"), (self.metrics_port, "--metrics-port")):
+            if p:  # before a compile that may take minutes
+                check_port_free(p, flag=flag)
         self.repository.mkdir(parents=True, exist_ok=True)
         if not self._packages():
             self.compile_bundled(progress)
         if not self.port:
             self.port = free_port()
+        self.http_port = self.http_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
         self.address = f"{HOST}:{self.port}"
+        self.http_address = f"{HOST}:{self.http_port}"
+        self.metrics_address = f"{HOST}:{self.metrics_port}"
         packages = self._packages()
         if not packages:
             raise FailedPrecondition(f"no model package in {self.repository}")
@@ -251,6 +293,10 @@ class LocalPool:
 
         load_or_create_key(self.state / "gateway.key")
         load_or_create_key(self.admin_key)  # reads pool status (the pool API is closed)
+        if o.tls:
+            from hyperinfer import pki
+
+            pki.pool_pki(self.tls_dir, ["gateway", *[f"node{i}" for i in range(1, o.nodes + 1)], "client"])
         self.nodes = []
         for i in range(1, o.nodes + 1):
             key, _ = load_or_create_key(self.state / f"node{i}.key")
@@ -371,10 +417,11 @@ class LocalPool:
         o = self.options
         gw_args = ["gateway", "--repository", str(self.repository), "--listen", self.address,
                    "--db", str(self.state / "gateway.db"), "--key", str(self.state / "gateway.key"),
-                   "--heartbeat-interval", f"{o.heartbeat_interval:g}", "--admin-key", str(self.admin_key)]
+                   "--heartbeat-interval", f"{o.heartbeat_interval:g}", "--admin-key", str(self.admin_key),
+                   "--http-listen", self.http_address, "--metrics-listen", self.metrics_address]
         if o.sample_rate is not None:
             gw_args += ["--sample-rate", f"{o.sample_rate:g}"]
-        gw_args += list(o.gateway_args)
+        gw_args += self.tls_flags("gateway") + list(o.gateway_args)
         self.gateway = Child("gateway", gw_args, self.state / "gateway.log")
         log_start = self.gateway.log_path.stat().st_size if self.gateway.log_path.exists() else 0
         self._spawn(self.gateway)
@@ -386,11 +433,14 @@ class LocalPool:
                       "--cache", str(self.state / f"cache{i}"), "--device", "cpu", "--threads", str(o.threads),
                       "--max-concurrency", str(o.max_concurrency), "--grace", "2", *trust,
                       "--operator-cert", str(self.state / f"node{i}.cert"),
-                      "--gateway-key", str(self.state / "gateway.key")]
+                      "--gateway-key", str(self.state / "gateway.key"), *self.tls_flags(f"node{i}")]
             if o.allow_unsigned:  # only what this repository holds
                 n.args += ["--allow-unsigned", str(self.repository)]
             if o.node_targets:
-                n.args += ["--target", o.node_targets[(i - 1) % len(o.node_targets)]]
+                pinned = o.node_targets[(i - 1) % len(o.node_targets)]
+                n.args += ["--target", pinned]
+                if pinned.split("-", 1)[0] == "vulkan":  # WGSL over wgpu: any adapter, lavapipe included
+                    n.args[n.args.index("--device") + 1] = "vulkan"
             self._spawn(n)
 
     def _wait_gateway_listening(self, log_start: int, timeout: float) -> None:
@@ -423,7 +473,7 @@ class LocalPool:
         """The gateway's Pool.Status as plain values (see ``hyperinfer pool status --json``)."""
         from hyperinfer.pool_status import fetch_status
 
-        return fetch_status(self.address, timeout=timeout, key=self.admin_key)
+        return fetch_status(self.address, timeout=timeout, tls=self.client_tls, key=self.admin_key)
 
     def views(self, status: dict[str, Any] | None) -> list[NodeView]:
         """One NodeView per node this pool started, from a status (None: only what up knows)."""

@@ -12,16 +12,17 @@ from hyperinfer.errors import Unavailable
 LEDGER_KEYS = ("jobs", "checks", "faults", "credits", "stake", "slashed", "reputation", "probation")
 
 
-def fetch_status(gateway: str, timeout: float = 10.0, key: Any = None) -> dict[str, Any]:
-    """Call Pool.Status and return plain values (what ``--json`` prints). ``key``: an admin
-    private key (or its file) that signs the call; a closed pool answers only signed calls."""
+def fetch_status(gateway: str, timeout: float = 10.0, tls: Any = None, key: Any = None) -> dict[str, Any]:
+    """Call Pool.Status and return plain values (what ``--json`` prints); ``tls``: a
+    :class:`hyperinfer.transport.tls.TLSFiles` for a TLS gateway; ``key``: an admin private key
+    (or its file) that signs the call (a closed pool answers only signed calls)."""
     import grpc
 
     from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
     from hyperinfer.transport.errors import error_from_rpc
     from hyperinfer.transport.server import channel
 
-    with channel(gateway) as ch:
+    with channel(gateway, tls=tls) as ch:
         try:
             resp = pool_pb2_grpc.PoolStub(ch).Status(pool_pb2.StatusRequest(), timeout=timeout,
                                                      metadata=admin_metadata(key, "Status"))
@@ -32,7 +33,7 @@ def fetch_status(gateway: str, timeout: float = 10.0, key: Any = None) -> dict[s
     return status_to_dict(resp)
 
 
-def fetch_gateway_key(gateway: str, timeout: float = 10.0) -> bytes:
+def fetch_gateway_key(gateway: str, timeout: float = 10.0, tls: Any = None) -> bytes:
     """The gateway's public key, from ``Pool.Challenge`` (open to anyone, unlike Status)."""
     import grpc
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,7 +43,7 @@ def fetch_gateway_key(gateway: str, timeout: float = 10.0) -> bytes:
     from hyperinfer.transport.server import channel
     from hyperinfer.verify.signing import public_bytes
 
-    with channel(gateway) as ch:
+    with channel(gateway, tls=tls) as ch:
         try:
             resp = pool_pb2_grpc.PoolStub(ch).Challenge(
                 pool_pb2.ChallengeRequest(public_key=public_bytes(Ed25519PrivateKey.generate())), timeout=timeout)

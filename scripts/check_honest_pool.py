@@ -16,6 +16,7 @@ Exit status 0 if every request was checked and agreed and no node has a fault;
 
     python scripts/check_honest_pool.py --model ppocr-cls --requests 300
     python scripts/check_honest_pool.py --model mlp --requests 300 --work /tmp/honest
+    python scripts/check_honest_pool.py --model ppocr-cls --targets cpu-x86_64-avx2,vulkan  # cross-vendor
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def compile_package(model: str, repo: Path, targets: tuple[str, ...], work: Path
 
 def artifact_difference(package, inputs: list[dict[str, np.ndarray]], targets) -> str:
     """How far apart the two artifacts' outputs are on the same inputs (in this process)."""
-    from hyperinfer.runtime import TVMRunner
+    from hyperinfer.runtime.runners import runner_for_package
 
-    a, b = (TVMRunner.for_package(package, t, threads=1) for t in targets)
+    a, b = (runner_for_package(package, t, threads=1) for t in targets)
     worst, identical = 0.0, 0
     for x in inputs:
         oa, ob = a.run(x), b.run(x)
@@ -80,6 +81,8 @@ def main() -> int:
     ap.add_argument("--targets", default=",".join(TARGETS), help="the two target ids, comma-separated")
     ap.add_argument("--work", type=Path, default=None, help="compiled packages and pool state (kept)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the pool")
+    ap.add_argument("--node-timeout", type=float, default=None,
+                    help="gateway --node-timeout (seconds per node call; PP-OCR det on lavapipe needs ~900)")
     args = ap.parse_args()
     targets = tuple(args.targets.split(","))
     if len(targets) != 2 or targets[0] == targets[1]:
@@ -101,7 +104,8 @@ def main() -> int:
     state = work / f"state-{int(time.time())}"  # a fresh ledger per run
     pool = LocalPool(UpOptions(state=state, repository=work / "repo", nodes=2, port=0, sample_rate=1.0,
                                allow_unsigned=True, node_targets=list(targets), model_timeout=args.timeout,
-                               gateway_args=["--probation-jobs", "0", "--quarantine-after", "0"]))
+                               gateway_args=["--probation-jobs", "0", "--quarantine-after", "0"]
+                               + (["--node-timeout", f"{args.node_timeout:g}"] if args.node_timeout else [])))
     statuses: Counter[str] = Counter()
     pairs: Counter[tuple[str, str]] = Counter()
     try:

@@ -21,6 +21,15 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v apt-get
     echo "note: run 'sudo apt-get install postgresql' to run the PostgreSQL store tests" >&2
   fi
 fi
+# Mesa's lavapipe (a Vulkan driver that runs on the CPU) so the vulkan target runs without a GPU
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null) \
+      || echo "warning: could not install mesa-vulkan-drivers; the vulkan target will not run here" >&2
+  else
+    echo "note: run 'sudo apt-get install mesa-vulkan-drivers' to run the vulkan target without a GPU" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import typer
 
+from hyperinfer.cli import _tls
+
 from hyperinfer.errors import InvalidArgument
 from hyperinfer.verify.checks import Check
 
@@ -50,7 +52,7 @@ def extract_receipt(text: str) -> str:
     return text
 
 
-def gateway_key(key: str | None, gateway: str | None) -> tuple[bytes | None, list[Check]]:
+def gateway_key(key: str | None, gateway: str | None, tls: Any = None) -> tuple[bytes | None, list[Check]]:
     """The gateway public key from --gateway-key and/or Pool.Status of --gateway."""
     from hyperinfer.identity import load_public_key
 
@@ -59,7 +61,7 @@ def gateway_key(key: str | None, gateway: str | None) -> tuple[bytes | None, lis
         return given, []
     from hyperinfer.pool_status import fetch_gateway_key
 
-    fetched = fetch_gateway_key(gateway)
+    fetched = fetch_gateway_key(gateway, tls=tls)
     if given is None:
         return fetched, []
     return given, [Check(f"--gateway-key matches the key gateway {gateway} reports", given == fetched)]
@@ -85,7 +87,8 @@ def gateway_key_from_db(db: str | Path, receipt: str) -> bytes:
 
 
 def verify_receipt_file(path: str, key: str | None = None, gateway: str | None = None,
-                        node_keys: list[str] | None = None, db: str | Path | None = None) -> list[Check]:
+                        node_keys: list[str] | None = None, db: str | Path | None = None,
+                        tls: Any = None) -> list[Check]:
     from hyperinfer.verify.receipt import verify_receipt
 
     if path == "-":
@@ -99,7 +102,7 @@ def verify_receipt_file(path: str, key: str | None = None, gateway: str | None =
     if key is None and gateway is None and db is not None:
         pub, extra = gateway_key_from_db(db, receipt), []
     else:
-        pub, extra = gateway_key(key, gateway)
+        pub, extra = gateway_key(key, gateway, tls)
     return extra + verify_receipt(receipt, pub, parse_node_keys(node_keys or []))
 
 
@@ -138,12 +141,17 @@ def verify_cmd(
     db: Optional[str] = typer.Option(None, "--db", help="Gateway database (SQLite file or postgresql:// URL): "
                                      "use the key of the gateway the receipt names, as registered there"),
     json_: bool = typer.Option(False, "--json", help="Print the checks as JSON"),
+    tls: bool = _tls.tls_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
 ) -> None:
     """Check a receipt offline: gateway signature, node signatures, attestation fields."""
     if not gateway_key_ and not gateway and not db:
         raise InvalidArgument("pass --gateway-key HEX|FILE, --gateway HOST:PORT or --db: a receipt is only as "
                               "trustworthy as the gateway key it is checked against")
-    checks = verify_receipt_file(receipt, gateway_key_, gateway, node_key, db=db)
+    checks = verify_receipt_file(receipt, gateway_key_, gateway, node_key, db=db,
+                                 tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key))
     if json_:
         print(_checks_json(checks))
         ok = all(c.ok for c in checks)

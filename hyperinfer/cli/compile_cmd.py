@@ -56,10 +56,20 @@ def targets_command() -> None:
     from hyperinfer.compile import targets as tg
     from hyperinfer.compile import toolchain
 
+    from hyperinfer.runtime import webgpu
+
     runnable = set(tg.runnable_cpu_targets())
+    found = webgpu.adapters()
     table = Table("target", "builds here", "runs here", "what / why not")
     for tid, ok, why in toolchain.status_table():
-        table.add_row(tid, ok, "yes" if tid in runnable else "no", why)
+        if tg.get(tid).kind == "vulkan":
+            # runs wherever wgpu finds an adapter (a GPU, or lavapipe on the CPU)
+            runs = f"yes ({found[0].name}, {found[0].backend})" if found else "no"
+            if not found:
+                why = f"{why}; does not run here: {webgpu.why_not()}"
+        else:
+            runs = "yes" if tid in runnable else "no"
+        table.add_row(tid, ok, runs, why)
     console.print(table)
 
 

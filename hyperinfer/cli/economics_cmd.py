@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+from hyperinfer.cli import _tls
 
 from hyperinfer.errors import InvalidArgument
 
@@ -20,6 +23,10 @@ def economics_cmd(
                                                "audit rate (offline; with --gateway it is read from the gateway)"),
     key: Optional[str] = typer.Option(None, "--key", envvar="HYPERINFER_ADMIN_KEY",
                                       help="Admin key file for --gateway (closed pools)"),
+    tls: bool = _tls.tls_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
 ) -> None:
     """Print the bound C / (R + S) and whether the sample rate is above it (safe) or not (unsafe)."""
     from hyperinfer.cli._console import out
@@ -36,7 +43,7 @@ def economics_cmd(
     elif gateway:
         from hyperinfer.pool_status import fetch_status
 
-        status = fetch_status(gateway, key=key)
+        status = fetch_status(gateway, tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key), key=key)
         rates = [(f"model {m['name']}/{m['version']}", m["sample_rate"],
                   m.get("audit_rate", 0.0) if audit_rate is None else audit_rate) for m in status["models"]]
         if not rates:

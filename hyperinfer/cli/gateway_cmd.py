@@ -8,7 +8,10 @@ from typing import Optional
 
 import typer
 
+from hyperinfer.cli import _tls
 from hyperinfer.gateway.config import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LISTEN
+from hyperinfer.transport.limits import DEFAULT_MAX_STREAMS
+from hyperinfer.transport.server import DEFAULT_MAX_CONCURRENT_RPCS
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -54,7 +57,10 @@ def gateway(
     model_sample_rate: list[str] = typer.Option(
         [], "--model-sample-rate", metavar="MODEL=P", help="Per-model sample rate (repeatable)."),
     probation_jobs: Optional[int] = typer.Option(
-        None, "--probation-jobs", help="A new node's first K jobs are all checked (0: no probation). Default 10."),
+        None, "--probation-jobs",
+        help="Probation: a new node, or one back from a fault, has every answer held until another operator's "
+             "node (or the ONNX Runtime referee) agrees, one job at a time, until it passes K checks in a row "
+             "(0: no probation). Default 10."),
     quarantine_after: Optional[int] = typer.Option(
         None, "--quarantine-after", help="Faults before a node is quarantined (0: never). Default 3."),
     reward_per_job: Optional[float] = typer.Option(None, "--reward", help="Credit R per job. Default 1."),
@@ -72,6 +78,30 @@ def gateway(
     audit_rate: Optional[float] = typer.Option(
         None, "--audit-rate", help="Share of requests the gateway re-runs itself with ONNX Runtime (0..1). "
                                    "Default 0.02."),
+    timeout_slash: Optional[float] = typer.Option(
+        None, "--timeout-slash", help="Stake taken per node call that runs past --node-timeout. Default 1."),
+    quarantine_after_timeouts: Optional[int] = typer.Option(
+        None, "--quarantine-after-timeouts", help="Timeouts before a node is quarantined (0: never). Default 5."),
+    max_concurrent_rpcs: int = typer.Option(
+        DEFAULT_MAX_CONCURRENT_RPCS, "--max-concurrent-rpcs",
+        help="RPCs held at once (running or queued); more get RESOURCE_EXHAUSTED."),
+    max_artifact_streams: int = typer.Option(
+        DEFAULT_MAX_STREAMS, "--max-artifact-streams",
+        help="Artifact downloads at once (more are told to retry); idle ones are cancelled after 30 s."),
+    max_pending_checks: int = typer.Option(
+        1000, "--max-pending-checks",
+        help="Background checks queued at once; beyond it a sampled request is recorded 'skipped'."),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(server=True),
+    http_listen: Optional[str] = typer.Option(
+        None, "--http-listen", envvar="HYPERINFER_GATEWAY_HTTP_LISTEN", metavar="HOST:PORT|off",
+        help="KServe v2 REST (HTTP) front door. Default: --listen's host, port 8000 (a free port if --listen "
+             "has port 0)."),
+    metrics_listen: Optional[str] = typer.Option(
+        None, "--metrics-listen", envvar="HYPERINFER_GATEWAY_METRICS_LISTEN", metavar="HOST:PORT|off",
+        help="Prometheus metrics (GET /metrics). Default: --listen's host, port 8002 (a free port if --listen "
+             "has port 0)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
@@ -86,12 +116,22 @@ def gateway(
                            probation_jobs=probation_jobs, quarantine_after=quarantine_after,
                            reward_per_job=reward_per_job, initial_stake=initial_stake,
                            slash_per_fault=slash_per_fault, node_timeout=node_timeout, max_attempts=max_attempts,
+                           timeout_slash=timeout_slash, quarantine_after_timeouts=quarantine_after_timeouts,
+                           max_concurrent_rpcs=max_concurrent_rpcs, max_artifact_streams=max_artifact_streams,
+                           max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                           http_listen=http_listen, metrics_listen=metrics_listen,
                            open_pool=open_pool, admin_keys=list(admin_key), audit_rate=audit_rate)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
             out.print(f"created gateway key {gw.config.key}")
-        out.print(f"gateway {gw.gateway_id} listening on {gw.address}")
+        out.print(f"gateway {gw.gateway_id} listening on {gw.address}"
+                  + (" (TLS" + (", mutual with nodes)" if gw.tls.ca else ")") if gw.tls else " (plaintext)"))
+        rest, metrics = getattr(gw, "rest", None), getattr(gw, "metrics_server", None)
+        if rest is not None:
+            out.print(f"REST (KServe v2 HTTP) on {rest.scheme}://{rest.address}/v2", soft_wrap=True)
+        if metrics is not None:
+            out.print(f"metrics (Prometheus) on {metrics.scheme}://{metrics.address}/metrics", soft_wrap=True)
         out.print(f"public key {gw.public_key.hex()}")
         out.print(f"database {gw.store.location}")
         offers = gw.catalog.offers()
@@ -103,8 +143,11 @@ def gateway(
         c = gw.config
         rate = 0.1 if c.sample_rate is None else c.sample_rate
         extra = "".join(f", {m}={p:g}" for m, p in c.model_sample_rates.items())
+        k = getattr(getattr(gw.ledger, "config", None), "probation_jobs", c.probation_jobs or 0)
+        probation = (f"probation {k} checks in a row (answers held until checked, one job at a time; "
+                     "receipts say \"probation\": true)") if k else "no probation"
         audit = DEFAULT_AUDIT_RATE if c.audit_rate is None else c.audit_rate
-        out.print(f"verification: sample rate {rate:g}{extra}, audit rate {audit:g}")
+        out.print(f"verification: sample rate {rate:g}{extra}, audit rate {audit:g}; {probation}")
         admitted = sum(1 for o in gw.operators.list() if o.admission == "admitted" and o.state != "removed")
         out.print(f"admission: {'open pool' if c.open_pool else 'closed pool'}, {admitted} admitted operator(s), "
                   f"{len(c.admin_keys)} admin key(s)")

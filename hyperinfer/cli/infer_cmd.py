@@ -13,6 +13,8 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from hyperinfer.cli import _tls
+
 from hyperinfer.errors import HyperinferError, InvalidArgument, NotFound
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -41,7 +43,8 @@ def load_inputs(items: list[str]) -> dict[str, np.ndarray]:
 
 
 def infer(url: str, model: str, inputs: dict[str, np.ndarray], version: str = "", verify: str = "",
-          timeout: float = DEFAULT_TIMEOUT_S, request_id: str = "") -> tuple[dict[str, np.ndarray], str, Any]:
+          timeout: float = DEFAULT_TIMEOUT_S, request_id: str = "", tls: Any = None
+          ) -> tuple[dict[str, np.ndarray], str, Any]:
     """One ModelInfer call; returns (outputs, receipt JSON or "", response)."""
     import grpc
 
@@ -64,7 +67,7 @@ def infer(url: str, model: str, inputs: dict[str, np.ndarray], version: str = ""
             raise InvalidArgument(f"--input {name}: unsupported dtype {arr.dtype.name}") from None
         req.inputs.add(name=name, datatype=oip, shape=arr.shape)
         req.raw_input_contents.append(canonical_array(arr).tobytes())
-    with channel(url) as ch:
+    with channel(url, tls=tls) as ch:
         try:
             resp = pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=timeout)
         except grpc.RpcError as e:
@@ -98,6 +101,8 @@ def describe_receipt(receipt_json: str) -> dict[str, Any]:
          "node_signature": r.node_signature.hex()[:32] + "…", "gateway_signature": r.gateway_signature.hex()[:32] + "…"}
     if r.validator_node_id:
         d["validator_node_id"] = r.validator_node_id
+    if r.probation:
+        d["probation"] = True
     if r.detail:
         d["detail"] = r.detail
     if r.dispute_id:
@@ -114,6 +119,10 @@ def infer_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Also save each output as DIR/NAME.npy and the receipt as DIR/receipt.json."),
     timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", help="Seconds to wait for the answer."),
+    tls: bool = _tls.tls_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
 ) -> None:
     """Run one inference through a gateway and print the outputs and the signed receipt."""
     from hyperinfer.cli._console import out
@@ -125,7 +134,8 @@ def infer_command(
     if version is not None and version < 1:
         raise InvalidArgument(f"--version {version}: must be >= 1")
     arrays = load_inputs(inputs)
-    outputs, receipt, resp = infer(url, model, arrays, "" if version is None else str(version), verify, timeout)
+    outputs, receipt, resp = infer(url, model, arrays, "" if version is None else str(version), verify, timeout,
+                                   tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, arr in outputs.items():
@@ -149,7 +159,8 @@ def infer_command(
         out.print("receipt: none (the gateway has no verifier)")
     else:
         out.print(f"receipt: status={receipt_info['status']} node={receipt_info['node_id']}"
-                  + (f" validator={receipt_info['validator_node_id']}" if "validator_node_id" in receipt_info else ""),
+                  + (f" validator={receipt_info['validator_node_id']}" if "validator_node_id" in receipt_info else "")
+                  + (" probation (held until checked)" if receipt_info.get("probation") else ""),
                   soft_wrap=True)
         out.print(f"  request {receipt_info['request_id']}, gateway {receipt_info['gateway_id']}", soft_wrap=True)
         out.print(f"  node signature {receipt_info['node_signature']} gateway signature "

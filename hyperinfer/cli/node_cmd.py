@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from hyperinfer.cli import _tls
 from hyperinfer.node.devices import DEVICE_CHOICES
 
 
@@ -47,6 +48,12 @@ def node(
                                      "(0: batch what queued while the previous batch ran). Batches are at most "
                                      "--max-concurrency requests."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Run requests that arrive together as one batch."),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(server=True),
+    metrics_listen: str = typer.Option(
+        "off", "--metrics-listen", metavar="HOST:PORT|off",
+        help="Serve Prometheus metrics (GET /metrics) on HOST:PORT (Triton uses 8002); off by default."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run a worker node: detect devices, join the gateway, serve the models it offers."""
@@ -65,13 +72,16 @@ def node(
         operator=operator, device=device, targets=list(target), max_concurrency=max_concurrency, threads=threads, cache_dir=cache,
         trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned, grace_s=grace,
         operator_cert=operator_cert, gateway_key=gateway_key,
-        batch_window_us=batch_window_us, batching=batching,
+        batch_window_us=batch_window_us, batching=batching, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+        metrics_listen=metrics_listen,
     ), on_loaded=loaded)
     if n.key_created:
         out.print(f"created node key {n.config.key_path}", soft_wrap=True)
     n.start()
     out.print(f"node {n.node_id} listening on {n.address} targets={','.join(n.hardware.targets)} "
               f"gateway={gateway}", soft_wrap=True)
+    if n.metrics is not None:
+        out.print(f"metrics (Prometheus) on {n.metrics.server.scheme}://{n.metrics.address}/metrics", soft_wrap=True)
     n.run_until_signal()
     out.print("node stopped")
 

@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import typer
 
+from hyperinfer.cli import _tls
+
 from hyperinfer.pool_status import LEDGER_KEYS, fetch_status
 
 pool_app = typer.Typer(help="Inspect a gateway's pool.", no_args_is_help=True)
@@ -91,9 +93,13 @@ def status(
     key: Optional[Path] = typer.Option(None, "--key", envvar="HYPERINFER_ADMIN_KEY",
                                        help="Admin private key (its public key is a gateway --admin-key); "
                                             "a closed pool answers only signed calls."),
+    tls: bool = _tls.tls_option(),
+    tls_ca: Optional[Path] = _tls.ca_option(),
+    tls_cert: Optional[Path] = _tls.cert_option(),
+    tls_key: Optional[Path] = _tls.key_option(),
 ) -> None:
     """Nodes (state, load, heartbeat, loaded models, ledger) and models (ready nodes)."""
-    data = fetch_status(gateway, timeout, key=key)
+    data = fetch_status(gateway, timeout, tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key), key=key)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:

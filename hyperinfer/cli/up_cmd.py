@@ -19,7 +19,11 @@ def up(
         None, "--repository", help="Model repository to serve (default <state>/repo). Without any package, the "
                                    "bundled PP-OCRv4 text detector is downloaded and compiled into it first."),
     nodes: int = typer.Option(2, "--nodes", "-n", help="Worker nodes to start, each with its own key and operator."),
-    port: int = typer.Option(8001, "--port", help="Gateway port on 127.0.0.1 (0 picks a free one)."),
+    port: int = typer.Option(8001, "--port", help="Gateway gRPC port on 127.0.0.1 (0 picks a free one)."),
+    http_port: Optional[int] = typer.Option(
+        None, "--http-port", help="KServe v2 REST port on 127.0.0.1. Default 8000 (a free one with --port 0)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", help="Prometheus /metrics port on 127.0.0.1. Default 8002 (a free one with --port 0)."),
     sample_rate: Optional[float] = typer.Option(
         None, "--sample-rate", help="Share of requests re-run on another operator's node (passed to the gateway)."),
     state: Path = typer.Option(DEFAULT_STATE, "--state", help="Keys, gateway database, caches and logs."),
@@ -40,6 +44,8 @@ def up(
     demo_requests: int = typer.Option(4, "--demo-requests", help="Requests the demo sends."),
     exit_after_demo: bool = typer.Option(False, "--exit-after-demo", help="Stop everything after the demo."),
     refresh: float = typer.Option(2.0, "--refresh", help="Seconds between status refreshes."),
+    tls: bool = typer.Option(False, "--tls", help="TLS on every channel: a pool CA and certificates in "
+                                                  "<state>/tls, mutual TLS between the gateway and the nodes."),
 ) -> None:
     """Start a gateway and N nodes on 127.0.0.1, wait until they serve, show live status; Ctrl-C stops all."""
     from hyperinfer.errors import InvalidArgument
@@ -52,10 +58,11 @@ def up(
         raise InvalidArgument(f"--refresh {refresh}: must be in [0.2, 3600] seconds")
     ui = _UI()
     stop, force = threading.Event(), threading.Event()
-    pool = LocalPool(UpOptions(state=state, repository=repository, nodes=nodes, port=port, sample_rate=sample_rate,
+    pool = LocalPool(UpOptions(state=state, repository=repository, nodes=nodes, port=port, http_port=http_port,
+                               metrics_port=metrics_port, sample_rate=sample_rate,
                                threads=threads, model_timeout=model_timeout, heartbeat_interval=heartbeat_interval,
                                trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned,
-                               node_targets=list(node_target)),
+                               node_targets=list(node_target), tls=tls),
                      say=ui.say, stop_event=stop)
     o = pool.options
     ui.say(f"hyperinfer up: gateway + {o.nodes} node(s) on 127.0.0.1, state {o.state}, repository {o.repository}")
@@ -102,8 +109,12 @@ def _run(pool: LocalPool, ui: "_UI", stop: threading.Event, demo: bool, demo_mod
     ui.say(f"ready in {time.monotonic() - t0:.1f} s: {len(views)} node(s) serving {', '.join(pool.models)}")
     ui.say(f"endpoint {pool.address}: Open Inference Protocol gRPC (inference.GRPCInferenceService), "
            "pool, health and reflection on one port")
-    ui.say(f"  try: hyperinfer demo --url {pool.address} --model {_demo_model(pool)}   |   "
-           f"hyperinfer pool status --gateway {pool.address}")
+    scheme = "https" if pool.options.tls else "http"
+    ui.say(f"endpoint {scheme}://{pool.http_address}/v2: KServe v2 REST (curl, tritonclient.http); "
+           f"metrics: {scheme}://{pool.metrics_address}/metrics")
+    tls_flag = f" --tls-ca {pool.tls_dir / 'ca.pem'}" if pool.options.tls else ""
+    ui.say(f"  try: hyperinfer demo --url {pool.address} --model {_demo_model(pool)}{tls_flag}   |   "
+           f"hyperinfer pool status --gateway {pool.address}{tls_flag}")
     for v in views:
         ui.say(f"{v.name} id={v.node_id} operator={v.operator} target={','.join(v.targets) or '-'} "
                f"pid={v.pid} listen={v.address} log={v.log_path}")
@@ -116,7 +127,7 @@ def _run(pool: LocalPool, ui: "_UI", stop: threading.Event, demo: bool, demo_mod
 
             try:
                 run(pool.address, model=demo_model or _demo_model(pool), requests=demo_requests, verify="always",
-                    wait=30, receipts_dir=pool.state / "receipts", say=ui.say)
+                    wait=30, receipts_dir=pool.state / "receipts", say=ui.say, tls=pool.client_tls)
             except BaseException as e:  # noqa: BLE001 - reported by the main thread
                 demo_error.append(e)
             finally:

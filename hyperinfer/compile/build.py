@@ -155,11 +155,15 @@ def cuda_kernel_threads(executable) -> dict[str, int]:
 
 
 def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None = None,
-                   tuning_db: Path | None = None) -> BuildResult:
+                   tuning_db: Path | None = None, model: str = "model") -> BuildResult:
     """Compile ``mod`` for ``target`` and export the artifact to ``out_path``."""
     import tvm
 
     toolchain.prepare(target)
+    if target.kind == "vulkan":  # WGSL kernels + plan, run by wgpu-native (no TVM runtime module)
+        from hyperinfer.compile.wgsl_build import build_wgsl_artifact
+
+        return build_wgsl_artifact(mod, target, out_path, model=model)
     tvm_target = target.tvm_target()
     start = time.perf_counter()
     notes: list[str] = []

@@ -64,6 +64,10 @@ class Progress:
 
 
 def _runnable_here(t: targets.TargetInfo) -> bool:
+    if t.kind == "vulkan":  # WGSL through wgpu: any adapter, lavapipe included
+        from hyperinfer.runtime.runners import runs_here
+
+        return runs_here(t.id)[0]
     return t.is_cpu and t.id in targets.runnable_cpu_targets()
 
 
@@ -151,18 +155,29 @@ def compile_model(
         tuning_root = dest / "tuning" if dest.exists() else None
         artifacts: dict[str, pkg.ArtifactInfo] = {}
         for t in buildable:
-            artifact = staging / "artifacts" / f"{t.id}.so"
+            artifact = staging / "artifacts" / f"{t.id}{t.artifact_suffix}"
             db = None
             if t.is_cpu:
                 db = _tuning_dir(staging, dest, t.id, tune, mod, t, tune_trials, tune_minutes, threads, ui)
-            with ui.stage(f"Build {t.id}") as st:
-                result = build.build_artifact(mod, t, artifact, threads=threads, tuning_db=db)
-                size = artifact.stat().st_size
-                st["detail"] = f"{size / 1e6:.2f} MB" + ("; tuned" if result.tuned else "") + \
-                    ("; " + "; ".join(result.notes) if result.notes else "")
+            try:
+                with ui.stage(f"Build {t.id}") as st:
+                    if t.kind == "vulkan" and batch_info is not None:
+                        raise FailedPrecondition("the vulkan target has no batched entry points yet "
+                                                 "(build it without --max-batch)")
+                    result = build.build_artifact(mod, t, artifact, threads=threads, tuning_db=db, model=name)
+                    size = artifact.stat().st_size
+                    st["detail"] = f"{size / 1e6:.2f} MB" + ("; tuned" if result.tuned else "") + \
+                        ("; " + "; ".join(result.notes) if result.notes else "")
+            except FailedPrecondition as e:
+                # WGSL limits (int64, f64, ...) rule out the vulkan artifact, not the whole package
+                if t.kind != "vulkan" or len(buildable) == 1:
+                    raise
+                skipped[t.id] = str(e)
+                ui.warn(f"skipping {t.id}: {e}")
+                continue
             artifacts[t.id] = pkg.ArtifactInfo(
                 t.id, {"target": t.spec, "host": t.host} if t.host else {"target": t.spec},
-                f"artifacts/{t.id}.so", pkg.sha256_file(artifact), size, result.tuned,
+                f"artifacts/{t.id}{t.artifact_suffix}", pkg.sha256_file(artifact), size, result.tuned,
                 round(result.seconds, 2), calibrated=_runnable_here(t),
             )
         del tuning_root
@@ -173,7 +188,8 @@ def compile_model(
                 how = [f"from {Path(calibration_data).name}"]
             else:
                 ref_inputs, how = reference.default_inputs(clean.inputs, samples)
-            from hyperinfer.runtime import ORTRunner, TVMRunner
+            from hyperinfer.runtime import ORTRunner
+            from hyperinfer.runtime.runners import make_runner
 
             onnx_file = staging / pkg.MODEL_ONNX
             import onnx
@@ -184,9 +200,9 @@ def compile_model(
             by_target = {}
             runners = {}
             for t in buildable:
-                if _runnable_here(t):
-                    runner = TVMRunner(staging / "artifacts" / f"{t.id}.so", clean.inputs, clean.outputs,
-                                       device="cpu", threads=threads, batch=batch_info)
+                if t.id in artifacts and _runnable_here(t):
+                    runner = make_runner(staging / "artifacts" / f"{t.id}{t.artifact_suffix}", clean.inputs,
+                                         clean.outputs, t.id, threads=threads, batch=batch_info)
                     by_target[t.id] = [runner.run(x) for x in ref_inputs]
                     runners[t.id] = runner
             cal = calibrate.calibrate(clean.outputs, ref_outputs, by_target)
@@ -199,7 +215,7 @@ def compile_model(
                         lambda size, items, r=runner: r.run_batch(items, size), batch_info, by_target[tid],
                         ref_inputs, tid)
                 st["detail"] = f"{checked} batch items identical" if runners else "no artifact can run here"
-            unchecked = [t.id for t in buildable if t.id not in runners]
+            unchecked = [t.id for t in buildable if t.id in artifacts and t.id not in runners]
             if unchecked:  # a node re-checks on its own hardware at load and serves unbatched on a mismatch
                 cal.warnings.append(f"batched entry points of {', '.join(unchecked)} not checked bit for bit here "
                                     "(cannot run on this machine); nodes check them at load")
@@ -276,7 +292,8 @@ def self_test(package: pkg.ModelPackage, threads: int | None = None,
               report: Callable[[str, bool, str], None] | None = None) -> list[str]:
     """Re-hash the package and re-run its reference inputs on every artifact this
     machine can run; returns one message per problem (empty: all good)."""
-    from hyperinfer.runtime import ORTRunner, TVMRunner
+    from hyperinfer.runtime import ORTRunner
+    from hyperinfer.runtime.runners import runner_for_package, runs_here
     from hyperinfer.verify.agreement import within_tolerance
 
     problems = package.check_files()
@@ -295,12 +312,11 @@ def self_test(package: pkg.ModelPackage, threads: int | None = None,
         if bad:
             problems.append(f"ONNX Runtime no longer reproduces reference sample {i} on {', '.join(bad)}")
     say("onnxruntime", not problems, "reference outputs reproduced" if not problems else problems[-1])
-    runnable = set(targets.runnable_cpu_targets())
     for tid in sorted(m.artifacts):
-        if tid not in runnable:
+        if not runs_here(tid)[0]:
             say(tid, True, "sha256 ok; cannot run on this machine")
             continue
-        runner = TVMRunner.for_package(package, tid, threads=threads)
+        runner = runner_for_package(package, tid, threads=threads)
         msgs = []
         for i, (x, y) in enumerate(zip(inputs, outputs)):
             res = within_tolerance(runner.run(x), y, m.outputs)

@@ -35,6 +35,11 @@ class TargetInfo:
     def is_cpu(self) -> bool:
         return self.kind == "cpu"
 
+    @property
+    def artifact_suffix(self) -> str:
+        """A shared library for TVM's runtime; a zip of WGSL kernels and their plan for vulkan."""
+        return ".zip" if self.kind == "vulkan" else ".so"
+
     def tvm_target(self):
         import tvm
 
@@ -83,8 +88,11 @@ TARGETS: dict[str, TargetInfo] = {t.id: t for t in [
     _rocm("gfx90a", "CDNA2 (MI200)"),
     _rocm("gfx942", "CDNA3 (MI300)"),
     _rocm("gfx1100", "RDNA3 (RX 7900)", warp=32),
-    TargetInfo("vulkan", "vulkan", {"kind": "vulkan"}, host=_X86_HOST, arch="spirv",
-               description="any Vulkan 1.1 GPU (SPIR-V)"),
+    # WGSL kernels (TVM's webgpu codegen) run natively by wgpu-native: any Vulkan GPU, also Metal/D3D12,
+    # and lavapipe on a CPU. 256 invocations and 16 KiB workgroup memory are WebGPU's guaranteed limits.
+    TargetInfo("vulkan", "vulkan", {"kind": "webgpu", "max_num_threads": 256, "max_shared_memory_per_block": 16384},
+               host=_X86_HOST, arch="wgsl",
+               description="any Vulkan GPU through WebGPU (WGSL run by wgpu-native; lavapipe on a CPU)"),
 ]}
 
 

@@ -7,7 +7,8 @@
   ``ziglang`` wheel ships LLD 22 (``pip install 'hyperinfer[rocm]'``). No ROCm
   install and no ``rocminfo`` are needed: the GPU arch comes from the target id.
 - aarch64: a cross linker; ``ziglang``'s ``zig cc`` links aarch64 Linux shared objects.
-- Vulkan: TVM's SPIR-V code generator, which the PyPI wheel does not include.
+- Vulkan: TVM's WebGPU (WGSL) code generator, which the PyPI wheel includes; the
+  kernels run through wgpu-native on the node (no SPIR-V codegen needed).
 
 Where a piece is missing, :func:`check` says exactly which and how to get it.
 """
@@ -28,9 +29,8 @@ from hyperinfer.compile.targets import TargetInfo, machine_arch
 from hyperinfer.errors import FailedPrecondition
 
 VULKAN_MISSING = (
-    "the installed TVM has no Vulkan (SPIR-V) code generator: the PyPI apache-tvm wheel is built "
-    "without USE_VULKAN; build TVM from source with set(USE_VULKAN ON) (needs the Vulkan SDK and "
-    "SPIRV-Tools/SPIRV-Headers) to compile for target 'vulkan'"
+    "the installed TVM has no WebGPU (WGSL) code generator (target.build.webgpu), which target 'vulkan' "
+    "is built with; install the apache-tvm wheel hyperinfer pins"
 )
 
 _MIN_LLD = 22
@@ -131,7 +131,7 @@ def _tvm_has_codegen(kind: str) -> bool:
 def check(target: TargetInfo) -> str | None:
     """None if ``target`` can be built here, else one sentence saying what is missing."""
     if target.kind == "vulkan":
-        return None if _tvm_has_codegen("vulkan") else VULKAN_MISSING
+        return None if _tvm_has_codegen("webgpu") else VULKAN_MISSING
     if target.kind == "cuda":
         if not _tvm_has_codegen("cuda"):
             return "the installed TVM was built without CUDA code generation (USE_CUDA)"

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from hyperinfer.errors import FailedPrecondition, HyperinferError
+from hyperinfer.errors import FailedPrecondition, HyperinferError, InvalidArgument
 from hyperinfer.gateway.access import Access
 from hyperinfer.gateway.artifacts import Catalog
 from hyperinfer.gateway.config import GatewayConfig
@@ -38,6 +38,8 @@ from hyperinfer.gateway.store import Store, open_store
 from hyperinfer.identity import load_or_create_key, load_public_key
 from hyperinfer.package import ModelRepository
 from hyperinfer.proto.v1 import pool_pb2_grpc
+from hyperinfer.transport.limits import StreamLimiter
+from hyperinfer.transport.tls import TLSFiles
 from hyperinfer.verify.signing import key_id, public_bytes
 
 log = logging.getLogger("hyperinfer.gateway")
@@ -46,6 +48,8 @@ log = logging.getLogger("hyperinfer.gateway")
 EXTENSIONS: tuple[str, ...] = (
     "hyperinfer.gateway.ledger:install",
     "hyperinfer.gateway.oip_servicer:install",
+    "hyperinfer.gateway.rest:install",
+    "hyperinfer.gateway.metrics:install",
 )
 
 
@@ -67,16 +71,26 @@ class Gateway:
                                  open_pool=config.open_pool, **kwargs)
         self.access = Access(self.registry, self.gateway_id, [load_public_key(k) for k in config.admin_keys],
                              open_pool=config.open_pool)
+        # TLS on the gateway's port, and (mutual) TLS on its calls to nodes
+        self.tls = TLSFiles.load(config.tls_cert, config.tls_key, config.tls_ca)
+        if self.tls is not None and not self.tls.can_serve:
+            raise InvalidArgument("--tls-ca on the gateway needs --tls-cert and --tls-key too")
         self.server = GatewayServer(config.listen, max_workers=config.max_workers,
-                                    max_message_bytes=config.max_message_bytes)
+                                    max_message_bytes=config.max_message_bytes,
+                                    max_concurrent_rpcs=config.max_concurrent_rpcs,
+                                    credentials=self.tls.server_credentials() if self.tls else None)
+        # artifact downloads on their own bounded set of streams: they never starve inference/health
+        self.artifact_streams = StreamLimiter(config.max_artifact_streams, config.artifact_idle_s,
+                                              what="artifact streams")
         self.pool = PoolServicer(self.registry, self.catalog, gateway_id=self.gateway_id,
-                                 gateway_public_key=self.public_key, access=self.access,
-                                 pool_gateway_keys=self.pool_gateway_keys)
+                                 gateway_public_key=self.public_key, artifact_streams=self.artifact_streams,
+                                 access=self.access, pool_gateway_keys=self.pool_gateway_keys)
         self._pool_keys: tuple[float, list[bytes]] = (0.0, [])
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
         self.dataplane: Any = None
         self._shutdown_hooks: list[Callable[[], None]] = []
+        self._start_hooks: list[Callable[[], Any]] = []
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -123,6 +137,10 @@ class Gateway:
         """Serve another gRPC service on the gateway's port (before :meth:`start`)."""
         self.server.add_servicer(add_fn, servicer, service_full_name)
 
+    def add_start_hook(self, fn: Callable[[], Any]) -> None:
+        """Called by :meth:`start` after the gRPC port is bound, in order (e.g. the REST and metrics servers)."""
+        self._start_hooks.append(fn)
+
     def add_shutdown_hook(self, fn: Callable[[], None]) -> None:
         """Called on :meth:`stop`, after the server stopped, in reverse order of registration."""
         self._shutdown_hooks.append(fn)
@@ -135,6 +153,8 @@ class Gateway:
 
     def start(self) -> int:
         port = self.server.start()
+        for fn in self._start_hooks:
+            fn()
         # which gateways use this database, with their keys (several, on a shared PostgreSQL store)
         self.store.register_gateway(self.gateway_id, self.public_key, self.address, int(time.time() * 1000))
         self._sweeper = threading.Thread(target=self._sweep_loop, name="gateway-sweeper", daemon=True)

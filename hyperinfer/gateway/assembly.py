@@ -18,25 +18,52 @@ from hyperinfer.gateway.scheduler import DEFAULT_CALL_TIMEOUT_S, DEFAULT_MAX_ATT
 from hyperinfer.gateway.verification import Verifier
 from hyperinfer.gateway.worker_client import GrpcWorkerClient
 from hyperinfer.gateway.write_behind import WriteBehindLedger
+from hyperinfer.verify.probation import Probation, initial_streak
 from hyperinfer.verify.sampling import SamplingPolicy
 
 
-def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = None,
-                  call_timeout: float = DEFAULT_CALL_TIMEOUT_S) -> Verifier:
-    """A Verifier on the gateway's ledger (created here if no component installed one),
-    its key, and ONNX Runtime on the package as the referee."""
+def _ledger(gateway: Any) -> Any:
     from hyperinfer.gateway.ledger import Ledger
 
     if gateway.ledger is None:
         gateway.ledger = Ledger(gateway.store)
+    return gateway.ledger
+
+
+def _policy(gateway: Any, policy: SamplingPolicy | None) -> SamplingPolicy:
     if policy is None:
         rate = getattr(gateway.config, "sample_rate", None)  # 0 is a valid rate: test for None
         policy = getattr(gateway, "sampling_policy", None) or SamplingPolicy(
             default_rate=SamplingPolicy.default_rate if rate is None else rate,
             rates=dict(getattr(gateway.config, "model_sample_rates", None) or {}))
+    return policy
+
+
+def make_probation(gateway: Any, policy: SamplingPolicy | None = None) -> Probation | None:
+    """The gateway's probation state (verify.probation), K = the ledger's ``probation_jobs``;
+    None when probation is off (K = 0, or a sampling policy with probation_rate 0). Nodes a
+    gateway first sees start from their ledger record; the ledger's status view reads it."""
+    ledger = _ledger(gateway)
+    jobs = int(getattr(getattr(ledger, "config", None), "probation_jobs", 0) or 0)
+    if jobs <= 0 or _policy(gateway, policy).probation_rate <= 0:
+        return None
+    counts = getattr(ledger, "counts", None)
+    probation = Probation(jobs, seed=(lambda node_id: initial_streak(counts(node_id), jobs)) if counts else None)
+    if hasattr(ledger, "probation"):
+        ledger.probation = probation
+    return probation
+
+
+def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = None,
+                  call_timeout: float = DEFAULT_CALL_TIMEOUT_S, probation: Probation | None = None) -> Verifier:
+    """A Verifier on the gateway's ledger (created here if no component installed one),
+    its key, and ONNX Runtime on the package as the referee."""
+    _ledger(gateway)
+    policy = _policy(gateway, policy)
     if gateway.sample_rate is None:
         gateway.sample_rate = lambda name, version: policy.model_rate(name)
     ledger = WriteBehindLedger(gateway.ledger)
+    max_pending = getattr(gateway.config, "max_pending_checks", None) or 1000
     audit = getattr(gateway.config, "audit_rate", None)
     audit = DEFAULT_AUDIT_RATE if audit is None else float(audit)
     registry = getattr(gateway, "registry", None)
@@ -46,7 +73,8 @@ def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = Non
         return op.admission if op is not None else ""
 
     verifier = Verifier(ledger, policy, PackageReferee(gateway.catalog), client, gateway.key,
-                        call_timeout=call_timeout, audit_rate=audit, admission_of=admission_of)
+                        call_timeout=call_timeout, max_pending_checks=max_pending, probation=probation,
+                        audit_rate=audit, admission_of=admission_of)
     pool = getattr(gateway, "pool", None)
     if pool is not None and getattr(pool, "audit_rate", None) is None:
         pool.audit_rate = lambda name, version: audit
@@ -70,7 +98,7 @@ def build_dataplane(gateway: Any, *, client: Any = None, verifier: Verifier | No
     registry = gateway.registry
     if client is None:
         client = GrpcWorkerClient(timeout=call_timeout, max_message_bytes=cfg.max_message_bytes,
-                                  signer=gateway.key)
+                                  tls=getattr(gateway, "tls", None), signer=gateway.key)
         gateway.add_shutdown_hook(client.close)
 
         def forget_left(node_id: str, old: str, new: str) -> None:
@@ -78,12 +106,19 @@ def build_dataplane(gateway: Any, *, client: Any = None, verifier: Verifier | No
                 client.forget(registry.get(node_id).address)
 
         registry.on_state_change(forget_left)
+    # one probation state for who gets work (scheduler) and whose answers are held (verifier)
+    probation = make_probation(gateway, policy) if verifier is None else getattr(verifier, "probation", None)
     # no check in the scheduler: verifier.verify checks the attestation (one Ed25519 verify per
     # result, not two) and a rejected result is retried elsewhere by the data plane
+    def on_timeout(node_id: str, reason: str, request_id: str) -> None:
+        if gateway.ledger is not None:  # a stalling node pays (less than for a wrong answer)
+            gateway.ledger.record_timeout(node_id, reason, request_id)
+
     scheduler = Scheduler(registry, client, call_timeout=call_timeout, max_attempts=max_attempts, check=None,
-                          known_nodes=lambda: sum(1 for n in registry.all_nodes() if n.state != "left"))
+                          known_nodes=lambda: sum(1 for n in registry.all_nodes() if n.state != "left"),
+                          on_timeout=on_timeout, gate=probation)
     if verifier is None:
-        verifier = make_verifier(gateway, scheduler.counted(client), policy, call_timeout)
+        verifier = make_verifier(gateway, scheduler.counted(client), policy, call_timeout, probation)
     return DataPlane(gateway.catalog, registry, scheduler, verifier)
 
 

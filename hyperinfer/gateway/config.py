@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyperinfer.errors import InvalidArgument
-from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+from hyperinfer.transport.limits import DEFAULT_IDLE_S, DEFAULT_MAX_STREAMS
+from hyperinfer.transport.server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX_MESSAGE_BYTES
 
 DEFAULT_LISTEN = "127.0.0.1:8001"  # loopback by default; pass --listen 0.0.0.0:8001 to accept remote nodes
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_AUDIT_RATE = 0.02
+DEFAULT_HTTP_PORT = 8000  # Triton's ports: HTTP 8000, gRPC 8001, metrics 8002
+DEFAULT_METRICS_PORT = 8002
 # artifacts go out in 1 MiB chunks: a smaller limit could not carry one
 MIN_MESSAGE_BYTES = 2 * 1024 * 1024
 
@@ -64,6 +67,29 @@ class GatewayConfig:
     max_workers: int = 16
     """gRPC server threads."""
 
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    """RPCs held at once (running or waiting for a thread); more get RESOURCE_EXHAUSTED."""
+
+    max_artifact_streams: int = DEFAULT_MAX_STREAMS
+    """FetchArtifact streams at once (more get RESOURCE_EXHAUSTED; nodes retry), so downloads
+    never take the threads inference and health need."""
+
+    artifact_idle_s: float = DEFAULT_IDLE_S
+    """A FetchArtifact stream whose client has not read for this long is cancelled."""
+
+    max_pending_checks: int = 1000
+    """Background checks queued at once; a sampled request beyond it is recorded ``skipped``
+    ("check queue full")."""
+
+    tls_cert: Path | None = None
+    """PEM certificate the gateway presents (to clients, and to nodes as its client certificate)."""
+
+    tls_key: Path | None = None
+    """Its PEM private key."""
+
+    tls_ca: Path | None = None
+    """PEM CA that signed the nodes' certificates (checked when calling them)."""
+
     grace_seconds: float = 5.0
     """On shutdown, how long in-flight calls may finish."""
 
@@ -75,7 +101,8 @@ class GatewayConfig:
     """Per-model sample rates that override ``sample_rate``."""
 
     probation_jobs: int | None = None
-    """A new node's first K jobs are all checked (0 disables probation)."""
+    """Probation (verify.probation): a new node, or one back from a fault, has its answers held
+    until checked, one job at a time, until K checks in a row passed (0 disables probation)."""
 
     quarantine_after: int | None = None
     """Verification faults before a node is quarantined (0: never)."""
@@ -106,6 +133,19 @@ class GatewayConfig:
     audit_rate: float | None = None
     """Share of requests the gateway re-runs itself with ONNX Runtime (a floor no collusion of
     nodes can fool), in [0, 1]. Default 0.02."""
+    timeout_slash: float | None = None
+    """Stake taken from a node for each call that ran past ``node_timeout`` (default 1)."""
+
+    quarantine_after_timeouts: int | None = None
+    """Timeouts before a node is quarantined (0: never; default 5)."""
+
+    http_listen: str | None = None
+    """host:port of the KServe v2 REST front door, or "off". None: the host of ``listen``
+    with port 8000 (Triton's), or a free port when ``listen`` asks for port 0."""
+
+    metrics_listen: str | None = None
+    """host:port of the Prometheus metrics endpoint (``/metrics``), or "off". None: the
+    host of ``listen`` with port 8002 (Triton's), or a free port when ``listen`` asks for port 0."""
 
     def validate(self) -> "GatewayConfig":
         self.repository = Path(self.repository).expanduser()
@@ -123,6 +163,8 @@ class GatewayConfig:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise InvalidArgument(f"--listen {self.listen!r}: expected HOST:PORT (port 0 picks a free one)")
+        self.http_listen = _side_port(self.http_listen, host, port, DEFAULT_HTTP_PORT, "--http-listen")
+        self.metrics_listen = _side_port(self.metrics_listen, host, port, DEFAULT_METRICS_PORT, "--metrics-listen")
         if not 0 < self.heartbeat_interval <= 3600:
             raise InvalidArgument(f"--heartbeat-interval {self.heartbeat_interval}: must be in (0, 3600] seconds")
         if self.max_message_bytes < MIN_MESSAGE_BYTES:
@@ -149,4 +191,26 @@ class GatewayConfig:
             raise InvalidArgument(f"--audit-rate {self.audit_rate}: must be in [0, 1]")
         if self.max_workers < 1:
             raise InvalidArgument(f"max_workers {self.max_workers}: at least 1")
+        for name in ("max_concurrent_rpcs", "max_artifact_streams", "max_pending_checks"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"--{name.replace('_', '-')} {getattr(self, name)}: at least 1")
+        if not self.artifact_idle_s > 0:
+            raise InvalidArgument(f"artifact_idle_s {self.artifact_idle_s}: must be > 0")
+        if self.timeout_slash is not None and not 0 <= self.timeout_slash < float("inf"):
+            raise InvalidArgument(f"--timeout-slash {self.timeout_slash}: must be a finite number >= 0")
+        if self.quarantine_after_timeouts is not None and self.quarantine_after_timeouts < 0:
+            raise InvalidArgument(f"--quarantine-after-timeouts {self.quarantine_after_timeouts}: must be >= 0")
         return self
+
+
+def _side_port(value: str | None, host: str, grpc_port: str, default_port: int, flag: str) -> str:
+    """The REST or metrics address: as given, "off", or derived from the gRPC ``--listen``."""
+    if value is None:
+        return f"{host}:{0 if grpc_port == '0' else default_port}"
+    value = value.strip()
+    if value.lower() == "off":
+        return "off"
+    h, sep, p = value.rpartition(":")
+    if not sep or not h or not p.isdigit() or int(p) > 65535:
+        raise InvalidArgument(f"{flag} {value!r}: expected HOST:PORT (port 0 picks a free one) or off")
+    return value

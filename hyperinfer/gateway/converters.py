@@ -21,6 +21,7 @@ from hyperinfer import dtypes
 from hyperinfer.errors import InvalidArgument
 from hyperinfer.gateway.dataplane import InferInput, InferRequest, InferResponse, RequestedOutput
 from hyperinfer.proto.inference import grpc_service_pb2 as pb
+from hyperinfer.transport.tensors import check_shape
 from hyperinfer.verify.digest import canonical_array
 
 # the typed contents fields an input may use; bytes_contents is for BYTES, which hyperinfer does not serve
@@ -92,11 +93,7 @@ def _binary_flag(params: Mapping[str, pb.InferParameter], key: str, where: str) 
 # ---------------------------------------------------------------- request
 
 def _shape(t: pb.ModelInferRequest.InferInputTensor, where: str) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in t.shape)
-    for d in shape:
-        if d < 0:
-            raise InvalidArgument(f"{where}.shape: negative dimension in {list(shape)}")
-    return shape
+    return check_shape(t.shape, f"{where}.shape")
 
 
 def _decode_raw(raw: bytes, datatype: str, shape: tuple[int, ...], count: int, where: str, name: str) -> np.ndarray:
@@ -240,7 +237,7 @@ def outputs_from_proto(resp: pb.ModelInferResponse) -> dict[str, np.ndarray]:
         dt = _LE.get(t.datatype)
         if dt is None:
             raise InvalidArgument(f"outputs[{i}].datatype: unsupported datatype {t.datatype!r}")
-        shape = tuple(int(d) for d in t.shape)
+        shape = check_shape(t.shape, f"outputs[{i}].shape")
         if resp.raw_output_contents:
             arr = _decode_raw(resp.raw_output_contents[i], t.datatype, shape, math.prod(shape),
                               f"raw_output_contents[{i}]", t.name)

@@ -20,9 +20,10 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 
 from hyperinfer import __version__, dtypes
-from hyperinfer.errors import InvalidArgument, NotFound, Unavailable
+from hyperinfer.errors import HyperinferError, InvalidArgument, NotFound, Unavailable
 from hyperinfer.gateway.verification import ResultRejected, VerifyRequest, WorkerResult
 from hyperinfer.package import Manifest
+from hyperinfer.statistics import Statistics
 from hyperinfer.verify.digest import tensors_digest
 from hyperinfer.verify.receipt import RECEIPT_PARAMETER, Receipt, receipt_to_json
 
@@ -198,12 +199,14 @@ def wants_typed(req: InferRequest) -> bool:
 
 class DataPlane:
     def __init__(self, catalog: Catalog, registry: Registry, scheduler: Any, verifier: Verifier | None = None,
-                 *, server_name: str = "hyperinfer"):
+                 *, server_name: str = "hyperinfer", statistics: Statistics | None = None):
         self.catalog = catalog
         self.registry = registry
         self.scheduler = scheduler
         self.verifier = verifier
         self.server_name = server_name
+        # per model+version counts and durations (ModelStatistics, Prometheus nv_* metrics)
+        self.statistics = statistics if statistics is not None else Statistics()
 
     # -------------------------------------------------------------- health
 
@@ -247,37 +250,59 @@ class DataPlane:
     # -------------------------------------------------------------- infer
 
     def infer(self, req: InferRequest, deadline: float | None = None) -> InferResponse:
-        """``deadline``: time.monotonic() value by which the client stops waiting."""
-        manifest = self.manifest(req.model_name, req.model_version, "model_")
-        mode = parse_verify_mode(req.parameters)
-        inputs = check_inputs(manifest, req.inputs)
-        chosen = select_outputs(manifest, req.outputs)
+        """``deadline``: time.monotonic() value by which the client stops waiting.
 
-        primary, receipt = self._run_verified(manifest, inputs, mode, deadline)
-        parameters: dict[str, Any] = {}
-        if receipt is not None:
-            parameters[RECEIPT_PARAMETER] = receipt_to_json(receipt)
-        return InferResponse(
-            model_name=manifest.name,
-            model_version=str(manifest.version),
-            id=req.id,
-            outputs=[OutputTensor(n, dt, primary.outputs[n]) for n, dt in chosen],
-            parameters=parameters,
-            typed=wants_typed(req),
-        )
+        Every request that names a model that exists is counted in :attr:`statistics`
+        (success with its durations, or failure with its error code)."""
+        t0 = time.perf_counter_ns()
+        manifest = self.manifest(req.model_name, req.model_version, "model_")
+        try:
+            mode = parse_verify_mode(req.parameters)
+            inputs = check_inputs(manifest, req.inputs)
+            chosen = select_outputs(manifest, req.outputs)
+            t_in = time.perf_counter_ns()
+
+            primary, receipt, verify_ns = self._run_verified(manifest, inputs, mode, deadline)
+            t_run = time.perf_counter_ns()
+            parameters: dict[str, Any] = {}
+            if receipt is not None:
+                parameters[RECEIPT_PARAMETER] = receipt_to_json(receipt)
+            resp = InferResponse(
+                model_name=manifest.name,
+                model_version=str(manifest.version),
+                id=req.id,
+                outputs=[OutputTensor(n, dt, primary.outputs[n]) for n, dt in chosen],
+                parameters=parameters,
+                typed=wants_typed(req),
+            )
+        except BaseException as e:
+            code = e.code.value if isinstance(e, HyperinferError) else "INTERNAL"
+            self.statistics.record_failure(manifest.name, manifest.version, time.perf_counter_ns() - t0, code)
+            raise
+        t_end = time.perf_counter_ns()
+        infer_ns = int(primary.seconds * 1e9)
+        output_ns = verify_ns + (t_end - t_run)
+        queue_ns = max(t_run - t_in - infer_ns - verify_ns, 0)  # slot waits, failed or rejected attempts
+        self.statistics.record_success(manifest.name, manifest.version, queue_ns=queue_ns, input_ns=t_in - t0,
+                                       infer_ns=infer_ns, output_ns=output_ns)
+        return resp
 
     def _run_verified(self, manifest: Manifest, inputs: dict[str, np.ndarray], mode: str,
-                      deadline: float | None) -> tuple[Any, Receipt | None]:
-        """Primary result (scheduler) and its receipt (verifier). A result the verifier rejects
-        (bad attestation, or found at fault in sync/always mode) is never returned: the
-        request runs again on another node, within the scheduler's attempt budget."""
+                      deadline: float | None) -> tuple[Any, Receipt | None, int]:
+        """Primary result (scheduler), its receipt (verifier) and the verifier's time on it (ns).
+        A result the verifier rejects (bad attestation, or found at fault in sync/always mode)
+        is never returned: the request runs again on another node, within the scheduler's
+        attempt budget."""
         digest = tensors_digest(self._input_names(manifest), inputs)
         tried: list[str] = []
         last: ResultRejected | None = None
+        # a probation node's answer is held until the verifier's check is over: it keeps its one
+        # job (no new primary work) until then
+        release = getattr(self.scheduler, "release_hold", None) if self.verifier is not None else None
         for _ in range(self.scheduler.max_attempts):
             try:
                 primary = self.scheduler.run(manifest, inputs, deadline=deadline, input_digest=digest,
-                                             exclude=tried)
+                                             exclude=tried, **({"hold": True} if release else {}))
             except Unavailable as e:
                 if last is None:
                     raise
@@ -285,7 +310,8 @@ class DataPlane:
                                   f"{len(tried)} node(s) were rejected by verification ({last}) and no other "
                                   f"node could run it ({e})") from None
             if self.verifier is None:
-                return primary, None
+                return primary, None, 0
+            t_verify = time.perf_counter_ns()
             try:
                 receipt = self.verifier.verify(VerifyRequest(
                     manifest=manifest, inputs=inputs, primary=primary.node, request_id=primary.request_id,
@@ -298,7 +324,10 @@ class DataPlane:
                 tried.append(primary.node.node_id)
                 self.registry.report_failure(primary.node.node_id, f"result rejected: {e}")
                 continue
-            return primary, receipt
+            finally:
+                if release is not None:
+                    release(primary.node.node_id)
+            return primary, receipt, time.perf_counter_ns() - t_verify
         raise Unavailable(f"model {manifest.name} version {manifest.version}: results of {len(tried)} node(s) "
                           f"were rejected by verification; last: {last}")
 

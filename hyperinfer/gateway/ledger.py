@@ -15,7 +15,10 @@ first time the node is seen):
 
 Derived: ``reputation = (agreements + a) / (checks + n)`` with the prior
 (a, n) = ``reputation_prior`` (rule of succession: 0.5 before any check), and
-``probation = jobs < probation_jobs`` (0 disables probation).
+``probation``: what the gateway's :class:`~hyperinfer.verify.probation.Probation`
+says when one is attached (``ledger.probation``: fewer than K consecutive checks
+passed since joining or the last fault), else ``jobs < probation_jobs`` (0
+disables probation).
 
 Audit tables: ``attestations`` (every signed attestation the gateway accepted:
 request id, node id, role, bytes, signature, time), ``faults`` (one row per
@@ -119,14 +122,18 @@ class LedgerConfig:
     slash_per_fault: float = 10.0  # S: taken from the stake per fault (at most what is left)
     quarantine_after: int = 3  # faults before quarantine; 0 disables
     probation_jobs: int = 10  # K: a node is on probation for its first K jobs; 0 disables
+    # a node call that ran past --node-timeout: a fault of its own kind, with a smaller slash than a
+    # wrong answer (a node may be slow for honest reasons), quarantined after this many
+    timeout_slash: float = 1.0
+    quarantine_after_timeouts: int = 5  # 0 disables
     reputation_prior: tuple[float, float] = (1.0, 2.0)  # (a, n): (agreements + a) / (checks + n)
 
     def __post_init__(self) -> None:
-        for name in ("reward_per_job", "initial_stake", "slash_per_fault"):
+        for name in ("reward_per_job", "initial_stake", "slash_per_fault", "timeout_slash"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v < 0 or v != v or v == float("inf"):
                 raise InvalidArgument(f"{name}: must be a finite number >= 0, got {v!r}")
-        for name in ("quarantine_after", "probation_jobs"):
+        for name in ("quarantine_after", "probation_jobs", "quarantine_after_timeouts"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise InvalidArgument(f"{name}: must be an integer >= 0, got {v!r}")
@@ -154,6 +161,7 @@ class Ledger:
         self.operators = operators
         self.operator_of = operator_of
         self.on_operator_quarantine = on_operator_quarantine
+        self.probation: Any = None  # verify.probation.Probation, attached by the gateway's assembly
         if hasattr(store, "migrate"):
             store.migrate(COMPONENT, MIGRATIONS)
         else:
@@ -224,7 +232,7 @@ class Ledger:
                     log.exception("on_operator_quarantine(%s) failed", op_id)
         done = list(node_ids)
         for node_id in done:
-            log.warning("node %s quarantined after %d faults", node_id, self.config.quarantine_after)
+            log.warning("node %s quarantined (repeated faults or timeouts)", node_id)
             if self.on_quarantine is not None:
                 try:
                     self.on_quarantine(node_id)
@@ -255,6 +263,32 @@ class Ledger:
         with self.store.transaction() as c:
             q = self._fault(c, node_id, kind, request_id, "", reason, now, forfeit_reward=False, operators_out=ops)
         return bool(self._after_quarantine([node_id] if q else [], ops))
+
+    def record_timeout(self, node_id: str, reason: str, request_id: str = "") -> bool:
+        """A node call that ran past the gateway's node timeout (a stalling node): a ``timeout``
+        row in ``faults``, ``timeout_slash`` taken from the stake, quarantine after
+        ``quarantine_after_timeouts`` of them. Not counted in ``faults`` (wrong answers), so
+        a slow honest node is not quarantined as fast as a cheat. True if newly quarantined."""
+        now = _now_ms()
+        with self.store.transaction() as c:
+            self._ensure(c, node_id, now)
+            row = c.execute("SELECT stake, quarantined FROM ledger WHERE node_id = ?", (node_id,)).fetchone()
+            count = int(c.execute("SELECT COUNT(*) FROM faults WHERE node_id = ? AND kind = 'timeout'",
+                                  (node_id,)).fetchone()[0]) + 1
+            slash = min(float(self.config.timeout_slash), float(row[0]))
+            n = self.config.quarantine_after_timeouts
+            quarantine = bool(n) and count >= n and not row[1]
+            c.execute("UPDATE ledger SET stake = stake - ?, slashed = slashed + ?, "
+                      "quarantined = CASE WHEN ? = 1 THEN 1 ELSE quarantined END, updated = ? WHERE node_id = ?",
+                      (slash, slash, 1 if quarantine else 0, now, node_id))
+            c.execute("INSERT INTO faults (node_id, kind, request_id, dispute_id, reason, slashed, at) "
+                      "VALUES (?, 'timeout', ?, '', ?, ?, ?)", (node_id, request_id, reason, slash, now))
+        return bool(self._after_quarantine([node_id] if quarantine else []))
+
+    def timeouts(self, node_id: str) -> int:
+        with self.store.transaction() as c:
+            return int(c.execute("SELECT COUNT(*) FROM faults WHERE node_id = ? AND kind = 'timeout'",
+                                 (node_id,)).fetchone()[0])
 
     def record_check(self, node_ids: Sequence[str], agreed: bool) -> None:
         """A comparison without fault: an agreement, or an unresolved/unrefereed disagreement."""
@@ -315,8 +349,8 @@ class Ledger:
         with self.store.transaction() as c:
             return c.execute("SELECT * FROM ledger WHERE node_id = ?", (node_id,)).fetchone()
 
-    def details(self, node_id: str) -> dict[str, Any]:
-        """Everything the ledger knows about a node (a fresh node's defaults if unseen)."""
+    def counts(self, node_id: str) -> dict[str, Any]:
+        """The node's counters as stored (a fresh node's defaults if unseen), nothing derived."""
         r = self._row(node_id)
         cfg = self.config
         if r is None:
@@ -326,6 +360,12 @@ class Ledger:
             d = dict(jobs=int(r["jobs"]), checks=int(r["checks"]), agreements=int(r["agreements"]),
                      faults=int(r["faults"]), skipped=int(r["skipped"]), credits=float(r["credits"]),
                      stake=float(r["stake"]), slashed=float(r["slashed"]), quarantined=bool(r["quarantined"]))
+        return d
+
+    def details(self, node_id: str) -> dict[str, Any]:
+        """Everything the ledger knows about a node (a fresh node's defaults if unseen)."""
+        d = self.counts(node_id)
+        cfg = self.config
         op_id = self._operator_id(node_id)
         op = self.operators.get(op_id) if op_id is not None else None
         if op is not None:  # nodes of one operator share its bond: their stake is what is left of it
@@ -334,7 +374,10 @@ class Ledger:
             d["admission"] = op.admission
         a, n = cfg.reputation_prior
         d["reputation"] = (d["agreements"] + a) / (d["checks"] + n)
-        d["probation"] = d["jobs"] < cfg.probation_jobs
+        if self.probation is not None:
+            d["probation"] = self.probation.on_probation(node_id)
+        else:
+            d["probation"] = d["jobs"] < cfg.probation_jobs
         return d
 
     def summary(self, node_id: str) -> dict[str, Any]:
@@ -444,7 +487,8 @@ def config_from(obj: Any) -> LedgerConfig:
     """A LedgerConfig from any settings object, using the fields it has (same names)."""
     defaults = LedgerConfig()
     kw = {}
-    for name in ("reward_per_job", "initial_stake", "slash_per_fault", "quarantine_after", "probation_jobs"):
+    for name in ("reward_per_job", "initial_stake", "slash_per_fault", "quarantine_after", "probation_jobs",
+                 "timeout_slash", "quarantine_after_timeouts"):
         value = getattr(obj, name, None)
         if value is not None:
             kw[name] = type(getattr(defaults, name))(value)
@@ -471,8 +515,9 @@ def install(gateway: Any) -> Ledger:
     gateway.ledger = ledger
     c = ledger.config
     log.info("ledger: reward %g per job, stake %g, slash %g per fault, quarantine after %s faults, "
-             "probation %s jobs; cheating is unprofitable when the sample rate p > C / %g "
+             "%s; cheating is unprofitable when the sample rate p > C / %g "
              "(C: compute cost saved per job; see `hyperinfer economics`)",
              c.reward_per_job, c.initial_stake, c.slash_per_fault, c.quarantine_after or "never",
-             c.probation_jobs or "no", c.reward_per_job + c.slash_per_fault)
+             f"probation until {c.probation_jobs} checks in a row" if c.probation_jobs else "no probation",
+             c.reward_per_job + c.slash_per_fault)
     return ledger

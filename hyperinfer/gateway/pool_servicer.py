@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 from hyperinfer.gateway.artifacts import Catalog, Offer
 from hyperinfer.gateway.registry import Heartbeat, JoinRequest, NodeInfo, Registry
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
+from hyperinfer.transport.limits import StreamLimiter
 
 log = logging.getLogger("hyperinfer.gateway")
 
@@ -53,6 +54,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         self, registry: Registry, catalog: Catalog, *, gateway_id: str, gateway_public_key: bytes,
         ledger: Any = None, sample_rate: Callable[[str, int], float] | None = None,
         access: Any = None, pool_gateway_keys: Callable[[], list[bytes]] | None = None,
+        artifact_streams: StreamLimiter | None = None,
     ):
         self.registry = registry
         self.catalog = catalog
@@ -65,6 +67,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         # keys of every gateway sharing this pool's store, announced to nodes
         self.pool_gateway_keys = pool_gateway_keys or (lambda: [gateway_public_key])
         self.audit_rate: Callable[[str, int], float] | None = None
+        self.artifact_streams = artifact_streams or StreamLimiter(what="artifact streams")
 
     def _interval_ms(self) -> int:
         return int(self.registry.heartbeat_interval * 1000)
@@ -112,7 +115,8 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
                 request.model_name, request.model_version, request.target_id, request.sha256, request.offset))
         chunks = self.catalog.chunks(request.model_name, request.model_version, request.target_id,
                                      request.sha256, request.offset)
-        for c in chunks:
+        # a bounded number of streams at once, idle ones cancelled (transport.limits)
+        for c in self.artifact_streams.stream(context, chunks):
             yield pool_pb2.ArtifactChunk(offset=c.offset, data=c.data, total_size=c.total_size)
 
     def _ledger_fields(self, node_id: str) -> dict[str, Any]:

@@ -8,9 +8,15 @@ to quarantine a node.
 
 Join protocol::
 
-    node -> Challenge(public_key)         gateway: 32 random bytes, single use, 60 s, bound to the key
+    node -> Challenge(public_key)         gateway: a 32-byte nonce, single use, 60 s, bound to the key
     node -> Join(public_key, nonce, signature over verify.payloads.join_payload(...), declaration)
                                           gateway: node_id = fingerprint(public_key)
+
+Challenges are stateless: the nonce is ``expires (8 bytes) | random (8) | HMAC-SHA256(pool
+secret, public key | expires | random)[:16]``, the secret kept in the store (``pool_secrets``,
+shared by every gateway of a shared store). Issuing one writes nothing, so a flood of
+Challenge calls costs a hash each and cannot fill a table or block joins; a nonce is
+written (to ``challenges``, until it expires) only when a join with a valid signature uses it.
 
 States (stored): ``healthy``, ``stale``, ``left``, ``quarantined``. A healthy
 node whose last heartbeat is older than ``3 * heartbeat_interval`` is
@@ -34,6 +40,8 @@ gateway (a node unreachable from one may be fine from another).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 import re
@@ -44,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from hyperinfer.errors import (
-    InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
+    InvalidArgument, NotFound, Unauthenticated,
 )
 from hyperinfer.gateway.store import NodeRecord, Store
 from hyperinfer.verify import payloads
@@ -59,7 +67,7 @@ NONCE_BYTES = 32
 CHALLENGE_TTL_S = 60.0
 MAX_CLOCK_SKEW_S = 300.0
 STALE_AFTER_INTERVALS = 3
-MAX_OPEN_CHALLENGES = 10_000  # bounds the table an anonymous caller can grow
+_CHALLENGE_SECRET = "join-challenge"
 
 _TARGET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -220,6 +228,7 @@ class Registry:
         # With one gateway per store it is always current; on a shared store other gateways
         # write too, so it is re-read when older than cache_ttl (monotonic seconds).
         self._records: dict[str, NodeRecord] = {}
+        self._secret: bytes | None = None  # HMAC key of join challenges (pool_secrets), read once
         self.shared = bool(getattr(store, "shared", False))
         self.cache_ttl = float(cache_ttl)
         self._read_at = time.monotonic()
@@ -279,29 +288,29 @@ class Registry:
 
     # ------------------------------------------------------------- challenge
 
+    def _mac(self, public_key: bytes, head: bytes) -> bytes:
+        if self._secret is None:
+            self._secret = self.store.pool_secret(_CHALLENGE_SECRET)
+        return hmac.new(self._secret, b"hyperinfer-join-challenge\0" + public_key + head, hashlib.sha256).digest()[:16]
+
     def challenge(self, public_key: bytes) -> Challenge:
+        """A nonce for ``public_key``: stateless (nothing is stored until a join uses it)."""
         _check_public_key(public_key)
-        now_ms = self._now_ms()
-        self.store.purge_challenges(now_ms)
-        if self.store.count_challenges() >= MAX_OPEN_CHALLENGES:
-            raise ResourceExhausted("too many open join challenges; retry in a minute")
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        expires_ms = now_ms + int(CHALLENGE_TTL_S * 1000)
-        self.store.add_challenge(nonce, public_key, expires_ms)
-        return Challenge(nonce, expires_ms / 1000)
+        expires_ms = self._now_ms() + int(CHALLENGE_TTL_S * 1000)
+        head = expires_ms.to_bytes(8, "big") + secrets.token_bytes(8)
+        return Challenge(head + self._mac(public_key, head), expires_ms / 1000)
 
     def _consume_nonce(self, nonce: bytes, public_key: bytes) -> None:
-        rec = self.store.take_challenge(nonce)
-        if rec is None:
-            raise Unauthenticated("join nonce is unknown (not issued by this gateway, or expired and purged); "
-                                  "call Challenge again")
-        if rec.used:
-            raise Unauthenticated("join nonce was already used (replayed join); call Challenge for a fresh one")
-        if rec.public_key != public_key:
-            raise PermissionDenied("join nonce was issued to a different public key")
-        if rec.expires_ms < self._now_ms():
+        head, mac = nonce[:16], nonce[16:]
+        if not hmac.compare_digest(mac, self._mac(public_key, head)):
+            raise Unauthenticated("join nonce is unknown (not issued by this pool, or issued to a different "
+                                  "public key); call Challenge again")
+        expires_ms = int.from_bytes(head[:8], "big")
+        if expires_ms < self._now_ms():
             raise Unauthenticated("join nonce expired; call Challenge again and join within "
                                   f"{int(CHALLENGE_TTL_S)} s")
+        if not self.store.claim_nonce(nonce, public_key, expires_ms):
+            raise Unauthenticated("join nonce was already used (replayed join); call Challenge for a fresh one")
 
     # ------------------------------------------------------------------ join
 

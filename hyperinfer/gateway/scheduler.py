@@ -19,6 +19,12 @@ result before it is accepted, raising a HyperinferError (e.g.
 ``gateway.verification.Verifier.check_result``, ResultRejected) to reject it.
 The gateway's data plane leaves it out and lets ``Verifier.verify`` check each
 result once; a rejected result is then retried by the data plane.
+
+``gate`` (optional, a :class:`~hyperinfer.verify.probation.Probation`) says who
+may take new primary work: a node with a dispute pending gets none, a node on
+probation one job at a time. ``run(..., hold=True)`` keeps a probation node's
+reservation after the call returns (its answer is held until checked); the
+caller ends it with :meth:`Scheduler.release_hold`.
 """
 
 from __future__ import annotations
@@ -74,7 +80,8 @@ class Scheduler:
                  call_timeout: float = DEFAULT_CALL_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  rng: random.Random | None = None,
                  check: Callable[[Manifest, Any, str, str, Any], Any] | None = None,
-                 known_nodes: Callable[[], int] | None = None):
+                 known_nodes: Callable[[], int] | None = None,
+                 on_timeout: Callable[[str, str, str], None] | None = None, gate: Any = None):
         if max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be >= 1, got {max_attempts}")
         if call_timeout <= 0:
@@ -86,9 +93,15 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._check = check
         self._known_nodes = known_nodes
+        # (node id, reason, request id) when a node ran past call_timeout (not the client's deadline):
+        # the ledger records it as a timeout fault
+        self._on_timeout = on_timeout
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._inflight: dict[str, int] = {}
+        self.gate = gate if gate is not None and getattr(gate, "enabled", True) else None
+        if self.gate is not None:  # a node freed by the gate may be what a waiting request needs
+            self.gate.listeners.append(lambda node_id: self._wake())
 
     # -------------------------------------------------------------- choice
 
@@ -102,20 +115,25 @@ class Scheduler:
         Called with the lock held; reserves a slot on the chosen node, or returns None."""
         best: list[Any] = []
         low = None
+        gate = self.gate
         for n in candidates:
             c = self._inflight.get(n.node_id, 0)
             cap = getattr(n, "capacity", 0) or 0
             if cap and c >= cap:
                 continue
+            if gate is not None and gate.blocked(n.node_id):
+                continue
             if low is None or c < low:
                 low, best = c, [n]
             elif c == low:
                 best.append(n)
-        if not best:
-            return None
-        node = best[0] if len(best) == 1 else self._rng.choice(best)
-        self._inflight[node.node_id] = low + 1
-        return node
+        while best:
+            node = best[0] if len(best) == 1 else self._rng.choice(best)
+            if gate is None or gate.admit(node.node_id):  # admit: atomic, in case the gate changed meanwhile
+                self._inflight[node.node_id] = low + 1
+                return node
+            best.remove(node)
+        return None
 
     def _acquire(self, candidates: Sequence[Any], until: float) -> Any | None:
         """A node with a free slot, waiting (bounded) while every candidate is at capacity:
@@ -139,6 +157,15 @@ class Scheduler:
                 self._inflight.pop(node_id, None)
             self._cond.notify_all()  # waiters may want different nodes
 
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def release_hold(self, node_id: str) -> None:
+        """End the reservation ``run(..., hold=True)`` kept (the held answer's check is over)."""
+        if self.gate is not None:
+            self.gate.release(node_id)
+
     def counted(self, client: WorkerClient) -> "CountedClient":
         """``client`` with its calls counted as in flight here: give it to the verifier, so that
         validator runs count toward least-outstanding like primary requests do."""
@@ -156,13 +183,14 @@ class Scheduler:
     def run(self, manifest: Manifest, inputs: Mapping[str, np.ndarray], *,
             deadline: float | None = None, accept: Callable[[Any], bool] | None = None,
             prefer: Callable[[Any], bool] | None = None, input_digest: str | None = None,
-            exclude: Iterable[str] = ()) -> Scheduled:
+            exclude: Iterable[str] = (), hold: bool = False) -> Scheduled:
         """Run ``inputs`` (already checked against the manifest) on one node.
 
         ``deadline``: time.monotonic() by which to give up (the client's deadline).
         ``accept``: only nodes it returns True for (a validator of another operator).
         ``prefer``: among accepted nodes, those it returns True for come first
         (a validator running the same artifact).
+        ``hold``: keep the gate's reservation of the node that answered (see the module doc).
         """
         name, version = manifest.name, manifest.version
         if input_digest is None:
@@ -202,9 +230,11 @@ class Scheduler:
             tried.add(node.node_id)
             request_id = uuid.uuid4().hex  # never the client's id: nodes must not link retries or checks
             t0 = time.perf_counter()
+            ok = False
             try:
                 result = self.client.infer(node, request_id, name, version, inputs, timeout=timeout)
                 att = self._check(manifest, node, request_id, input_digest, result) if self._check else None
+                ok = True
             except HyperinferError as e:
                 if e.code == Code.INVALID_ARGUMENT:
                     raise
@@ -215,12 +245,19 @@ class Scheduler:
                                           f"version {version}", Code.DEADLINE_EXCEEDED) from None
                 last = e
                 codes.add(e.code)
+                if e.code == Code.DEADLINE_EXCEEDED and self._on_timeout is not None:
+                    try:
+                        self._on_timeout(node.node_id, f"no answer within {timeout:.3g} s", request_id)
+                    except Exception:  # noqa: BLE001 - bookkeeping must not fail the request
+                        log.exception("recording the timeout of node %s failed", node.node_id)
                 if e.code != Code.RESOURCE_EXHAUSTED:
                     log.warning("node %s failed %s/%s (%s): %s; retrying elsewhere",
                                 node.node_id, name, version, e.code.value, e)
                     self.registry.report_failure(node.node_id, f"{e.code.value}: {e}")
                 continue
             finally:
+                if self.gate is not None and not (ok and hold):
+                    self.gate.release(node.node_id)
                 self._release(node.node_id)
             return Scheduled(node, request_id, dict(result.outputs), att, result.attestation_bytes,
                              result.signature, input_digest, attempts, time.perf_counter() - t0)

@@ -25,9 +25,12 @@ log = logging.getLogger("hyperinfer.gateway")
 
 
 class GatewayServer:
-    def __init__(self, listen: str, *, max_workers: int = 16, max_message_bytes: int):
+    def __init__(self, listen: str, *, max_workers: int = 16, max_message_bytes: int,
+                 max_concurrent_rpcs: int | None = None, credentials: grpc.ServerCredentials | None = None):
         self.listen = listen
-        self._server = make_server(max_workers=max_workers, max_message_bytes=max_message_bytes)
+        self.credentials = credentials  # TLS when set
+        self._server = make_server(max_workers=max_workers, max_message_bytes=max_message_bytes,
+                                   max_concurrent_rpcs=max_concurrent_rpcs)
         self._services: list[str] = []
         self._health: health.HealthServicer | None = None
         self.port: int | None = None
@@ -60,7 +63,7 @@ class GatewayServer:
         """Bind, enable health and reflection, start serving; returns the bound port."""
         if self.started:
             raise FailedPrecondition("the gateway server is already running")
-        self.port = bind(self._server, self.listen)
+        self.port = bind(self._server, self.listen, self.credentials)
         self._health = add_health(self._server, self._services)
         reflection.enable_server_reflection(
             [*self._services, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server,

@@ -56,7 +56,18 @@ One check, step by step:
    credits a check to both.
 6. otherwise the referee runs; for a same-artifact tie a third node breaks it
    (see :mod:`hyperinfer.verify.dispute`); the verdict slashes, may quarantine,
-   and the evidence is stored.
+   and the evidence is stored. While the referee decides, both nodes are
+   suspended from new primary work (``probation.suspend``).
+
+Probation (``probation=``, a :class:`~hyperinfer.verify.probation.Probation`):
+a primary on probation is checked before its answer is returned, whatever the
+mode (steps 3–6 run synchronously, validators trusted nodes first); with no
+validator available the referee alone checks it (status ``refereed``). Only
+``agreed``, ``disputed-won`` and ``refereed`` answers are served; any other
+outcome raises :class:`ResultRejected`. Its receipt carries ``probation: true``.
+Every check outcome feeds the probation state (a pass, or a fault that puts the
+node back on probation). Without ``probation`` the ledger's job-count probation
+only raises the sample rate, as before.
 """
 
 from __future__ import annotations
@@ -80,6 +91,7 @@ from hyperinfer.verify.agreement import agree, within_tolerance
 from hyperinfer.verify.attestation import Attestation, AttestationError, verify_attestation
 from hyperinfer.verify.digest import tensors_digest
 from hyperinfer.verify.dispute import Execution, needs_tiebreaker, new_dispute
+from hyperinfer.verify.probation import Probation
 from hyperinfer.verify.receipt import RECEIPT_PARAMETER, Receipt, sign_receipt
 from hyperinfer.verify.sampling import Mode, NodeRef, SamplingPolicy, _check_rate, choose_validator, draw
 from hyperinfer.verify.signing import fingerprint, key_id
@@ -168,7 +180,8 @@ class _Run:
 class Verifier:
     def __init__(self, ledger: Any, policy: SamplingPolicy, referee: Referee, client: WorkerClient,
                  gateway_key: Ed25519PrivateKey, *, background_workers: int = 2, call_timeout: float = 30.0,
-                 max_validator_attempts: int = 2, audit_rate: float = 0.0,
+                 max_validator_attempts: int = 2, probation: Probation | None = None,
+                 max_pending_checks: int = 1000, audit_rate: float = 0.0,
                  admission_of: Callable[[str], str] | None = None):
         """``audit_rate``: share of requests the gateway re-runs itself with the referee (ONNX
         Runtime), drawn independently of the sampled checks: the floor that no collusion of
@@ -183,6 +196,10 @@ class Verifier:
         self.gateway_id = key_id(gateway_key)
         self.call_timeout = float(call_timeout)
         self.max_validator_attempts = max(1, int(max_validator_attempts))
+        self.probation = probation if probation is not None and probation.enabled else None
+        # background checks queued or running; beyond this a sampled request's check is recorded
+        # as skipped ("check queue full"), never dropped silently and never an unbounded queue
+        self.max_pending_checks = max(1, int(max_pending_checks))
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(background_workers)),
                                         thread_name_prefix="verify")
         self._lock = threading.Lock()
@@ -236,6 +253,8 @@ class Verifier:
             return self._check(manifest, ref, request_id, input_digest, result)
         except ResultRejected as e:
             self.ledger.record_fault(ref.node_id, str(e), request_id)
+            if self.probation is not None:
+                self.probation.fault(ref.node_id)
             raise
 
     def _accept(self, manifest: Manifest, node: Any, request_id: str, input_digest: str, result: Any,
@@ -253,7 +272,7 @@ class Verifier:
     # ------------------------------------------------------------ receipts
 
     def _receipt(self, primary: _Run, status: str, detail: str = "", validator: _Run | None = None,
-                 dispute_id: str = "") -> Receipt:
+                 dispute_id: str = "", probation: bool = False) -> Receipt:
         m = primary.attestation
         r = Receipt(
             request_id=primary.request_id, model_name=m.model_name, model_version=m.model_version,
@@ -264,7 +283,7 @@ class Verifier:
             validator_public_key=validator.node.public_key if validator else None,
             validator_attestation=bytes(validator.result.attestation_bytes) if validator else None,
             validator_signature=bytes(validator.result.signature) if validator else None,
-            dispute_id=dispute_id, admission=self._admission(primary.node.node_id),
+            dispute_id=dispute_id, probation=probation, admission=self._admission(primary.node.node_id),
         )
         signed = sign_receipt(self.gateway_key, r, self.gateway_id)
         self.ledger.store_receipt(signed)
@@ -291,8 +310,12 @@ class Verifier:
         input_digest = req.input_digest or tensors_digest([s.name for s in manifest.inputs], req.inputs)
         ref = node_ref(req.primary, manifest.name, manifest.version)
         att = self.check_result(manifest, ref, req.request_id, input_digest, req.result)
+        if self.probation is not None and self.probation.on_probation(ref.node_id):
+            return self._held(req, manifest, input_digest, att)
         # standing before this job: probation covers a node's first K jobs, this one included
         standing = self.ledger.summary(ref.node_id)
+        if self.probation is not None:  # probation is decided above, not by the job count
+            standing = {**standing, "probation": False}
         primary = self._accept(manifest, req.primary, req.request_id, input_digest, req.result, "primary",
                                checked=att)
 
@@ -306,6 +329,13 @@ class Verifier:
             return self._receipt(primary, rc.UNCHECKED)
         candidates = list(req.candidates)
         if mode is Mode.AUTO:
+            with self._lock:
+                full = len(self._pending) >= self.max_pending_checks
+            if full:
+                log.warning("check queue full (%d checks pending): check of request %s skipped",
+                            self.max_pending_checks, primary.request_id)
+                self.ledger.record_skipped(primary.node.node_id)
+                return self._receipt(primary, rc.SKIPPED, f"check queue full ({self.max_pending_checks} pending)")
             what = " and ".join(w for w, on in (("check", check), ("audit", audit)) if on)
             pending = self._receipt(primary, rc.PENDING, f"{what} running in the background")
             self._submit(self._background, manifest, inputs, input_digest, primary, candidates, check, audit)
@@ -357,6 +387,44 @@ class Verifier:
             reason += f"; validator {accomplice} had agreed with it"
         return self._receipt(primary, rc.AUDIT_FAILED, reason)
 
+    def _held(self, req: VerifyRequest, manifest: Manifest, input_digest: str, att: Attestation) -> Receipt:
+        """A probation primary: check now, serve only what someone independent found right."""
+        primary = self._accept(manifest, req.primary, req.request_id, input_digest, req.result, "primary",
+                               checked=att)
+        final = self._run_check(manifest, dict(req.inputs), input_digest, primary, list(req.candidates),
+                                req.deadline, probation=True)
+        if final.status not in rc.PROBATION_SERVED:
+            raise ResultRejected(f"node {primary.node.node_id} (on probation): answer not served, check "
+                                 f"{final.status}: {final.detail}", primary.node.node_id, final)
+        return final
+
+    def _passed(self, *node_ids: str) -> None:
+        if self.probation is not None:
+            for n in node_ids:
+                self.probation.passed(n)
+
+    def _refereed(self, manifest: Manifest, inputs, primary: _Run, notes: list[str]) -> Receipt:
+        """No validator for a probation primary: ONNX Runtime on the gateway checks it."""
+        name, version = manifest.name, manifest.version
+        why = "no independent validator" + (f" ({'; '.join(notes)})" if notes else "")
+        try:
+            reference = {k: np.asarray(v) for k, v in self.referee(name, version, inputs).items()}
+        except Exception as e:  # noqa: BLE001 - nobody checked it: not served, nobody slashed
+            log.exception("referee failed for %s/%s", name, version)
+            self.ledger.record_skipped(primary.node.node_id)
+            return self._receipt(primary, rc.SKIPPED, f"{why}; referee failed ({type(e).__name__})",
+                                 probation=True)
+        cmp = within_tolerance(primary.result.outputs, reference, manifest.outputs)
+        if cmp.agree:
+            self.ledger.record_check([primary.node.node_id], True)
+            self._passed(primary.node.node_id)
+            return self._receipt(primary, rc.REFEREED, f"{why}; ONNX Runtime referee: {cmp.reason}",
+                                 probation=True)
+        reason = f"{why}; ONNX Runtime referee: {cmp.reason}"
+        self.ledger.record_fault(primary.node.node_id, reason, primary.request_id, kind="referee")
+        self.probation.fault(primary.node.node_id)
+        return self._receipt(primary, rc.DISPUTED_LOST, reason, probation=True)
+
     def _done(self, fut: Future) -> None:
         with self._lock:
             self._pending.discard(fut)
@@ -399,6 +467,9 @@ class Verifier:
             try:
                 return self._run_on(manifest, inputs, input_digest, handle, role, timeout), notes
             except HyperinferError as e:
+                if e.code == Code.DEADLINE_EXCEEDED and timeout >= self.call_timeout:
+                    # the validator stalled past the node timeout (not a client deadline): its fault
+                    self._record_timeout(choice.node.node_id, f"{role} gave no answer within {timeout:.3g} s")
                 notes.append(f"{role} {choice.node.node_id}: {e}")
                 log.warning("%s %s failed: %s", role, choice.node.node_id, e)
             except Exception as e:  # noqa: BLE001 - a broken client call is that validator's failure only
@@ -406,8 +477,17 @@ class Verifier:
                 log.exception("%s %s failed", role, choice.node.node_id)
         return None, notes
 
+    def _record_timeout(self, node_id: str, reason: str) -> None:
+        record = getattr(self.ledger, "record_timeout", None)
+        if record is None:
+            return
+        try:
+            record(node_id, reason)
+        except Exception:  # noqa: BLE001 - bookkeeping must not end the check
+            log.exception("recording the timeout of node %s failed", node_id)
+
     def _run_check(self, manifest: Manifest, inputs, input_digest: str, primary: _Run,
-                   candidates: Sequence[Any], deadline: float | None = None) -> Receipt:
+                   candidates: Sequence[Any], deadline: float | None = None, probation: bool = False) -> Receipt:
         name, version = manifest.name, manifest.version
         pool = []
         for c in candidates:
@@ -417,8 +497,23 @@ class Verifier:
             ref = node_ref(c, name, version)
             if ref.node_id != primary.node.node_id:
                 pool.append((ref, c))
-        validator, notes = self._find(manifest, inputs, input_digest, primary, pool, "validator", deadline=deadline)
+        validator, notes, rest = None, [], pool
+        if self.probation is not None:  # trusted validators first; probation ones only if none can
+            trusted = [(r, c) for r, c in pool if self.probation.trusted(r.node_id)]
+            if trusted:
+                validator, notes = self._find(manifest, inputs, input_digest, primary, trusted, "validator",
+                                              deadline=deadline)
+                rest = [(r, c) for r, c in pool if not self.probation.trusted(r.node_id)]
+            # a probation node holding a job of its own (or with a dispute pending) validates nothing
+            # meanwhile: one job at a time, so its faults come one by one
+            rest = [(r, c) for r, c in rest if not self.probation.blocked(r.node_id)]
         if validator is None:
+            validator, more = self._find(manifest, inputs, input_digest, primary, rest, "validator",
+                                         deadline=deadline)
+            notes += more
+        if validator is None:
+            if probation:
+                return self._refereed(manifest, inputs, primary, notes)
             self.ledger.record_skipped(primary.node.node_id)
             detail = "no independent validator" + (f" ({'; '.join(notes)})" if notes else "")
             return self._receipt(primary, rc.SKIPPED, detail)
@@ -435,15 +530,31 @@ class Verifier:
             how = f"different artifacts ({pa.target_id} vs {va.target_id}): {cmp.reason}"
         if agreed:
             self.ledger.record_check([primary.node.node_id, validator.node.node_id], True)
-            return self._receipt(primary, rc.AGREED, how, validator)
+            self._passed(primary.node.node_id, validator.node.node_id)
+            return self._receipt(primary, rc.AGREED, how, validator, probation=probation)
 
+        parties = [primary.node.node_id, validator.node.node_id]
+        if self.probation is None:
+            return self._dispute(manifest, inputs, input_digest, primary, validator, pool, same_artifact, how,
+                                 deadline, probation)
+        self.probation.suspend(parties)  # no new primary work for either until the verdict
+        try:
+            return self._dispute(manifest, inputs, input_digest, primary, validator, pool, same_artifact, how,
+                                 deadline, probation)
+        finally:
+            self.probation.resume(parties)
+
+    def _dispute(self, manifest: Manifest, inputs, input_digest: str, primary: _Run, validator: _Run,
+                 pool: list, same_artifact: bool, how: str, deadline: float | None, probation: bool) -> Receipt:
+        name, version = manifest.name, manifest.version
+        pa = primary.attestation
         try:
             reference = {k: np.asarray(v) for k, v in self.referee(name, version, inputs).items()}
         except Exception as e:  # noqa: BLE001 - no verdict without a referee; nobody is slashed
             log.exception("referee failed for %s/%s", name, version)
             self.ledger.record_check([primary.node.node_id, validator.node.node_id], False)
             return self._receipt(primary, rc.DISPUTED_UNRESOLVED,
-                                 f"{how}; referee failed ({type(e).__name__})", validator)
+                                 f"{how}; referee failed ({type(e).__name__})", validator, probation=probation)
 
         p_exec, v_exec = primary.execution("primary"), validator.execution("validator")
         tiebreaker = None
@@ -462,8 +573,16 @@ class Verifier:
             tiebreaker=tiebreaker,
         )
         self.ledger.record_dispute(dispute)
-        status = dispute.verdict.outcome_for(primary.node.node_id)
-        return self._receipt(primary, status, f"{how}; {dispute.verdict.reason}", validator, dispute.dispute_id)
+        v = dispute.verdict
+        if self.probation is not None:
+            for e in (dispute.primary, dispute.validator):
+                if e.node_id in v.faults:
+                    self.probation.fault(e.node_id)
+                elif v.resolved:
+                    self.probation.passed(e.node_id)
+        status = v.outcome_for(primary.node.node_id)
+        return self._receipt(primary, status, f"{how}; {v.reason}", validator, dispute.dispute_id,
+                             probation=probation)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -20,7 +20,9 @@ from hyperinfer.gateway.verification import WorkerResult
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
 from hyperinfer.transport import tensors
 from hyperinfer.transport.errors import error_from_rpc
-from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES, channel_options
+from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
+from hyperinfer.transport.server import channel as make_channel
+from hyperinfer.transport.tls import TLSFiles
 from hyperinfer.verify.operators import infer_fields, sign_call
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -30,10 +32,11 @@ class GrpcWorkerClient:
     """WorkerClient over gRPC. Thread-safe; call :meth:`close` on shutdown."""
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 signer: Any = None):
+                 tls: TLSFiles | None = None, signer: Any = None):
         """``signer``: the gateway's key; nodes serve only calls their gateway signed."""
         self.signer = signer
         self.timeout = float(timeout)
+        self.tls = tls  # mutual TLS to nodes: their certificates checked with the CA, ours presented
         self.max_message_bytes = max_message_bytes
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, pool_pb2_grpc.WorkerStub]] = {}
@@ -45,8 +48,8 @@ class GrpcWorkerClient:
                 entry = self._stubs.get(address)
                 if entry is None:
                     # no transparent gRPC retries: the scheduler retries on another node itself
-                    ch = grpc.insecure_channel(
-                        address, options=channel_options(self.max_message_bytes) + [("grpc.enable_retries", 0)])
+                    ch = make_channel(address, self.max_message_bytes, tls=self.tls,
+                                      options=[("grpc.enable_retries", 0)])
                     entry = (ch, pool_pb2_grpc.WorkerStub(ch))
                     self._stubs[address] = entry
         return entry[1]

@@ -25,6 +25,7 @@ from hyperinfer.node.models import BackgroundLoader, ModelManager, RunnerFactory
 from hyperinfer.node.pool_client import JoinSpec, PoolClient
 from hyperinfer.node.server import WorkerServer
 from hyperinfer.node.servicer import NodeInfo
+from hyperinfer.transport.tls import TLSFiles
 
 log = logging.getLogger("hyperinfer.node")
 
@@ -72,6 +73,15 @@ class NodeConfig:
     requests after its first; 0 batches only what queued while the previous batch ran."""
     batching: bool = True
     """Run requests that arrive together as one batch (packages compiled with --max-batch)."""
+    tls_cert: Path | None = None
+    """PEM certificate the node presents (Worker port, and to the gateway as a client)."""
+    tls_key: Path | None = None
+    """Its PEM private key."""
+    tls_ca: Path | None = None
+    """PEM CA of the pool: checks the gateway, and only clients with a certificate it signed may
+    call Worker (mutual TLS)."""
+    metrics_listen: str = "off"
+    """host:port of the node's Prometheus endpoint (GET /metrics), or "off"."""
 
 
 def restrict_targets(hardware: Hardware, wanted: list[str]) -> Hardware:
@@ -124,19 +134,29 @@ class Node:
                 raise InvalidArgument(f"--operator-cert {p}: no such file")
             cert = p.read_bytes()
             verify_cert(cert, self.dataplane.public_key)  # a wrong certificate is this operator's error: say so now
+        self.tls = TLSFiles.load(c.tls_cert, c.tls_key, c.tls_ca)
+        if self.tls is not None and (not self.tls.can_serve or self.tls.ca is None):
+            raise InvalidArgument("a node's TLS is mutual: give --tls-cert, --tls-key and --tls-ca together")
         # a node works only for its gateway(s): Worker calls must be signed by a pinned key
         self.gatekeeper = Gatekeeper(self.dataplane.node_id, load_public_key(c.gateway_key) if c.gateway_key else None)
-        self.server = WorkerServer(self.dataplane, self.info, c.listen, authorize=self.gatekeeper.check)
+        self.server = WorkerServer(self.dataplane, self.info, c.listen,
+                                   credentials=self.tls.server_credentials(require_client_cert=True)
+                                   if self.tls else None, authorize=self.gatekeeper.check)
         advertise = c.advertise or self.server.address
         self.pool = PoolClient(c.gateway, self.key, self.dataplane,
                                JoinSpec(self.info.operator, advertise, self.hardware.targets, self.hardware.devices),
-                               gatekeeper=self.gatekeeper, operator_cert=cert)
+                               tls=self.tls, gatekeeper=self.gatekeeper, operator_cert=cert)
         self.manager = ModelManager(self.dataplane, self.cache, self.hardware.targets, self.trust,
                                     fetch=self.pool.fetch,
                                     versions=VersionLog(self.cache.root / "loaded-versions.json"),
                                     runner_factory=runner_factory or tvm_runner_factory(c.threads),
                                     on_loaded=lambda m: self._loaded(m, on_loaded))
         self.loader = BackgroundLoader(self.manager)
+        self.metrics = None
+        if c.metrics_listen and c.metrics_listen.lower() != "off":
+            from hyperinfer.node.metrics import NodeMetrics
+
+            self.metrics = NodeMetrics(self, c.metrics_listen)
         self.pool.on_offers = self.loader.submit
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -156,6 +176,8 @@ class Node:
 
     def start(self) -> "Node":
         self.server.start()
+        if self.metrics is not None:
+            self.metrics.server.start()
         self.loader.start()
         self.pool.start()
         return self
@@ -168,6 +190,8 @@ class Node:
             self.pool.stop(leave=True)
             self.loader.stop()
             self.server.stop(self.config.grace_s)
+            if self.metrics is not None:
+                self.metrics.server.stop()
             self.dataplane.close()
             self._stopped.set()
 

@@ -1,4 +1,4 @@
-"""Content-addressed artifact cache: ``ROOT/<sha256>.so``.
+"""Content-addressed artifact cache: ``ROOT/<sha256>.so`` (``<sha256>.zip`` for a vulkan WGSL plan).
 
 A download goes to ``<sha256>.part`` and becomes visible (an atomic rename) only
 after its size and sha256 match what the manifest says: a half-written or
@@ -28,6 +28,7 @@ from hyperinfer.package import sha256_file
 log = logging.getLogger("hyperinfer.node.cache")
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SUFFIXES = (".so", ".zip")  # TVM shared library; WGSL kernels + plan (vulkan)
 
 # transient: worth another attempt (the stream broke, the bytes were bad, the gateway restarted)
 RETRYABLE = {Code.DATA_LOSS, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.INTERNAL, Code.RESOURCE_EXHAUSTED}
@@ -88,17 +89,19 @@ class ArtifactCache:
         self.progress = progress
         self._sleep = sleep
 
-    def path_for(self, sha256: str) -> Path:
+    def path_for(self, sha256: str, suffix: str = ".so") -> Path:
         if not _SHA_RE.match(sha256 or ""):
             raise InvalidArgument(f"artifact sha256 {sha256!r} is not 64 lowercase hex characters")
-        return self.root / f"{sha256}.so"
+        if suffix not in _SUFFIXES:
+            raise InvalidArgument(f"artifact file type {suffix!r} is not one of {', '.join(_SUFFIXES)}")
+        return self.root / f"{sha256}{suffix}"
 
     def _part_path(self, sha256: str) -> Path:
         return self.root / f"{sha256}.part"
 
-    def lookup(self, sha256: str, size: int) -> Path | None:
+    def lookup(self, sha256: str, size: int, suffix: str = ".so") -> Path | None:
         """The cached file if present and intact; a damaged one is deleted."""
-        path = self.path_for(sha256)
+        path = self.path_for(sha256, suffix)
         if not path.is_file():
             return None
         if path.stat().st_size == size and sha256_file(path) == sha256:
@@ -107,11 +110,11 @@ class ArtifactCache:
         path.unlink(missing_ok=True)
         return None
 
-    def get(self, sha256: str, size: int, fetch: ChunkSource, label: str = "") -> Path:
+    def get(self, sha256: str, size: int, fetch: ChunkSource, label: str = "", suffix: str = ".so") -> Path:
         """Path of the verified artifact, downloading it first if needed."""
         if size < 0:
             raise InvalidArgument(f"artifact size {size} is negative")
-        cached = self.lookup(sha256, size)
+        cached = self.lookup(sha256, size, suffix)
         if cached is not None:
             return cached
         # private: whoever can write here can swap a verified artifact before it is loaded
@@ -125,14 +128,14 @@ class ArtifactCache:
                             label, last, attempt, self.retries, delay)
                 self._sleep(delay)
             try:
-                return self._download(sha256, size, fetch, label)
+                return self._download(sha256, size, fetch, label, suffix)
             except HyperinferError as e:
                 if e.code not in RETRYABLE:
                     raise
                 last = e
         raise DataLoss(f"could not download artifact {label} after {self.retries + 1} attempts: {last}")
 
-    def _download(self, sha256: str, size: int, fetch: ChunkSource, label: str) -> Path:
+    def _download(self, sha256: str, size: int, fetch: ChunkSource, label: str, suffix: str = ".so") -> Path:
         part = self._part_path(sha256)
         have = part.stat().st_size if part.is_file() else 0
         if have > size:  # a leftover longer than the artifact can only be garbage
@@ -176,7 +179,7 @@ class ArtifactCache:
                 self._discard(part)
                 raise DataLoss(f"artifact {label}: sha256 {h.hexdigest()[:16]}… does not match "
                                f"the manifest's {sha256[:16]}…; download discarded")
-            final = self.path_for(sha256)
+            final = self.path_for(sha256, suffix)
             os.replace(part, final)
             ok = True
             return final

@@ -192,12 +192,31 @@ def detect_rocm() -> tuple[list[Device], list[str]]:
     return devices, targets
 
 
-def detect_vulkan() -> tuple[list[Device], list[str]]:
-    devs = _tvm_devices("vulkan")
-    if not devs:
+def vulkan_devices(adapters, include_software: bool) -> tuple[list[Device], list[str]]:
+    """Devices for WebGPU adapters (runtime/webgpu.py); software ones (lavapipe) only when asked:
+    ``--device auto`` prefers a GPU and otherwise the CPU's own TVM artifacts, which are faster."""
+    chosen = [a for a in adapters if include_software or not a.is_software]
+    devices = []
+    for a in chosen:
+        features = [f"vendor={a.vendor or '?'}", f"backend={a.backend}", f"type={a.adapter_type}"]
+        features += [f"{k}={v}" for k, v in sorted(a.limits.items())]
+        features += list(a.features)
+        devices.append(Device("vulkan", a.name, "wgsl", 1, tuple(features)))
+    return devices, (["vulkan"] if devices else [])
+
+
+def detect_vulkan(include_software: bool = False) -> tuple[list[Device], list[str]]:
+    """Vulkan (and Metal/D3D12) adapters wgpu-native finds; the ``vulkan`` target runs on any."""
+    try:
+        from hyperinfer.runtime import webgpu
+
+        found = webgpu.adapters()
+    except Exception as e:  # noqa: BLE001 - detection never fails a node
+        log.debug("no WebGPU adapters: %s", e)
         return [], []
-    name = str(_attr(lambda: devs[0].device_name) or "Vulkan device")
-    return [Device("vulkan", name, "vulkan", len(devs))], ["vulkan"]
+    if not found:
+        log.debug("no WebGPU adapters: %s", webgpu.why_not())
+    return vulkan_devices(found, include_software)
 
 
 _DETECTORS: dict[str, Callable[[], tuple[list[Device], list[str]]]] = {
@@ -218,13 +237,17 @@ def detect(device: str = "auto", cpuinfo_path: str = "/proc/cpuinfo") -> Hardwar
     targets: list[str] = []
     for kind in ("cuda", "rocm", "vulkan"):
         if device in ("auto", kind):
-            d, t = _DETECTORS[kind]()
+            d, t = detect_vulkan(include_software=device == "vulkan") if kind == "vulkan" else _DETECTORS[kind]()
             devices += d
             targets += t
     if device in ("auto", "cpu"):
         cpu, t = detect_cpu(cpuinfo_path)
         devices.append(cpu)
         targets += t
+    if not targets and device == "vulkan":
+        from hyperinfer.runtime import webgpu
+
+        raise FailedPrecondition(f"--device vulkan: no WebGPU adapter found on this machine: {webgpu.why_not()}")
     if not targets:
         raise FailedPrecondition(
             f"--device {device}: no usable {'device' if device == 'auto' else device + ' device'} found on this machine"

@@ -47,10 +47,11 @@ _PERMANENT = {Code.PERMISSION_DENIED, Code.INVALID_ARGUMENT, Code.FAILED_PRECOND
 
 
 def tvm_runner_factory(threads: int | None = None) -> RunnerFactory:
+    """Runners by artifact kind: TVM shared libraries, or WGSL plans over wgpu for ``vulkan``."""
     def make(path: Path, manifest: Manifest, target_id: str) -> Runner:
-        from hyperinfer.runtime.tvm_runner import TVMRunner, device_kind_of
+        from hyperinfer.runtime.runners import make_runner
 
-        return TVMRunner(path, manifest.inputs, manifest.outputs, device_kind_of(target_id), threads, manifest.batch)
+        return make_runner(path, manifest.inputs, manifest.outputs, target_id, threads, manifest.batch)
 
     return make
 
@@ -171,8 +172,9 @@ class ModelManager:
                 f"(package: {', '.join(sorted(manifest.artifacts)) or 'none'}; node: {', '.join(self.targets)})"
             )
         info = manifest.artifacts[target]
+        suffix = ".zip" if info.file.endswith(".zip") else ".so"
         path = self.cache.get(info.sha256, info.size, self.fetch(manifest.name, manifest.version, target, info.sha256),
-                              label=f"{label} [{target}]")
+                              label=f"{label} [{target}]", suffix=suffix)
         runner = self.runner_factory(path, manifest, target)
         model = LoadedModel(manifest, target, info.sha256, runner, publisher)
         self.dataplane.add(model)

@@ -38,6 +38,7 @@ from hyperinfer.node.models import Offer
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
 from hyperinfer.transport.errors import error_from_rpc
 from hyperinfer.transport.server import channel as make_channel
+from hyperinfer.transport.tls import TLSFiles
 from hyperinfer.verify import payloads
 from hyperinfer.verify.signing import fingerprint, sign
 
@@ -68,7 +69,7 @@ class PoolClient:
     def __init__(self, gateway: str, key: Ed25519PrivateKey, dataplane: DataPlane, spec: JoinSpec,
                  on_offers: Callable[[Sequence[Offer]], None] = lambda offers: None,
                  on_joined: Callable[[pool_pb2.JoinResponse], None] = lambda resp: None,
-                 backoff_cap_s: float = 10.0, channel: grpc.Channel | None = None,
+                 backoff_cap_s: float = 10.0, channel: grpc.Channel | None = None, tls: TLSFiles | None = None,
                  gatekeeper: Any = None, operator_cert: bytes = b""):
         self.gateway = gateway
         self._key = key
@@ -80,7 +81,7 @@ class PoolClient:
         # node.gatekeeper.Gatekeeper: pins the gateway key at join, learns the pool's gateways
         self.gatekeeper = gatekeeper
         self.operator_cert = bytes(operator_cert)
-        self._channel = channel or make_channel(gateway)
+        self._channel = channel or make_channel(gateway, tls=tls)
         self.stub = pool_pb2_grpc.PoolStub(self._channel)
         self.joined = False
         self.gateway_id = ""

@@ -18,7 +18,8 @@ WORKER_SERVICE = "hyperinfer.v1.Worker"
 
 class WorkerServer:
     def __init__(self, dataplane: DataPlane, info: NodeInfo, listen: str = "127.0.0.1:0",
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, authorize: Authorize | None = None):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 credentials: grpc.ServerCredentials | None = None, authorize: Authorize | None = None):
         self.dataplane = dataplane
         # more threads than slots, so requests beyond the limit reach the data plane and
         # get RESOURCE_EXHAUSTED at once instead of waiting in gRPC's queue
@@ -27,7 +28,7 @@ class WorkerServer:
         pool_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(dataplane, info, authorize), self.server)
         self.health = add_health(self.server, [WORKER_SERVICE])
         self.host = listen.rsplit(":", 1)[0] if ":" in listen else listen
-        self.port = bind(self.server, listen)
+        self.port = bind(self.server, listen, credentials)
 
     @property
     def address(self) -> str:

@@ -29,8 +29,40 @@ def error_from_rpc(e: grpc.RpcError) -> HyperinferError:
     return HyperinferError(details or str(code), FROM_STATUS.get(code, Code.UNAVAILABLE))
 
 
+class _Malformed:
+    """What a request that does not parse deserializes to; the handler answers INVALID_ARGUMENT
+    (gRPC itself would say INTERNAL, as if the server were broken)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _lenient(deserializer):
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
+            return _Malformed(e)
+
+    return parse
+
+
+def _malformed(request, method: str, context) -> bool:
+    if isinstance(request, _Malformed):
+        log.info("%s -> INVALID_ARGUMENT: undecodable request (%s)", method, request.error)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"request is not a valid {method.rsplit('/', 1)[-1]} protobuf message")
+        return True
+    return False
+
+
 def _wrap_unary(behavior, method: str):
     def handler(request, context):
+        if _malformed(request, method, context):
+            return None
         try:
             return behavior(request, context)
         except HyperinferError as e:
@@ -47,6 +79,8 @@ def _wrap_unary(behavior, method: str):
 
 def _wrap_stream(behavior, method: str):
     def handler(request, context):
+        if _malformed(request, method, context):
+            return
         try:
             yield from behavior(request, context)
         except HyperinferError as e:
@@ -70,13 +104,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

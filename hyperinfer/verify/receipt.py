@@ -16,6 +16,9 @@ parameter ``hyperinfer.receipt`` (:data:`RECEIPT_PARAMETER`), a JSON object:
     validator_*          node id, public key (hex), attestation and signature
                          (base64) of the validator when one ran, else null
     dispute_id           evidence id when a dispute was opened, else ""
+    probation            present, and true, only when the node was on probation
+                         (see verify.probation): the answer was held until a
+                         validator agreed or the referee found it right
     admission            how the primary's operator got into the pool: ``admitted``
                          (by the gateway operator, with a bond) or ``open`` (an
                          --open-pool gateway: bond 0, probation); absent in
@@ -33,6 +36,8 @@ Status values:
     skipped              sampled, but no node of another operator could check it
                          (never counted as a pass)
     agreed               a validator's result agreed
+    refereed             (probation only) no validator was available; ONNX
+                         Runtime on the gateway found the answer within tolerance
     disputed-won         disagreement; the referee found the primary right
     disputed-lost        disagreement; the referee found the primary at fault
     disputed-unresolved  disagreement nobody could be blamed for (see verify.dispute)
@@ -63,15 +68,20 @@ UNCHECKED = "unchecked"
 PENDING = "pending"
 SKIPPED = "skipped"
 AGREED = "agreed"
+REFEREED = "refereed"
 DISPUTED_WON = "disputed-won"
 DISPUTED_LOST = "disputed-lost"
 DISPUTED_UNRESOLVED = "disputed-unresolved"
 AUDITED = "audited"
 AUDIT_FAILED = "audit-failed"
-STATUSES = (UNCHECKED, PENDING, SKIPPED, AGREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED, AUDITED,
-            AUDIT_FAILED)
+STATUSES = (UNCHECKED, PENDING, SKIPPED, AGREED, REFEREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED,
+            AUDITED, AUDIT_FAILED)
 # statuses where a validator ran and its attestation is in the receipt
 CHECKED_STATUSES = (AGREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED)
+# what a probation answer may be served with: someone independent found it right
+PROBATION_SERVED = (AGREED, DISPUTED_WON, REFEREED)
+# written only when set, so receipts from before the fields still verify
+_OPTIONAL = {"probation", "admission"}
 
 _BYTES = {"attestation", "node_signature", "validator_attestation", "validator_signature", "gateway_signature"}
 _HEX = {"node_public_key", "validator_public_key"}
@@ -97,10 +107,13 @@ class Receipt:
     dispute_id: str = ""
     gateway_signature: bytes = b""
     format_version: int = FORMAT_VERSION
+    probation: bool = False  # served under probation rules (held until checked)
     admission: str = ""  # admitted | open; "" (left out of the JSON) for receipts from before
 
     def _json_fields(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in _FIELDS}  # flat and immutable: asdict's deep copy is slow
+        if not d["probation"]:
+            del d["probation"]
         if not d["admission"]:
             del d["admission"]  # receipts signed before the field existed still verify
         for k in _BYTES:
@@ -126,7 +139,6 @@ class Receipt:
 
 
 _FIELDS = tuple(f.name for f in fields(Receipt))
-_OPTIONAL = {"admission"}
 
 
 def sign_receipt(gateway_key: Ed25519PrivateKey, receipt: Receipt, gateway_id: str | None = None) -> Receipt:
@@ -151,7 +163,7 @@ def receipt_from_json(data: str | bytes) -> Receipt:
     if not isinstance(d, dict):
         raise InvalidArgument("receipt is not a JSON object")
     names = {f.name for f in fields(Receipt)}
-    missing = sorted(names - set(d) - _OPTIONAL)
+    missing = sorted(names - _OPTIONAL - set(d))
     if missing:
         raise InvalidArgument(f"receipt: missing field {missing[0]!r}")
     extra = sorted(set(d) - names)
@@ -173,6 +185,8 @@ def receipt_from_json(data: str | bytes) -> Receipt:
     for k in ("model_version", "issued_ms"):
         if not isinstance(values[k], int) or isinstance(values[k], bool):
             raise InvalidArgument(f"{k}: expected an integer")
+    if "probation" in values and values["probation"] is not True:
+        raise InvalidArgument("probation: expected true (the field is left out otherwise)")
     if values["validator_node_id"] is not None and not isinstance(values["validator_node_id"], str):
         raise InvalidArgument("validator_node_id: expected a string or null")
     for k in ("node_public_key", "attestation", "node_signature", "gateway_signature"):
@@ -222,6 +236,9 @@ def verify_receipt(receipt_json: str | bytes, gateway_public_key: bytes | None,
         checks.append(Check("gateway signature over the receipt",
                             verify_signature(gateway_public_key, r.signing_bytes(), r.gateway_signature)))
     checks.append(Check(f"status {r.status!r} is known", r.status in STATUSES))
+    if r.probation:
+        checks.append(Check("probation answer was checked before it was served", r.status in PROBATION_SERVED,
+                            r.status))
 
     cs, att = _check_attestation("node", r.node_id, r.node_public_key, r.attestation, r.node_signature, known)
     checks += cs

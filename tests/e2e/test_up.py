@@ -204,9 +204,11 @@ def test_sigint_stops_every_process(pool):
 
 
 def test_up_demo_exits_by_itself(mlp_package, repository, tmp_path):
-    """What scripts/quickstart.sh runs (on the MLP instead of PP-OCR): ready, verified requests, exit 0."""
+    """What scripts/quickstart.sh runs (on the MLP instead of PP-OCR): ready, verified requests, exit 0;
+    with --tls every channel is TLS (mutual between the gateway and the nodes)."""
     up = Up(["--repository", str(repository), "--nodes", "2", "--port", "0", "--state", str(tmp_path / "state"),
-             "--allow-unsigned", "--demo", "--demo-model", "mlp", "--demo-requests", "2", "--exit-after-demo"], cwd=tmp_path)
+             "--allow-unsigned", "--demo", "--demo-model", "mlp", "--demo-requests", "2", "--exit-after-demo",
+             "--tls"], cwd=tmp_path)
     try:
         assert up.proc.wait(300) == 0, up.output[-4000:]
         up._reader.join(5)
@@ -214,5 +216,8 @@ def test_up_demo_exits_by_itself(mlp_package, repository, tmp_path):
         assert out.count("status agreed") == 2, out
         assert "stopped; logs in" in out and "Traceback" not in out
         assert len(list((tmp_path / "state" / "receipts").glob("demo-*.json"))) == 2
+        assert "(TLS, mutual with nodes)" in (tmp_path / "state" / "gateway.log").read_text()
+        assert {p.name for p in (tmp_path / "state" / "tls").glob("*.pem")} == {
+            "ca.pem", "gateway.pem", "node1.pem", "node2.pem", "client.pem"}
     finally:
         up.kill_all()

@@ -83,13 +83,18 @@ class Harness:
     """This module run as a child process: ``with Harness(repo, tmp) as h: h.address``."""
 
     def __init__(self, repo: Path, tmp: Path, *, sample_rate: float = 0.0, max_message: int | None = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, tls: Path | None = None, http: bool = False, nodes: int = 2):
         import subprocess
         import threading
 
         args = [sys.executable, __file__, "--repo", str(repo), "--tmp", str(tmp), "--sample-rate", str(sample_rate)]
         if max_message is not None:
             args += ["--max-message", str(max_message)]
+        if tls is not None:  # a directory with ca.pem, gateway.pem/.key, node.pem/.key (hyperinfer.pki)
+            args += ["--tls", str(tls)]
+        if http:
+            args += ["--http"]
+        args += ["--nodes", str(nodes)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         box: list[str] = []
         t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
@@ -98,8 +103,12 @@ class Harness:
         if not box or not box[0].startswith("READY"):
             self.close()
             raise RuntimeError(f"harness did not report READY within {timeout}s (exit code {self.proc.poll()})")
-        _, self.address, key = box[0].split()
+        _, self.address, key, *extra = box[0].split()
         self.gateway_key = bytes.fromhex(key)
+        # with --http: "http=HOST:PORT metrics=HOST:PORT"
+        self.extra = dict(e.split("=", 1) for e in extra)
+        self.http_address = self.extra.get("http", "")
+        self.metrics_address = self.extra.get("metrics", "")
 
     def close(self) -> None:
         import subprocess
@@ -126,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-message", type=int, default=4 * 1024 * 1024)
     p.add_argument("--sample-rate", type=float, default=0.0)
     p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--tls", type=Path, default=None)
+    p.add_argument("--http", action="store_true", help="also serve KServe v2 REST and /metrics (free ports)")
     args = p.parse_args(argv)
 
     import logging
@@ -143,20 +154,33 @@ def main(argv: list[str] | None = None) -> int:
     cfg = GatewayConfig(repository=args.repo, listen="127.0.0.1:0", db=":memory:", key=args.tmp / "gateway.key",
                         heartbeat_interval=0.2, max_message_bytes=args.max_message, max_workers=8,
                         open_pool=True, audit_rate=0.0)  # statuses are asserted: no random audits
+    tls: dict = {}
+    if args.tls is not None:
+        cfg.tls_cert, cfg.tls_key, cfg.tls_ca = args.tls / "gateway.pem", args.tls / "gateway.key", args.tls / "ca.pem"
+        tls = dict(tls_cert=args.tls / "node.pem", tls_key=args.tls / "node.key", tls_ca=args.tls / "ca.pem")
     gw = Gateway(cfg)
     # probation off: the sample rate alone decides, so tests know which requests are checked
     install(gw, policy=SamplingPolicy(default_rate=args.sample_rate, probation_rate=args.sample_rate))
+    extra = ""
+    if args.http:
+        from hyperinfer.gateway import metrics, rest
+
+        rest.install(gw)
+        metrics.install(gw)
     gw.start()
+    if args.http:
+        extra = f" http={gw.rest.address} metrics={gw.metrics_server.address}"
     nodes = []
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         for i in range(args.nodes):
             nc = NodeConfig(gateway=gw.address, key_path=args.tmp / f"node{i}.key", operator=f"operator{i}",
-                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=args.repo, max_concurrency=4, grace_s=1)
+                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=args.repo, max_concurrency=4, grace_s=1,
+                            **tls)
             hw = Hardware([Device("cpu", "test cpu", "x86_64", 1)], [TARGET])
             nodes.append(Node(nc, runner_factory=ort_factory(args.repo), hardware=hw).start())
-        print(f"READY {gw.address} {gw.public_key.hex()}", flush=True)
+        print(f"READY {gw.address} {gw.public_key.hex()}{extra}", flush=True)
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
         stop.wait()
     finally:

@@ -78,25 +78,3 @@ def test_corrupt_artifact_fails_verify(compiled_small, tmp_path):
     data[len(data) // 2] ^= 0xFF
     artifact.write_bytes(bytes(data))
     assert_one_line_error(run_cli("models", "verify", str(pkg_dir)), "sha256")
-
-
-def test_vulkan_explains_missing_codegen(dynamic_model, tmp_path):
-    from hyperinfer.compile import targets, toolchain
-
-    if toolchain.check(targets.get("vulkan")) is None:
-        pytest.skip("this TVM has Vulkan codegen")
-    assert_one_line_error(run_cli("compile", str(dynamic_model), "--name", "m", "--out", str(tmp_path),
-                                  "--input-shape", "x=1,64", "--target", "vulkan"), "USE_VULKAN")
-
-
-def test_vulkan_skipped_next_to_buildable_target(dynamic_model, tmp_path):
-    from hyperinfer.compile import targets, toolchain
-
-    if toolchain.check(targets.get("vulkan")) is None:
-        pytest.skip("this TVM has Vulkan codegen")
-    proc = run_cli("compile", str(dynamic_model), "--name", "m", "--out", str(tmp_path), "--input-shape",
-                   "x=1,64", "--target", "cpu-x86_64", "--target", "vulkan")
-    assert proc.returncode == 0, proc.stderr
-    assert "skipping vulkan" in proc.stderr
-    manifest = (tmp_path / "m" / "1" / "manifest.json").read_text()
-    assert "vulkan not built" in manifest

@@ -238,4 +238,24 @@ def test_huge_shape_is_rejected_not_allocated():
     req = pb.ModelInferRequest()
     req.inputs.add(name="x", datatype="FP32", shape=[2**40, 2**40])
     req.raw_input_contents.append(b"\0" * 4)
-    reject(req, "raw_input_contents[0]", "needs")
+    reject(req, "inputs[0].shape", "too large")
+
+
+@pytest.mark.parametrize("shape", [[0, 2**63 - 1], [2**62, 0, 4], [0, 2**40, 2**40], [1] * 40])
+def test_shape_no_array_can_have_is_invalid_argument(shape):
+    """[0, 2^63-1] has zero elements, so the byte count matches, but numpy cannot shape an array
+    like it: once an INTERNAL error with a traceback, now INVALID_ARGUMENT naming the field."""
+    for raw in (True, False):
+        req = pb.ModelInferRequest(model_name="m")
+        req.inputs.add(name="x", datatype="FP32", shape=shape)
+        if raw:
+            req.raw_input_contents.append(b"")
+        reject(req, "inputs[0].shape")
+
+
+def test_pool_tensor_shape_checked_too():
+    from hyperinfer.proto.v1 import pool_pb2
+    from hyperinfer.transport import tensors
+
+    with pytest.raises(InvalidArgument, match="shape"):
+        tensors.from_proto(pool_pb2.Tensor(name="x", dtype="float32", shape=[0, 2**63 - 1], data=b""))

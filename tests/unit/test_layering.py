@@ -36,3 +36,14 @@ def test_front_doors_share_one_dataplane_builder():
     assert "hyperinfer.gateway.assembly" in servicer
     assert not {"hyperinfer.gateway.verification", "hyperinfer.gateway.scheduler",
                 "hyperinfer.gateway.worker_client"} & servicer
+
+
+def test_rest_and_metrics_use_the_shared_dataplane():
+    """REST and metrics front doors take the gateway's one data plane; the REST converters know no HTTP."""
+    for name in ("rest.py", "metrics.py"):
+        imports = _imports(ROOT / "gateway" / name)
+        assert not {"hyperinfer.gateway.verification", "hyperinfer.gateway.scheduler",
+                    "hyperinfer.gateway.worker_client"} & imports, name
+    assert "hyperinfer.gateway.assembly" in _imports(ROOT / "gateway" / "rest.py")
+    converters = _imports(ROOT / "gateway" / "rest_converters.py")
+    assert not {n for n in converters if n.split(".")[0] in ("starlette", "uvicorn", "http", "grpc")}, converters

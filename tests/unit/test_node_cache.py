@@ -157,3 +157,12 @@ def test_progress_log_line(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="hyperinfer.node.cache")
     cache(tmp_path).get(SHA, len(DATA), source(), label="m/1 [cpu]")
     assert any("MB/s" in r.getMessage() and "m/1 [cpu]" in r.getMessage() for r in caplog.records)
+
+
+def test_zip_artifacts_keep_their_suffix(tmp_path):
+    c = cache(tmp_path)
+    path = c.get(SHA, len(DATA), source(), suffix=".zip")
+    assert path.name == f"{SHA}.zip" and path.read_bytes() == DATA
+    assert c.lookup(SHA, len(DATA), suffix=".zip") == path and c.lookup(SHA, len(DATA)) is None
+    with pytest.raises(Exception, match="file type"):
+        c.path_for(SHA, "/../x")

@@ -102,3 +102,32 @@ def test_detect_on_this_machine():
 def test_unknown_device_choice_names_the_flag():
     with pytest.raises(InvalidArgument, match="--device"):
         devices.detect("tpu")
+
+
+def test_vulkan_devices_from_webgpu_adapters():
+    from hyperinfer.node.devices import vulkan_devices
+    from hyperinfer.runtime.webgpu import Adapter
+
+    gpu = Adapter("AMD Radeon RX 7900 XTX", "AMD", "Vulkan", "DiscreteGPU", "radv",
+                  {"max-storage-buffers-per-shader-stage": 16}, ("shader-f16",))
+    lavapipe = Adapter("llvmpipe (LLVM 15.0.6, 256 bits)", "llvmpipe", "Vulkan", "CPU")
+    devices, targets = vulkan_devices([gpu, lavapipe], include_software=False)
+    assert targets == ["vulkan"] and [d.name for d in devices] == ["AMD Radeon RX 7900 XTX"]
+    assert {"vendor=AMD", "backend=Vulkan", "type=DiscreteGPU", "max-storage-buffers-per-shader-stage=16",
+            "shader-f16"} <= set(devices[0].features)
+    # --device auto: a CPU-emulated adapter is not worth preferring over the CPU's own artifacts
+    assert vulkan_devices([lavapipe], include_software=False) == ([], [])
+    # --device vulkan: it is used
+    devices, targets = vulkan_devices([lavapipe], include_software=True)
+    assert targets == ["vulkan"] and devices[0].kind == "vulkan" and "type=CPU" in devices[0].features
+
+
+def test_device_vulkan_without_adapter_is_a_clear_error(monkeypatch):
+    from hyperinfer.errors import FailedPrecondition
+    from hyperinfer.node import devices
+    from hyperinfer.runtime import webgpu
+
+    monkeypatch.setattr(webgpu, "adapters", lambda: [])
+    monkeypatch.setattr(webgpu, "why_not", lambda: "no Vulkan/Metal/D3D12 adapter found")
+    with pytest.raises(FailedPrecondition, match="--device vulkan: no WebGPU adapter.*no Vulkan"):
+        devices.detect("vulkan")

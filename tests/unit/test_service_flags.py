@@ -19,6 +19,8 @@ from support import assert_one_line_error, run_cli
     (["--node-timeout", "0"], "--node-timeout"),
     (["--max-attempts", "0"], "--max-attempts"),
     (["--audit-rate", "2"], "--audit-rate"),
+    (["--http-listen", "8000"], "--http-listen '8000'"),
+    (["--metrics-listen", "localhost:99999"], "--metrics-listen"),
 ])
 def test_gateway_rejects_bad_verification_flags(tmp_path, flags, needle):
     db = tmp_path / "gateway.db"
@@ -32,3 +34,22 @@ def test_node_rejects_a_target_it_cannot_run(tmp_path):
     proc = run_cli("node", "--gateway", "127.0.0.1:9", "--key", str(tmp_path / "node.key"),
                    "--allow-unsigned", str(tmp_path), "--target", "cuda-sm90", "--device", "cpu", timeout=60)
     assert_one_line_error(proc, "--target cuda-sm90", "not runnable")
+
+
+def test_node_rejects_a_bad_metrics_address(tmp_path):
+    proc = run_cli("node", "--gateway", "127.0.0.1:9", "--key", str(tmp_path / "node.key"),
+                   "--allow-unsigned", str(tmp_path), "--device", "cpu", "--metrics-listen", "nowhere", timeout=60)
+    assert_one_line_error(proc, "--metrics-listen 'nowhere'")
+
+
+def test_gateway_reports_a_busy_rest_port(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_cli("gateway", "--repository", str(tmp_path), "--listen", "127.0.0.1:0",
+                       "--db", str(tmp_path / "gateway.db"), "--key", str(tmp_path / "gateway.key"),
+                       "--http-listen", f"127.0.0.1:{port}", timeout=60)
+    assert_one_line_error(proc, f"cannot listen on 127.0.0.1:{port} for HTTP/REST", "--http-listen")

@@ -60,6 +60,19 @@ GATEWAYS_MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+# pool-wide secrets (component "pool_secrets"): e.g. the HMAC key of join challenges, one per
+# database so that every gateway of a shared store accepts the others' challenges
+SECRETS_COMPONENT = "pool_secrets"
+SECRETS_MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE pool_secrets (
+            name TEXT PRIMARY KEY,
+            secret BLOB NOT NULL,
+            created BIGINT NOT NULL
+        )""",
+    ],
+]
+
 QUARANTINED = "quarantined"
 _NODE_COLUMNS = ("node_id", "public_key", "operator", "address", "targets", "devices", "capacity", "state",
                  "joined_at", "last_heartbeat", "heartbeat_ts", "outstanding", "loaded", "software_version")
@@ -144,6 +157,16 @@ class Store(abc.ABC):
     def mark_stale(self, node_id: str, before_ms: int) -> bool:
         """``healthy`` -> ``stale`` only if the stored last heartbeat is older than ``before_ms``
         (a heartbeat another gateway just recorded wins). True if it changed."""
+
+    @abc.abstractmethod
+    def pool_secret(self, name: str) -> bytes:
+        """The pool-wide secret ``name`` (32 random bytes), created by the first caller; every
+        gateway on the database gets the same one."""
+
+    @abc.abstractmethod
+    def claim_nonce(self, nonce: bytes, public_key: bytes, expires_ms: int) -> bool:
+        """Record a join nonce as used (kept until it expires); False if it was used before
+        (by any gateway on the database)."""
 
     @abc.abstractmethod
     def add_challenge(self, nonce: bytes, public_key: bytes, expires_ms: int) -> None: ...
@@ -330,7 +353,27 @@ class SQLStore(Store):
                              "ORDER BY gateway_id").fetchall()
         return [GatewayRecord(r[0], bytes(r[1]), r[2], int(r[3]), int(r[4])) for r in rows]
 
+    # ------------------------------------------------------------- secrets
+
+    def pool_secret(self, name: str) -> bytes:
+        import os
+        import time
+
+        self.migrate(SECRETS_COMPONENT, SECRETS_MIGRATIONS)
+        with self.transaction() as c:
+            # first writer wins; every later caller (any gateway) reads the same row
+            c.execute("INSERT INTO pool_secrets (name, secret, created) VALUES (?, ?, ?) "
+                      "ON CONFLICT (name) DO NOTHING", (name, os.urandom(32), int(time.time() * 1000)))
+            row = c.execute("SELECT secret FROM pool_secrets WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0])
+
     # ------------------------------------------------------------- challenges
+
+    def claim_nonce(self, nonce: bytes, public_key: bytes, expires_ms: int) -> bool:
+        with self.transaction() as c:
+            # the primary key makes the claim atomic across threads and gateways
+            return c.execute("INSERT INTO challenges (nonce, public_key, expires, used) VALUES (?, ?, ?, 1) "
+                             "ON CONFLICT (nonce) DO NOTHING", (nonce, public_key, expires_ms)).rowcount == 1
 
     def add_challenge(self, nonce: bytes, public_key: bytes, expires_ms: int) -> None:
         with self.transaction() as c:

@@ -1,0 +1,227 @@
+"""The KServe v2 REST front door (HTTP/1.1, Starlette on uvicorn) on its own port (default 8000).
+
+Thin, like the gRPC servicer: HTTP in (:mod:`~hyperinfer.gateway.rest_converters`),
+the gateway's one data plane (:func:`~hyperinfer.gateway.assembly.dataplane_for`),
+HTTP out. Routes (``/versions/V`` optional wherever a model is named)::
+
+    GET  /v2/health/live            200 {"live": true}
+    GET  /v2/health/ready           200 {"ready": true}
+    GET  /v2                        server metadata
+    GET  /v2/models/M[/versions/V]  model metadata
+    GET  /v2/models/M[/versions/V]/ready   200 ready, 503 no node serves it, 404 unknown model
+    POST /v2/models/M[/versions/V]/infer   JSON tensors or Triton's binary tensor extension
+
+Errors are JSON ``{"error": "..."}`` with the status of the same error on the
+gRPC side (400 bad input, 404 unknown model or path, 503 no node, 413 body over
+the gateway's message limit, ...). Responses carry the receipt in
+``parameters["hyperinfer.receipt"]``, as over gRPC.
+
+uvicorn runs on a thread of the gateway process (its own event loop); blocking
+data-plane calls go to Starlette's thread pool. :func:`install` wires it to a
+:class:`~hyperinfer.gateway.app.Gateway`: started with it, stopped with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hyperinfer.errors import Code, HyperinferError, InvalidArgument, Unavailable
+from hyperinfer.gateway import rest_converters as conv
+from hyperinfer.gateway.dataplane import DataPlane, deadline_from
+from hyperinfer.transport.http import HttpServer
+
+log = logging.getLogger("hyperinfer.gateway.rest")
+
+DEFAULT_HTTP_PORT = 8000
+
+# one mapping, as the gRPC interceptor has one: KServe/Triton clients read the status and "error"
+HTTP_STATUS = {
+    Code.INVALID_ARGUMENT: 400, Code.FAILED_PRECONDITION: 400, Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409, Code.PERMISSION_DENIED: 403, Code.UNAUTHENTICATED: 401,
+    Code.RESOURCE_EXHAUSTED: 413, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
+    Code.UNIMPLEMENTED: 501, Code.DATA_LOSS: 500, Code.INTERNAL: 500,
+}
+_DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class _HttpError(HyperinferError):
+    """An HTTP-only status (415) with its message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message, Code.INVALID_ARGUMENT)
+        self.status = status
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class RestFrontDoor:
+    """The Starlette app over one data plane; ``max_body_bytes`` bounds a request body (decompressed too)."""
+
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int):
+        self.dataplane = dataplane
+        self.max_body_bytes = int(max_body_bytes)
+        model = "/v2/models/{model}"
+        version = "/v2/models/{model}/versions/{version}"
+        routes = [
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+        ]
+        for base in (model, version):
+            routes += [
+                Route(base, self.model_metadata, methods=["GET"]),
+                Route(base + "/ready", self.model_ready, methods=["GET"]),
+                Route(base + "/infer", self.infer, methods=["POST"]),
+            ]
+        self.app = Starlette(routes=routes, exception_handlers={
+            HTTPException: self._http_exception, HyperinferError: self._error, Exception: self._internal})
+
+    # ------------------------------------------------------------ errors
+
+    @staticmethod
+    async def _http_exception(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(404, f"no such endpoint: {request.method} {request.url.path} (KServe v2 paths "
+                                       "start with /v2: /v2/health/live, /v2/models/NAME/infer, ...)")
+        if exc.status_code == 405:
+            return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+        return error_response(exc.status_code, str(exc.detail))
+
+    @staticmethod
+    async def _error(request: Request, exc: HyperinferError) -> Response:
+        status = exc.status if isinstance(exc, _HttpError) else HTTP_STATUS.get(exc.code, 500)
+        log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        return error_response(status, str(exc))
+
+    @staticmethod
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal server error")
+
+    # ------------------------------------------------------------ health and metadata
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": self.dataplane.live()})
+
+    async def ready(self, request: Request) -> Response:
+        ok = self.dataplane.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        m = self.dataplane.server_metadata()
+        return JSONResponse({"name": m.name, "version": m.version, "extensions": m.extensions})
+
+    async def model_metadata(self, request: Request) -> Response:
+        name, version = _model(request)
+        m = await run_in_threadpool(self.dataplane.model_metadata, name, version)
+        return JSONResponse(conv.model_metadata_json(m))
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _model(request)
+
+        def check() -> tuple[str, int, bool]:
+            m = self.dataplane.manifest(name, version)  # NotFound -> 404; readiness alone would say False
+            return m.name, m.version, self.dataplane.model_ready(name, version)
+
+        found, v, ok = await run_in_threadpool(check)
+        if not ok:
+            raise Unavailable(f"model {found} version {v} is not ready: no healthy node serves it")
+        return JSONResponse({"name": found, "version": str(v), "ready": True})
+
+    # ------------------------------------------------------------ infer
+
+    async def infer(self, request: Request) -> Response:
+        name, version = _model(request)
+        body = await self._body(request)
+        header_length = request.headers.get(conv.HEADER_LENGTH)
+        payload, json_length = await run_in_threadpool(self._infer, body, header_length, name, version)
+        headers = {}
+        if json_length is not None:
+            headers[conv.HEADER_LENGTH] = str(json_length)
+            media = "application/octet-stream"
+        else:
+            media = "application/json"
+        return Response(payload, media_type=media, headers=headers)
+
+    def _infer(self, body: bytes, header_length: str | None, name: str, version: str) -> tuple[bytes, int | None]:
+        req = conv.request_from_rest(body, header_length, name, version)
+        resp = self.dataplane.infer(req, deadline=deadline_from(_timeout_s(req.parameters)))
+        return conv.response_to_rest(resp, req)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise HyperinferError(f"request body of {int(length)} bytes is over the gateway's limit of {limit}",
+                                  Code.RESOURCE_EXHAUSTED)
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise HyperinferError(f"request body is over the gateway's limit of {limit} bytes",
+                                      Code.RESOURCE_EXHAUSTED)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in _DECOMPRESS:
+            raise _HttpError(415, f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+        d = zlib.decompressobj(_DECOMPRESS[encoding])
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise InvalidArgument(f"request body: not valid {encoding} data ({e})") from None
+        if len(out) > limit or d.unconsumed_tail:
+            raise HyperinferError(f"decompressed request body is over the gateway's limit of {limit} bytes",
+                                  Code.RESOURCE_EXHAUSTED)
+        return out
+
+
+def _model(request: Request) -> tuple[str, str]:
+    p = request.path_params
+    return p["model"], p.get("version", "")
+
+
+def _timeout_s(parameters: dict[str, Any]) -> float | None:
+    """Triton's request parameter ``timeout`` (microseconds), as tritonclient.http sends it."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"parameters.timeout: {value!r} is not a number of microseconds")
+    return value / 1e6 if value else None
+
+
+def install(gateway: Any) -> HttpServer | None:
+    """Serve KServe v2 REST on ``gateway.config.http_listen`` (``None`` or "off": not at all),
+    started and stopped with the gateway, over the gateway's one data plane."""
+    from hyperinfer.gateway.assembly import dataplane_for
+
+    listen = getattr(gateway.config, "http_listen", None)
+    if not listen or listen == "off":
+        return None
+    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes)
+    cert, key = tls_files(gateway.config)
+    server = HttpServer(door.app, listen, what="HTTP/REST", flag="--http-listen", ssl_certfile=cert, ssl_keyfile=key)
+    gateway.rest = server
+    gateway.add_start_hook(server.start)
+    gateway.add_shutdown_hook(server.stop)
+    return server
+
+
+def tls_files(config: Any) -> tuple[str | None, str | None]:
+    """The gateway's TLS certificate and key, if it has them (the gRPC port's, reused for HTTPS)."""
+    cert, key = getattr(config, "tls_cert", None), getattr(config, "tls_key", None)
+    return (str(cert), str(key)) if cert and key else (None, None)
