@@ -133,7 +133,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         return out
 
     def _operator(self, n: NodeInfo) -> dict[str, Any]:
-        op = self.registry.operator_of(n.node_id)
+        op = self.registry.operator_of(n.node_id) if hasattr(self.registry, "operator_of") else None
         if op is None:
             return {"operator": n.operator}
         return {"operator": op.name, "operator_id": op.operator_id, "admission": op.admission}

@@ -480,6 +480,12 @@ class Registry:
                 rec = self.store.get_node(node_id)
         return None if rec is None else self.operators.get(rec.operator)
 
+    def operator_name(self, node: NodeInfo) -> str:
+        """The node's operator as people know it (the admitted name, or the name an open-pool
+        node declared); ``node.operator`` is the operator's id."""
+        op = self.operators.get(node.operator) if self.operators is not None else None
+        return op.name if op is not None else node.operator
+
     def quarantine_operator(self, operator_id: str, reason: str = "operator quarantined") -> list[str]:
         """Quarantine every node filed under the operator (the ledger calls this when the
         operator's faults reach the threshold). Returns their ids."""

@@ -153,4 +153,5 @@ def test_cheater_on_probation_serves_nothing_and_is_quarantined_at_the_threshold
     assert {f["kind"] for f in gw.ledger.faults(cheater)} <= {"dispute", "referee"}
     for n in honest:
         h = gw.ledger.details(n)
-        assert h["faults"] == 0 and h["stake"] == defaults.initial_stake and h["slashed"] == 0, h
+        # an open pool: each operator's bond is 0 (nothing at stake), and nothing was slashed
+        assert h["faults"] == 0 and h["stake"] == 0 and h["slashed"] == 0, h
