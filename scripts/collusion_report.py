@@ -22,7 +22,6 @@ import argparse
 import logging
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from hyperinfer.errors import NotFound, PermissionDenied
-from hyperinfer.verify.operators import Caller, ReplayGuard, caller_from_metadata, check_call, fetch_fields
+from hyperinfer.verify.operators import Caller, ReplayGuard, caller_from_metadata, check_call
 from hyperinfer.verify.signing import fingerprint
 
 # Status and admin calls name no gateway: a client may not know the id of the gateway it

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from hyperinfer.errors import (
-    InvalidArgument, NotFound, Unauthenticated,
+    InvalidArgument, NotFound, PermissionDenied, Unauthenticated,
 )
 from hyperinfer.gateway.store import NodeRecord, Store
 from hyperinfer.verify import payloads
