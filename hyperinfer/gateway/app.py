@@ -89,6 +89,10 @@ class Gateway:
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
         self.dataplane: Any = None
+        # model control (repository load/unload), shared likewise (assembly.model_control_for);
+        # it asks ``self.authorize_admin(metadata)`` (raising Unauthenticated/PermissionDenied)
+        # when the gateway has that method (the admin credential); without it anyone may
+        self.model_control: Any = None
         self._shutdown_hooks: list[Callable[[], None]] = []
         self._start_hooks: list[Callable[[], Any]] = []
         self._stop = threading.Event()

@@ -4,7 +4,8 @@
 see :mod:`hyperinfer.package`). It re-scans the folder at most once a second,
 so a package copied in while the gateway runs is offered at the next
 heartbeat; a package whose manifest does not parse is skipped with one
-warning, never fatal.
+warning, never fatal. A model folder with an ``UNLOADED`` file in it is not
+offered (model control, :mod:`hyperinfer.gateway.model_control`).
 
 The gateway never loads artifacts; it only hands out bytes. Still, before it
 serves a file it checks the file's sha256 against the manifest, once per
@@ -30,6 +31,8 @@ log = logging.getLogger("hyperinfer.gateway")
 
 CHUNK_BYTES = 1 << 20
 RESCAN_SECONDS = 1.0
+# a model folder holding this file is not offered (RepositoryModelUnload writes it, Load removes it)
+UNLOADED_MARKER = "UNLOADED"
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class Catalog:
             log.warning("cannot read model repository %s: %s", root, e)
             model_dirs = []
         for model_dir in model_dirs:
+            if (model_dir / UNLOADED_MARKER).exists():
+                continue
             try:
                 version_dirs = sorted(p for p in model_dir.iterdir() if p.name.isdigit())
             except OSError:
@@ -151,7 +156,8 @@ class Catalog:
         """The offer for ``name`` at ``version`` (latest if None); NotFound names what exists."""
         versions = self.versions(name)
         if not versions:
-            raise NotFound(f"unknown model {name!r}")
+            # Triton's words too: its clients look for "Request for unknown model"
+            raise NotFound(f"unknown model {name!r} (Request for unknown model: not in the repository)")
         if version is None:
             version = versions[-1]
         offer = self._offers.get((name, int(version)))

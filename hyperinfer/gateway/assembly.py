@@ -13,6 +13,7 @@ from typing import Any
 
 from hyperinfer.gateway.config import DEFAULT_AUDIT_RATE
 from hyperinfer.gateway.dataplane import DataPlane
+from hyperinfer.gateway.model_control import ModelControl
 from hyperinfer.gateway.referee import PackageReferee
 from hyperinfer.gateway.scheduler import DEFAULT_CALL_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, Scheduler
 from hyperinfer.gateway.verification import Verifier
@@ -139,3 +140,20 @@ def dataplane_for(gateway: Any, **kwargs: Any) -> DataPlane:
     elif kwargs:
         raise ValueError("the gateway's data plane is already built; pass build options to the first front door")
     return plane
+
+
+def model_control_for(gateway: Any) -> ModelControl:
+    """The gateway's one model control (repository index, load, unload, ModelConfig), shared by
+    every front door. Load and unload call ``gateway.authorize_admin(metadata)`` (a method of
+    the gateway once it has an admin credential; raises Unauthenticated/PermissionDenied),
+    looked up at call time, so a credential installed after this is built still applies."""
+    control = getattr(gateway, "model_control", None)
+    if control is None:
+        def authorize(metadata):
+            hook = getattr(gateway, "authorize_admin", None)
+            if hook is not None:
+                hook(metadata)
+
+        control = ModelControl(gateway.catalog, gateway.registry, authorize=authorize)
+        gateway.model_control = control
+    return control

@@ -145,6 +145,13 @@ def _decode_typed(t: pb.ModelInferRequest.InferInputTensor, datatype: str, shape
 def request_from_proto(req: pb.ModelInferRequest) -> InferRequest:
     """Decode a ModelInferRequest; raise InvalidArgument naming the field that is wrong."""
     raw = req.raw_input_contents
+    if raw:  # typed contents and raw contents do not mix (checked first, as Triton does)
+        for i, t in enumerate(req.inputs):
+            if t.HasField("contents") and any(len(getattr(t.contents, f)) for f in _CONTENTS_FIELDS):
+                raise InvalidArgument(
+                    f"inputs[{i}].contents: contents field must not be specified when using raw_input_contents "
+                    f"for {t.name!r} for model {req.model_name!r}; use one or the other"
+                )
     if raw and len(raw) != len(req.inputs):
         raise InvalidArgument(
             f"raw_input_contents: {len(raw)} entries, but the request has {len(req.inputs)} inputs "
@@ -168,11 +175,6 @@ def request_from_proto(req: pb.ModelInferRequest) -> InferRequest:
         shape = _shape(t, where)
         count = math.prod(shape)  # exact integer: no overflow on absurd shapes
         if raw:
-            if t.HasField("contents") and any(len(getattr(t.contents, f)) for f in _CONTENTS_FIELDS):
-                raise InvalidArgument(
-                    f"{where}.contents: input {t.name!r} has typed contents and the request has "
-                    "raw_input_contents; use one or the other"
-                )
             arr = _decode_raw(raw[i], t.datatype, shape, count, f"raw_input_contents[{i}]", t.name)
         else:
             arr = _decode_typed(t, t.datatype, shape, count, where)

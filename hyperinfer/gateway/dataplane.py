@@ -109,6 +109,8 @@ class Catalog(Protocol):
 
     def get(self, name: str, version: int | None = None) -> Any: ...  # Offer with .manifest
 
+    def offers(self) -> list[Any]: ...  # every Offer (.name, .version), sorted
+
 
 class Registry(Protocol):
     def schedulable_nodes(self, model: str, version: int) -> list[Any]: ...
@@ -128,7 +130,8 @@ def parse_version(version: str, where: str = "model_version") -> int | None:
     if version == "":
         return None
     if not version.isdigit() or int(version) < 1:
-        raise InvalidArgument(f"{where}: {version!r} is not a positive integer version (or '' for the newest)")
+        raise InvalidArgument(f"{where}: failed to get model version from specified version string {version!r} "
+                              "(use a positive integer version, or '' for the newest)")
     return int(version)
 
 
@@ -234,7 +237,9 @@ class DataPlane:
         return bool(self.registry.schedulable_nodes(m.name, m.version))
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(self.server_name, __version__, ["parameters", "hyperinfer-receipt"])
+        # Triton's extension names for what both front doors serve (statistics, config, repository)
+        return ServerMetadata(self.server_name, __version__, [
+            "parameters", "statistics", "model_configuration", "model_repository", "hyperinfer-receipt"])
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         m = self.manifest(name, version)
@@ -246,6 +251,21 @@ class DataPlane:
             inputs=[meta(t) for t in m.inputs],
             outputs=[meta(t) for t in m.outputs],
         )
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[Any]:
+        """statistics.ModelStats of every offered model version (name ''), of every version of
+        ``name`` (version ''), or of one version; zeros for versions without requests."""
+        if not name:
+            if version:
+                raise InvalidArgument("version: given without a model name")
+            keys = [(o.name, o.version) for o in self.catalog.offers()]
+        elif version:
+            m = self.manifest(name, version)
+            keys = [(m.name, m.version)]
+        else:
+            self.manifest(name, "")  # NotFound for an unknown model
+            keys = [(name, v) for v in self.catalog.versions(name)]
+        return [self.statistics.get(n, v) for n, v in keys]
 
     # -------------------------------------------------------------- infer
 

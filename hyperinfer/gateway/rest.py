@@ -10,10 +10,12 @@ HTTP out. Routes (``/versions/V`` optional wherever a model is named)::
     GET  /v2/models/M[/versions/V]  model metadata
     GET  /v2/models/M[/versions/V]/ready   200 ready, 503 no node serves it, 404 unknown model
     POST /v2/models/M[/versions/V]/infer   JSON tensors or Triton's binary tensor extension
+    GET  /v2/models[/M[/versions/V]]/stats, /v2/models/M[/versions/V]/config
+    POST /v2/repository/index, /v2/repository/models/M/load, .../unload   (Triton's extensions)
 
 Errors are JSON ``{"error": "..."}`` with the status of the same error on the
-gRPC side (400 bad input, 404 unknown model or path, 503 no node, 413 body over
-the gateway's message limit, ...). Responses carry the receipt in
+gRPC side (400 bad input, 404 unknown model or path, 503 no node, 429 out of
+capacity; 413 body over the gateway's message limit, ...). Responses carry the receipt in
 ``parameters["hyperinfer.receipt"]``, as over gRPC.
 
 uvicorn runs on a thread of the gateway process (its own event loop); blocking
@@ -34,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hyperinfer.errors import Code, HyperinferError, InvalidArgument, Unavailable
+from hyperinfer.errors import Code, HyperinferError, InvalidArgument, NotFound, Unavailable
 from hyperinfer.gateway import rest_converters as conv
 from hyperinfer.gateway.dataplane import DataPlane, deadline_from
 from hyperinfer.transport.http import HttpServer
@@ -47,17 +49,17 @@ DEFAULT_HTTP_PORT = 8000
 HTTP_STATUS = {
     Code.INVALID_ARGUMENT: 400, Code.FAILED_PRECONDITION: 400, Code.NOT_FOUND: 404,
     Code.ALREADY_EXISTS: 409, Code.PERMISSION_DENIED: 403, Code.UNAUTHENTICATED: 401,
-    Code.RESOURCE_EXHAUSTED: 413, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
+    Code.RESOURCE_EXHAUSTED: 429, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
     Code.UNIMPLEMENTED: 501, Code.DATA_LOSS: 500, Code.INTERNAL: 500,
 }
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class _HttpError(HyperinferError):
-    """An HTTP-only status (415) with its message."""
+    """An error with a status of its own: 413 (body too large), 415 (unknown Content-Encoding)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message, Code.INVALID_ARGUMENT)
+    def __init__(self, status: int, message: str, code: Code = Code.INVALID_ARGUMENT):
+        super().__init__(message, code)
         self.status = status
 
 
@@ -65,11 +67,35 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in the app at once; more get 429 at once
+    (as gRPC calls beyond ``--max-concurrent-rpcs`` get RESOURCE_EXHAUSTED). One event loop
+    runs it: the counter needs no lock."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit, self.active = app, int(limit), 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await error_response(429, f"the gateway is at its limit of {self.limit} concurrent HTTP "
+                                      "requests; retry later")(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 class RestFrontDoor:
     """The Starlette app over one data plane; ``max_body_bytes`` bounds a request body (decompressed too)."""
 
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int):
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, control: Any = None, max_concurrent: int = 256):
         self.dataplane = dataplane
+        self.control = control  # gateway.model_control.ModelControl: config, repository index/load/unload
         self.max_body_bytes = int(max_body_bytes)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
@@ -77,15 +103,23 @@ class RestFrontDoor:
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
             Route("/v2", self.server_metadata, methods=["GET"]),
+            # Triton's extensions, as tritonclient.http calls them
+            Route("/v2/models/stats", self.statistics, methods=["GET"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self.load, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.unload, methods=["POST"]),
         ]
         for base in (model, version):
             routes += [
                 Route(base, self.model_metadata, methods=["GET"]),
                 Route(base + "/ready", self.model_ready, methods=["GET"]),
                 Route(base + "/infer", self.infer, methods=["POST"]),
+                Route(base + "/stats", self.statistics, methods=["GET"]),
+                Route(base + "/config", self.model_config, methods=["GET"]),
             ]
-        self.app = Starlette(routes=routes, exception_handlers={
+        self.starlette = Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_exception, HyperinferError: self._error, Exception: self._internal})
+        self.app = ConcurrencyLimit(self.starlette, max_concurrent)
 
     # ------------------------------------------------------------ errors
 
@@ -139,6 +173,43 @@ class RestFrontDoor:
             raise Unavailable(f"model {found} version {v} is not ready: no healthy node serves it")
         return JSONResponse({"name": found, "version": str(v), "ready": True})
 
+    # ------------------------------------------------------------ Triton's extensions
+
+    async def statistics(self, request: Request) -> Response:
+        name, version = request.path_params.get("model", ""), request.path_params.get("version", "")
+        stats = await run_in_threadpool(self.dataplane.model_statistics, name, version)
+        return JSONResponse(conv.model_stats_json(stats))
+
+    def _control(self) -> Any:
+        if self.control is None:
+            raise HyperinferError("model control is not enabled on this gateway", Code.UNIMPLEMENTED)
+        return self.control
+
+    async def model_config(self, request: Request) -> Response:
+        name, version = _model(request)
+        config = await run_in_threadpool(self._control().model_config, name, version)
+        return JSONResponse(conv.model_config_json(config))
+
+    async def repository_index(self, request: Request) -> Response:
+        ready = conv.index_request(await self._body(request))
+        entries = await run_in_threadpool(self._control().index, ready)
+        return JSONResponse([{"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
+                             for e in entries])
+
+    async def load(self, request: Request) -> Response:
+        control = self._control()
+        control.authorize(_metadata(request))
+        config, files = conv.load_request(await self._body(request))
+        await run_in_threadpool(lambda: control.load(request.path_params["model"], config=config, files=files))
+        return JSONResponse({})
+
+    async def unload(self, request: Request) -> Response:
+        control = self._control()
+        control.authorize(_metadata(request))
+        conv.unload_request(await self._body(request))
+        await run_in_threadpool(control.unload, request.path_params["model"])
+        return JSONResponse({})
+
     # ------------------------------------------------------------ infer
 
     async def infer(self, request: Request) -> Response:
@@ -155,6 +226,10 @@ class RestFrontDoor:
         return Response(payload, media_type=media, headers=headers)
 
     def _infer(self, body: bytes, header_length: str | None, name: str, version: str) -> tuple[bytes, int | None]:
+        # an unknown model is a 404 whatever the body, in Triton's words (its HTTP clients test them)
+        if name and not self.dataplane.catalog.versions(name):
+            raise NotFound(f"Request for unknown model: {name!r} is not found in the repository")
+        self.dataplane.manifest(name, version, "model_")
         req = conv.request_from_rest(body, header_length, name, version)
         resp = self.dataplane.infer(req, deadline=deadline_from(_timeout_s(req.parameters)))
         return conv.response_to_rest(resp, req)
@@ -163,14 +238,14 @@ class RestFrontDoor:
         limit = self.max_body_bytes
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            raise HyperinferError(f"request body of {int(length)} bytes is over the gateway's limit of {limit}",
-                                  Code.RESOURCE_EXHAUSTED)
+            raise _HttpError(413, f"request body of {int(length)} bytes is over the gateway's limit of {limit}",
+                             Code.RESOURCE_EXHAUSTED)
         chunks, n = [], 0
         async for chunk in request.stream():
             n += len(chunk)
             if n > limit:
-                raise HyperinferError(f"request body is over the gateway's limit of {limit} bytes",
-                                      Code.RESOURCE_EXHAUSTED)
+                raise _HttpError(413, f"request body is over the gateway's limit of {limit} bytes",
+                                 Code.RESOURCE_EXHAUSTED)
             chunks.append(chunk)
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -184,14 +259,19 @@ class RestFrontDoor:
         except zlib.error as e:
             raise InvalidArgument(f"request body: not valid {encoding} data ({e})") from None
         if len(out) > limit or d.unconsumed_tail:
-            raise HyperinferError(f"decompressed request body is over the gateway's limit of {limit} bytes",
-                                  Code.RESOURCE_EXHAUSTED)
+            raise _HttpError(413, f"decompressed request body is over the gateway's limit of {limit} bytes",
+                             Code.RESOURCE_EXHAUSTED)
         return out
 
 
 def _model(request: Request) -> tuple[str, str]:
     p = request.path_params
     return p["model"], p.get("version", "")
+
+
+def _metadata(request: Request) -> list[tuple[str, str]]:
+    """HTTP headers as gRPC metadata (lower-case names): what the admin check reads on both doors."""
+    return [(k.lower(), v) for k, v in request.headers.items()]
 
 
 def _timeout_s(parameters: dict[str, Any]) -> float | None:
@@ -207,12 +287,13 @@ def _timeout_s(parameters: dict[str, Any]) -> float | None:
 def install(gateway: Any) -> HttpServer | None:
     """Serve KServe v2 REST on ``gateway.config.http_listen`` (``None`` or "off": not at all),
     started and stopped with the gateway, over the gateway's one data plane."""
-    from hyperinfer.gateway.assembly import dataplane_for
+    from hyperinfer.gateway.assembly import dataplane_for, model_control_for
 
     listen = getattr(gateway.config, "http_listen", None)
     if not listen or listen == "off":
         return None
-    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes)
+    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes, model_control_for(gateway),
+                         max_concurrent=getattr(gateway.config, "max_concurrent_rpcs", None) or 256)
     cert, key = tls_files(gateway.config)
     server = HttpServer(door.app, listen, what="HTTP/REST", flag="--http-listen", ssl_certfile=cert, ssl_keyfile=key)
     gateway.rest = server

@@ -93,10 +93,10 @@ def _reflection_pool() -> descriptor_pool.DescriptorPool:
     from grpc_health.v1 import health_pb2
     from grpc_reflection.v1alpha import reflection_pb2
 
-    from hyperinfer.proto.inference import grpc_service_pb2
+    from hyperinfer.proto.inference import grpc_service_pb2, model_config_pb2
     from hyperinfer.proto.v1 import pool_pb2
 
     pool = descriptor_pool.DescriptorPool()
-    for module in (pool_pb2, grpc_service_pb2, health_pb2, reflection_pb2):
+    for module in (pool_pb2, model_config_pb2, grpc_service_pb2, health_pb2, reflection_pb2):
         pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
     return pool

@@ -151,6 +151,9 @@ class WGSLRunner:
                                                usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
                              for t in plan["outputs"]]
         self._lock = threading.Lock()
+        # drivers finish compiling pipelines lazily (lavapipe JITs on first dispatch): pay it at load,
+        # not in the first request, which a gateway may time out
+        self.run({s.name: np.zeros(s.shape, dtype=s.dtype) for s in self.input_specs})
 
     def _pipeline(self, name: str, k: dict, code: str):
         import wgpu

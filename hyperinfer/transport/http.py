@@ -26,10 +26,13 @@ def bind_socket(listen: str, what: str, flag: str) -> socket.socket:
     """A listening TCP socket, bound now so that a busy port fails at start with one clear line."""
     host, port = parse_listen(listen, flag)
     try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          proto=socket.IPPROTO_TCP)[0]
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it
+        # a response's header and body writes wait on the client's delayed ACK (~40 ms each request)
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(info[4])
+        sock.bind(addr)
         sock.listen(1024)
     except OSError as e:
         raise Unavailable(f"cannot listen on {listen} for {what}: {e.strerror or e}; "

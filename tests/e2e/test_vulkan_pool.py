@@ -31,7 +31,7 @@ def test_cpu_and_vulkan_nodes_agree_on_every_check(tmp_path):
         pytest.skip(webgpu.why_not())
     cpu = "cpu-x86_64-avx2" if "cpu-x86_64-avx2" in detect("cpu").targets else "cpu-x86_64"
     run = subprocess.run([sys.executable, str(SCRIPT), "--model", "cnn", "--requests", str(REQUESTS),
-                          "--targets", f"{cpu},vulkan", "--work", str(tmp_path), "--timeout", "180"],
+                          "--targets", f"{cpu},vulkan", "--work", str(tmp_path), "--timeout", "300"],
                          capture_output=True, text=True, timeout=900)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]

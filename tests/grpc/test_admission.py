@@ -118,3 +118,24 @@ def test_open_pool_keeps_working_without_admission(tmp_path):
         assert p.gateway.ledger.details(n.node_id)["stake"] == 0
     finally:
         p.close()
+
+
+def test_model_control_needs_an_admin_signature(pool):
+    """The gateway's authorize_admin hook (model control: RepositoryModelLoad/Unload) wired to
+    --admin-key: strangers are refused, an admin's signed call goes through."""
+    from hyperinfer.pool_status import admin_metadata
+    from hyperinfer.proto.inference import grpc_service_pb2 as pb
+    from hyperinfer.proto.inference import grpc_service_pb2_grpc as pb_grpc
+    from hyperinfer.verify.operators import sign_call
+
+    unload = pb.RepositoryModelUnloadRequest(model_name=MODEL)
+    with grpc.insecure_channel(pool.gateway.address) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        for md, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                         (sign_call(Ed25519PrivateKey.generate(), "admin", ""), grpc.StatusCode.PERMISSION_DENIED)):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.RepositoryModelUnload(unload, metadata=md, timeout=10)
+            assert e.value.code() == code
+        assert not (pool.repo / MODEL / "UNLOADED").exists()
+        stub.RepositoryModelUnload(unload, metadata=admin_metadata(pool.admin, "admin"), timeout=10)
+        assert (pool.repo / MODEL / "UNLOADED").exists()

@@ -98,16 +98,18 @@ def test_a_pool_of_colluders_is_caught_at_the_audit_rate(tmp_pool):
     c1, c2 = pool.node("c1", x1, cheat=True), pool.node("c2", x2, cheat=True)
     reg = pool.gateway.registry
     wait_for(lambda: len(reg.schedulable_nodes(MODEL, 1)) == 2, what="colluders ready")
-    statuses, wrong, errors = run_traffic(pool, 150)
+    # sync: a check and an audit end before the answer, so a verdict is never late (in mode auto the
+    # background queue lets a few more answers out before the quarantine lands; see the README)
+    statuses, wrong, errors = run_traffic(pool, 150, mode="sync")
     final = final_statuses(pool)
-    assert final["agreed"] > 0  # the sampled checks alone were fooled...
+    assert not [k for k in final if k.startswith("disputed")]  # no sampled check ever caught them...
     assert final["audit-failed"] >= 1  # ...the audits were not
     wait_for(lambda: reg.get(c1.node_id).state == reg.get(c2.node_id).state == "quarantined",
              what="both colluders quarantined")
     for op in (x1, x2):
         assert pool.gateway.operators.require(key_id(op)).state == "quarantined"
-    # the audits catch a colluder's wrong answers at rate a; each audit that fails also faults the
-    # validator that agreed, so both reach K faults after about K / a answers in all
+    # the audits catch a colluder's wrong answer at rate a; each failed audit also faults the validator
+    # that agreed, so both reach K faults after about K / a = 8 answers in all (P(more than 50) < 1e-5)
     served = sum(statuses.values())
     assert wrong == served and served < 150 and errors == 150 - served
-    assert served <= 4 * K / audit + 20, (served, final)
+    assert served <= 50, (served, final)

@@ -46,12 +46,15 @@ def test_persists_across_reopen(db_location, tmp_path):
         db_location = str(tmp_path / "sub" / "gw.db")  # parent directory is created
     s = open_store(db_location)
     s.put_node(_node())
-    s.add_challenge(b"\x02" * 32, b"\x01" * 32, 99_000)
+    assert s.claim_nonce(b"\x02" * 32, b"\x01" * 32, 99_000)
+    secret = s.pool_secret("join-challenge")
     s.close()
 
     s = open_store(db_location)
     assert s.get_node("n1") == _node()
     assert s.count_challenges() == 1
+    assert not s.claim_nonce(b"\x02" * 32, b"\x01" * 32, 99_000)  # used stays used
+    assert s.pool_secret("join-challenge") == secret and len(secret) == 32
     assert s.schema_version("registry") == 1  # migrating again is a no-op
     s.close()
 
@@ -103,17 +106,18 @@ def test_mark_stale_only_if_the_stored_heartbeat_is_old(db_location):
     s.close()
 
 
-def test_take_challenge_is_single_use_under_concurrency(db_location):
-    """Eight takers on two stores (two gateways' connections): exactly one gets the nonce unused."""
+def test_nonce_is_single_use_under_concurrency_and_the_secret_shared(db_location):
+    """Eight claims on two stores (two gateways' connections): exactly one wins; both stores get
+    the same pool secret (whoever asked first created it)."""
     stores = [open_store(db_location), open_store(db_location)]
+    assert stores[0].pool_secret("join-challenge") == stores[1].pool_secret("join-challenge")
     nonce = b"\x07" * 32
-    stores[0].add_challenge(nonce, b"\x01" * 32, 10_000)
     results = []
     barrier = threading.Barrier(8)
 
     def take(s):
         barrier.wait(timeout=10)
-        results.append(s.take_challenge(nonce).used)
+        results.append(not s.claim_nonce(nonce, b"\x01" * 32, 10_000))  # True: was used already
 
     threads = [threading.Thread(target=take, args=(stores[i % 2],)) for i in range(8)]
     for t in threads:
@@ -122,7 +126,6 @@ def test_take_challenge_is_single_use_under_concurrency(db_location):
         t.join(timeout=30)
     assert sorted(results) == [False] + [True] * 7
     s = stores[1]
-    assert s.take_challenge(b"\x00" * 32) is None
     assert s.purge_challenges(10_001) == 1
     for s in stores:
         s.close()

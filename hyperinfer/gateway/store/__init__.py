@@ -23,8 +23,14 @@ Tables owned by the store (component ``"registry"``, :mod:`.base`):
     replays), ``outstanding``, ``loaded`` (JSON list of
     ``[name, version, target_id, artifact_sha256]``), ``software_version``.
 ``challenges``
-    join nonces: ``nonce`` (PK, raw bytes), ``public_key`` it was issued to,
-    ``expires`` (unix ms), ``used`` (0/1). Single use, across gateways too.
+    join nonces that a join used: ``nonce`` (PK, raw bytes), ``public_key``,
+    ``expires`` (unix ms), ``used`` (1). Challenges themselves are stateless
+    (HMAC, see the registry); a row is claimed by its insert, single use
+    across gateways too, and purged once expired.
+``pool_secrets`` (component ``"pool_secrets"``)
+    ``name`` (PK), ``secret`` (32 random bytes), ``created``: pool-wide secrets
+    such as the HMAC key of join challenges, created by the first gateway that
+    needs one and shared by all on the database.
 ``gateways`` (component ``"gateways"``)
     every gateway that used the database: ``gateway_id`` (PK, fingerprint of
     its key), ``public_key``, ``address`` (where it listens), ``started`` and

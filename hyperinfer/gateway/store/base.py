@@ -169,19 +169,8 @@ class Store(abc.ABC):
         (by any gateway on the database)."""
 
     @abc.abstractmethod
-    def add_challenge(self, nonce: bytes, public_key: bytes, expires_ms: int) -> None: ...
-
-    @abc.abstractmethod
-    def take_challenge(self, nonce: bytes) -> ChallengeRecord | None:
-        """Atomically mark a challenge used; return it as it was before (None if unknown).
-
-        Of two concurrent callers with the same nonce (threads or gateways), exactly one sees
-        ``used=False``.
-        """
-
-    @abc.abstractmethod
     def purge_challenges(self, now_ms: int) -> int:
-        """Delete expired challenges; return how many."""
+        """Delete expired (used) nonces; return how many."""
 
     @abc.abstractmethod
     def count_challenges(self) -> int: ...
@@ -374,24 +363,6 @@ class SQLStore(Store):
             # the primary key makes the claim atomic across threads and gateways
             return c.execute("INSERT INTO challenges (nonce, public_key, expires, used) VALUES (?, ?, ?, 1) "
                              "ON CONFLICT (nonce) DO NOTHING", (nonce, public_key, expires_ms)).rowcount == 1
-
-    def add_challenge(self, nonce: bytes, public_key: bytes, expires_ms: int) -> None:
-        with self.transaction() as c:
-            c.execute("INSERT INTO challenges (nonce, public_key, expires, used) VALUES (?, ?, ?, 0)",
-                      (nonce, public_key, expires_ms))
-
-    def take_challenge(self, nonce: bytes) -> ChallengeRecord | None:
-        with self.transaction() as c:
-            row = c.execute("SELECT nonce, public_key, expires, used FROM challenges WHERE nonce = ?",
-                            (nonce,)).fetchone()
-            if row is None:
-                return None
-            used = bool(row["used"])
-            if not used:
-                # conditional: of two gateways racing for one nonce, only one updates the row
-                used = c.execute("UPDATE challenges SET used = 1 WHERE nonce = ? AND used = 0",
-                                 (nonce,)).rowcount == 0
-        return ChallengeRecord(bytes(row["nonce"]), bytes(row["public_key"]), int(row["expires"]), used)
 
     def purge_challenges(self, now_ms: int) -> int:
         with self.transaction() as c:
