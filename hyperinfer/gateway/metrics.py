@@ -137,8 +137,11 @@ class GatewayCollector(Collector):
                     for col, name, doc, counter in _LEDGER}
         for r in rows:
             labels = [r["node_id"], operators.get(r["node_id"], "")]
+            op = registry.operator_of(r["node_id"]) if hasattr(registry, "operator_of") else None
             for col, *_ in _LEDGER:
-                families[col].add_metric(labels, float(r[col]))
+                # nodes of one operator share its bond: their stake is what is left of it (as in Pool.Status)
+                value = op.remaining if col == "stake" and op is not None else float(r[col])
+                families[col].add_metric(labels, value)
         yield from families.values()
         d = CounterMetricFamily("hyperinfer_node_disputes", "Disputes the node was part of (as primary or validator)",
                                 labels=["node", "operator"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ MAX_CERT_BYTES = 4096
 KEY_HEADER = "x-hyperinfer-key"  # hex raw Ed25519 public key of the caller
 TS_HEADER = "x-hyperinfer-ts"  # caller's unix ms
 SIG_HEADER = "x-hyperinfer-sig"  # hex signature over call_payload(...)
+NONCE_HEADER = "x-hyperinfer-nonce"  # random hex: two calls in one millisecond still sign different bytes
 CALL_WINDOW_S = 120.0  # a signed call older or newer than this is refused (clock skew + transit)
 
 
@@ -117,11 +119,12 @@ def verify_cert(data: bytes, node_public_key: bytes) -> OperatorCert:
 
 # ----------------------------------------------------------------- signed calls
 
-def call_payload(method: str, audience: str, timestamp_ms: int, fields: Mapping[str, Any] | None = None) -> bytes:
+def call_payload(method: str, audience: str, timestamp_ms: int, fields: Mapping[str, Any] | None = None,
+                 nonce: str = "") -> bytes:
     """What a caller signs for one RPC: the method, who it is meant for (a node or gateway id),
-    the time, and the request fields that decide what is done."""
+    the time, a random nonce, and the request fields that decide what is done."""
     return canonical("call", {"method": method, "audience": audience, "timestamp_ms": int(timestamp_ms),
-                              "fields": dict(fields or {})})
+                              "nonce": nonce, "fields": dict(fields or {})})
 
 
 def infer_fields(request_id: str, model_name: str, model_version: int) -> dict[str, Any]:
@@ -139,8 +142,10 @@ def sign_call(key: Any, method: str, audience: str, fields: Mapping[str, Any] | 
               timestamp_ms: int | None = None) -> list[tuple[str, str]]:
     """gRPC metadata that proves ``key`` made this call."""
     ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-    sig = sign(key, call_payload(method, audience, ts, fields))
-    return [(KEY_HEADER, public_bytes(key).hex()), (TS_HEADER, str(ts)), (SIG_HEADER, sig.hex())]
+    nonce = secrets.token_hex(8)
+    sig = sign(key, call_payload(method, audience, ts, fields, nonce))
+    return [(KEY_HEADER, public_bytes(key).hex()), (TS_HEADER, str(ts)), (NONCE_HEADER, nonce),
+            (SIG_HEADER, sig.hex())]
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ class Caller:
     public_key: bytes
     timestamp_ms: int
     signature: bytes
+    nonce: str = ""
 
     @property
     def key_id(self) -> str:
@@ -165,9 +171,10 @@ def caller_from_metadata(metadata: Sequence[tuple[str, Any]] | None) -> Caller |
         sig = bytes.fromhex(str(md.get(SIG_HEADER, "")))
     except ValueError:
         raise Unauthenticated("signed call: malformed x-hyperinfer-* headers") from None
-    if len(key) != 32 or len(sig) != 64:
+    nonce = str(md.get(NONCE_HEADER, ""))
+    if len(key) != 32 or len(sig) != 64 or len(nonce) > 64:
         raise Unauthenticated("signed call: malformed x-hyperinfer-* headers")
-    return Caller(key, ts, sig)
+    return Caller(key, ts, sig, nonce)
 
 
 def check_call(caller: Caller | None, method: str, audience: str, fields: Mapping[str, Any] | None = None,
@@ -179,8 +186,8 @@ def check_call(caller: Caller | None, method: str, audience: str, fields: Mappin
     if abs(now - caller.timestamp_ms) > window_s * 1000:
         raise Unauthenticated(f"{method}: signed call timestamp is {abs(now - caller.timestamp_ms) / 1000:.0f} s "
                               f"off this clock (at most {window_s:.0f} s)")
-    if not verify_signature(caller.public_key, call_payload(method, audience, caller.timestamp_ms, fields),
-                            caller.signature):
+    if not verify_signature(caller.public_key, call_payload(method, audience, caller.timestamp_ms, fields,
+                                                            caller.nonce), caller.signature):
         raise Unauthenticated(f"{method}: call signature does not verify")
     return caller
 
