@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -37,9 +37,6 @@ class Duration:
 
     count: int = 0
     ns: int = 0
-
-    def add(self, ns: int) -> "Duration":
-        return Duration(self.count + 1, self.ns + max(int(ns), 0))
 
 
 @dataclass(frozen=True)
@@ -59,45 +56,72 @@ class ModelStats:
     failures: dict[str, int] = field(default_factory=dict)
 
 
+class _Counters:
+    """Mutable per-version counters (the hot path: plain int additions under one lock)."""
+
+    __slots__ = ("last_ms", "inferences", "executions", "ok", "ok_ns", "bad", "bad_ns", "queue_ns", "input_ns",
+                 "infer_ns", "output_ns", "failures")
+
+    def __init__(self):
+        self.last_ms = self.inferences = self.executions = 0
+        self.ok = self.ok_ns = self.bad = self.bad_ns = 0
+        self.queue_ns = self.input_ns = self.infer_ns = self.output_ns = 0
+        self.failures: dict[str, int] = {}
+
+    def stats(self, name: str, version: int) -> ModelStats:
+        n = self.ok
+        return ModelStats(name, version, self.last_ms, self.inferences, self.executions,
+                          Duration(n, self.ok_ns), Duration(self.bad, self.bad_ns), Duration(n, self.queue_ns),
+                          Duration(n, self.input_ns), Duration(n, self.infer_ns), Duration(n, self.output_ns),
+                          dict(self.failures))
+
+
 class Statistics:
     """Counters per (model name, version). ``clock``: wall time in seconds (tests pass a fake)."""
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self._clock = clock
         self._lock = threading.Lock()
-        self._stats: dict[tuple[str, int], ModelStats] = {}
+        self._counters: dict[tuple[str, int], _Counters] = {}
 
-    def _get(self, name: str, version: int) -> ModelStats:
-        s = self._stats.get((name, version))
-        return s if s is not None else ModelStats(name, int(version))
+    def _get(self, name: str, version: int) -> _Counters:
+        c = self._counters.get((name, version))
+        if c is None:
+            c = self._counters[(name, version)] = _Counters()
+        return c
 
     def record_success(self, name: str, version: int, *, queue_ns: int, input_ns: int, infer_ns: int,
                        output_ns: int, inferences: int = 1) -> None:
         now_ms = int(self._clock() * 1000)
-        total = queue_ns + input_ns + infer_ns + output_ns
         with self._lock:
-            s = self._get(name, version)
-            self._stats[(name, version)] = replace(
-                s, last_inference_ms=now_ms, inference_count=s.inference_count + inferences,
-                execution_count=s.execution_count + 1, success=s.success.add(total),
-                queue=s.queue.add(queue_ns), compute_input=s.compute_input.add(input_ns),
-                compute_infer=s.compute_infer.add(infer_ns), compute_output=s.compute_output.add(output_ns))
+            c = self._get(name, version)
+            c.last_ms = now_ms
+            c.inferences += inferences
+            c.executions += 1
+            c.ok += 1
+            c.ok_ns += queue_ns + input_ns + infer_ns + output_ns
+            c.queue_ns += queue_ns
+            c.input_ns += input_ns
+            c.infer_ns += infer_ns
+            c.output_ns += output_ns
 
     def record_failure(self, name: str, version: int, duration_ns: int, code: str = "INTERNAL") -> None:
         now_ms = int(self._clock() * 1000)
         with self._lock:
-            s = self._get(name, version)
-            failures = dict(s.failures)
-            failures[code] = failures.get(code, 0) + 1
-            self._stats[(name, version)] = replace(s, last_inference_ms=now_ms, fail=s.fail.add(duration_ns),
-                                                   failures=failures)
+            c = self._get(name, version)
+            c.last_ms = now_ms
+            c.bad += 1
+            c.bad_ns += max(int(duration_ns), 0)
+            c.failures[code] = c.failures.get(code, 0) + 1
 
     def get(self, name: str, version: int) -> ModelStats:
         """The model version's counters (zeros if it never had a request)."""
+        version = int(version)
         with self._lock:
-            return self._get(name, int(version))
+            c = self._counters.get((name, version))
+            return c.stats(name, version) if c is not None else ModelStats(name, version)
 
     def snapshot(self) -> list[ModelStats]:
         """Every model version with at least one request, sorted by name and version (immutable copies)."""
         with self._lock:
-            return [self._stats[k] for k in sorted(self._stats)]
+            return [self._counters[k].stats(*k) for k in sorted(self._counters)]

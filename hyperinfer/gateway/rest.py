@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hyperinfer.errors import Code, HyperinferError, InvalidArgument, Unavailable
+from hyperinfer.errors import Code, HyperinferError, InvalidArgument, NotFound, Unavailable
 from hyperinfer.gateway import rest_converters as conv
 from hyperinfer.gateway.dataplane import DataPlane, deadline_from
 from hyperinfer.transport.http import HttpServer
@@ -68,8 +68,9 @@ def error_response(status: int, message: str) -> JSONResponse:
 class RestFrontDoor:
     """The Starlette app over one data plane; ``max_body_bytes`` bounds a request body (decompressed too)."""
 
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int):
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, control: Any = None):
         self.dataplane = dataplane
+        self.control = control  # gateway.model_control.ModelControl: config, repository index/load/unload
         self.max_body_bytes = int(max_body_bytes)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
@@ -77,12 +78,19 @@ class RestFrontDoor:
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
             Route("/v2", self.server_metadata, methods=["GET"]),
+            # Triton's extensions, as tritonclient.http calls them
+            Route("/v2/models/stats", self.statistics, methods=["GET"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self.load, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.unload, methods=["POST"]),
         ]
         for base in (model, version):
             routes += [
                 Route(base, self.model_metadata, methods=["GET"]),
                 Route(base + "/ready", self.model_ready, methods=["GET"]),
                 Route(base + "/infer", self.infer, methods=["POST"]),
+                Route(base + "/stats", self.statistics, methods=["GET"]),
+                Route(base + "/config", self.model_config, methods=["GET"]),
             ]
         self.app = Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_exception, HyperinferError: self._error, Exception: self._internal})
@@ -139,6 +147,43 @@ class RestFrontDoor:
             raise Unavailable(f"model {found} version {v} is not ready: no healthy node serves it")
         return JSONResponse({"name": found, "version": str(v), "ready": True})
 
+    # ------------------------------------------------------------ Triton's extensions
+
+    async def statistics(self, request: Request) -> Response:
+        name, version = request.path_params.get("model", ""), request.path_params.get("version", "")
+        stats = await run_in_threadpool(self.dataplane.model_statistics, name, version)
+        return JSONResponse(conv.model_stats_json(stats))
+
+    def _control(self) -> Any:
+        if self.control is None:
+            raise HyperinferError("model control is not enabled on this gateway", Code.UNIMPLEMENTED)
+        return self.control
+
+    async def model_config(self, request: Request) -> Response:
+        name, version = _model(request)
+        config = await run_in_threadpool(self._control().model_config, name, version)
+        return JSONResponse(conv.model_config_json(config))
+
+    async def repository_index(self, request: Request) -> Response:
+        ready = conv.index_request(await self._body(request))
+        entries = await run_in_threadpool(self._control().index, ready)
+        return JSONResponse([{"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
+                             for e in entries])
+
+    async def load(self, request: Request) -> Response:
+        control = self._control()
+        control.authorize(_metadata(request))
+        config, files = conv.load_request(await self._body(request))
+        await run_in_threadpool(lambda: control.load(request.path_params["model"], config=config, files=files))
+        return JSONResponse({})
+
+    async def unload(self, request: Request) -> Response:
+        control = self._control()
+        control.authorize(_metadata(request))
+        conv.unload_request(await self._body(request))
+        await run_in_threadpool(control.unload, request.path_params["model"])
+        return JSONResponse({})
+
     # ------------------------------------------------------------ infer
 
     async def infer(self, request: Request) -> Response:
@@ -155,7 +200,10 @@ class RestFrontDoor:
         return Response(payload, media_type=media, headers=headers)
 
     def _infer(self, body: bytes, header_length: str | None, name: str, version: str) -> tuple[bytes, int | None]:
-        self.dataplane.manifest(name, version, "model_")  # an unknown model is a 404 whatever the body
+        # an unknown model is a 404 whatever the body, in Triton's words (its HTTP clients test them)
+        if name and not self.dataplane.catalog.versions(name):
+            raise NotFound(f"Request for unknown model: {name!r} is not found in the repository")
+        self.dataplane.manifest(name, version, "model_")
         req = conv.request_from_rest(body, header_length, name, version)
         resp = self.dataplane.infer(req, deadline=deadline_from(_timeout_s(req.parameters)))
         return conv.response_to_rest(resp, req)
@@ -195,6 +243,11 @@ def _model(request: Request) -> tuple[str, str]:
     return p["model"], p.get("version", "")
 
 
+def _metadata(request: Request) -> list[tuple[str, str]]:
+    """HTTP headers as gRPC metadata (lower-case names): what the admin check reads on both doors."""
+    return [(k.lower(), v) for k, v in request.headers.items()]
+
+
 def _timeout_s(parameters: dict[str, Any]) -> float | None:
     """Triton's request parameter ``timeout`` (microseconds), as tritonclient.http sends it."""
     value = parameters.get("timeout")
@@ -208,12 +261,12 @@ def _timeout_s(parameters: dict[str, Any]) -> float | None:
 def install(gateway: Any) -> HttpServer | None:
     """Serve KServe v2 REST on ``gateway.config.http_listen`` (``None`` or "off": not at all),
     started and stopped with the gateway, over the gateway's one data plane."""
-    from hyperinfer.gateway.assembly import dataplane_for
+    from hyperinfer.gateway.assembly import dataplane_for, model_control_for
 
     listen = getattr(gateway.config, "http_listen", None)
     if not listen or listen == "off":
         return None
-    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes)
+    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes, model_control_for(gateway))
     cert, key = tls_files(gateway.config)
     server = HttpServer(door.app, listen, what="HTTP/REST", flag="--http-listen", ssl_certfile=cert, ssl_keyfile=key)
     gateway.rest = server

@@ -280,3 +280,99 @@ def model_metadata_json(m: ModelMetadata) -> dict[str, Any]:
     tensors = lambda items: [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]  # noqa: E731
     return {"name": m.name, "versions": m.versions, "platform": m.platform,
             "inputs": tensors(m.inputs), "outputs": tensors(m.outputs)}
+
+
+# ---------------------------------------------------------------- Triton's HTTP extensions
+
+def _duration(d: Any) -> dict[str, int]:
+    return {"count": int(d.count), "ns": int(d.ns)}
+
+
+def model_stats_json(stats: list[Any]) -> dict[str, Any]:
+    """statistics.ModelStats -> Triton's HTTP statistics JSON (the gRPC ModelStatistics fields)."""
+    out = []
+    for s in stats:
+        durations = {k: _duration(getattr(s, k))
+                     for k in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")}
+        out.append({
+            "name": s.name, "version": str(s.version), "last_inference": int(s.last_inference_ms),
+            "inference_count": int(s.inference_count), "execution_count": int(s.execution_count),
+            "inference_stats": durations,
+            # one inference per node run: every execution is a batch of 1 at the gateway
+            "batch_stats": [{"batch_size": 1, **{k: durations[k] for k in
+                                                 ("compute_input", "compute_infer", "compute_output")}}]
+            if s.execution_count else [],
+        })
+    return {"model_stats": out}
+
+
+def model_config_json(config: dict[str, Any]) -> dict[str, Any]:
+    """Triton's ModelConfig as its HTTP endpoint writes it: every field, integers as numbers
+    (a config override may hold "16" where Triton's JSON reads an int64)."""
+    from google.protobuf import json_format
+
+    from hyperinfer.proto.inference import model_config_pb2
+
+    try:
+        msg = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    except json_format.ParseError as e:
+        raise InvalidArgument(f"config: not a Triton ModelConfig: {e}") from None
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+                                     unquote_int64_if_possible=True)
+
+
+def _body_parameters(body: bytes, what: str) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    doc = loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"{what} request body: expected a JSON object")
+    params = doc.get("parameters", {})
+    if not isinstance(params, dict):
+        raise InvalidArgument(f"{what} request: parameters must be a JSON object")
+    return params
+
+
+def load_request(body: bytes) -> tuple[str, dict[str, bytes]]:
+    """(config JSON, {"file:<version>/<path>": bytes}) of a repository load request, as
+    tritonclient.http sends them (files base64-encoded); anything else is refused by name."""
+    import base64
+    import binascii
+
+    config, files = "", {}
+    for key, value in _body_parameters(body, "load").items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise InvalidArgument("parameters.config: must be a string holding JSON")
+            config = value
+        elif key.startswith("file:"):
+            if not isinstance(value, str):
+                raise InvalidArgument(f"parameters[{key!r}]: a package file is a base64 string")
+            try:
+                files[key] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgument(f"parameters[{key!r}]: not valid base64") from None
+        else:
+            raise InvalidArgument(f"parameters[{key!r}]: unknown parameter (known: config, file:<version>/<path>)")
+    return config, files
+
+
+def unload_request(body: bytes) -> None:
+    for key, value in _body_parameters(body, "unload").items():
+        if key != "unload_dependents":
+            raise InvalidArgument(f"parameters[{key!r}]: unknown parameter (known: unload_dependents)")
+        if not isinstance(value, bool):
+            raise InvalidArgument("parameters.unload_dependents: expected true or false")
+
+
+def index_request(body: bytes) -> bool:
+    """``ready`` of a repository index request (an empty body: false)."""
+    if not body.strip():
+        return False
+    doc = loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidArgument("index request body: expected a JSON object")
+    ready = doc.get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidArgument(f"ready: expected true or false, got {ready!r}")
+    return ready

@@ -174,6 +174,8 @@ def test_statistics_count_what_was_sent(pool):
 # ---------------------------------------------------------------- ModelConfig
 
 def test_model_config_is_generated_from_the_manifest(pool):
+    ext = pool["client"].get_server_metadata().extensions
+    assert {"statistics", "model_configuration", "model_repository"} <= set(ext)
     c = pool["client"].get_model_config("simple").config
     assert c.name == "simple" and c.platform == "hyperinfer-tvm" and c.backend == "tvm"
     assert c.max_batch_size == 8  # compiled with --max-batch 8, as Triton's `simple`

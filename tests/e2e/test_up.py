@@ -117,7 +117,8 @@ def pool(mlp_package, repository, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("up")
     port = free_port()
     up = Up(["--repository", str(repository), "--nodes", str(NODES), "--port", str(port), "--state",
-             str(tmp / "state"), "--allow-unsigned", "--threads", "1", "--model-timeout", "240"], cwd=tmp)
+             str(tmp / "state"), "--allow-unsigned", "--threads", "1", "--model-timeout", "240",
+             "--http-port", "0", "--metrics-port", "0"], cwd=tmp)
     try:
         up.find(r"^ready in [\d.]+ s", 300)
         up.find(r"^node3 id=", 10)
@@ -150,6 +151,13 @@ def test_up_starts_every_node_and_serves_what_onnx_runtime_computes(pool, mlp_pa
     assert "compiling the bundled" not in up.output
     assert not (pool["state"] / "publisher.key").exists()
     assert f"endpoint 127.0.0.1:{pool['port']}" in up.output
+    # the REST and metrics ports (free ones here: --http-port 0 --metrics-port 0) answer
+    import urllib.request
+
+    m = re.search(r"endpoint http://(\S+)/v2: KServe v2 REST.*metrics: http://(\S+)/metrics", up.output)
+    assert m, up.output
+    assert urllib.request.urlopen(f"http://{m.group(1)}/v2/models/mlp/ready", timeout=10).status == 200
+    assert b"hyperinfer_nodes_healthy 3.0" in urllib.request.urlopen(f"http://{m.group(2)}/metrics", timeout=10).read()
 
     ort = ORTRunner.for_package(mlp_package, threads=1)
     tol = mlp_package.manifest.outputs[0].tolerance

@@ -69,21 +69,39 @@ def make_package(repo: Path, name: str, version: int = 1, atol: float = 1e-5, ta
     return pdir
 
 
-def ort_factory(repo: Path):
+def ort_factory(repo: Path, tamper: bool = False):
     from hyperinfer.runtime import ORTRunner
 
     def make(path, manifest, target_id):
         pdir = Path(repo) / manifest.name / str(manifest.version)
-        return ORTRunner(pdir / "model.onnx", manifest.inputs, [o.name for o in manifest.outputs], threads=1)
+        runner = ORTRunner(pdir / "model.onnx", manifest.inputs, [o.name for o in manifest.outputs], threads=1)
+        return _Tampering(runner) if tamper else runner
 
     return make
+
+
+class _Tampering:
+    """A runner whose float outputs are off by 0.05 (well outside any tolerance), signed as if right."""
+
+    def __init__(self, runner):
+        self._runner = runner
+
+    def run(self, inputs):
+        import numpy as np
+
+        out = self._runner.run(inputs)
+        return {k: (v + np.asarray(0.05, v.dtype)) if v.dtype.kind == "f" else v for k, v in out.items()}
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
 
 
 class Harness:
     """This module run as a child process: ``with Harness(repo, tmp) as h: h.address``."""
 
     def __init__(self, repo: Path, tmp: Path, *, sample_rate: float = 0.0, max_message: int | None = None,
-                 timeout: float = 60.0, tls: Path | None = None, http: bool = False, nodes: int = 2):
+                 timeout: float = 60.0, tls: Path | None = None, http: bool = False, nodes: int = 2,
+                 tamper: int = 0):
         import subprocess
         import threading
 
@@ -94,7 +112,7 @@ class Harness:
             args += ["--tls", str(tls)]
         if http:
             args += ["--http"]
-        args += ["--nodes", str(nodes)]
+        args += ["--nodes", str(nodes), "--tamper", str(tamper)]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         box: list[str] = []
         t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
@@ -137,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--tls", type=Path, default=None)
     p.add_argument("--http", action="store_true", help="also serve KServe v2 REST and /metrics (free ports)")
+    p.add_argument("--tamper", type=int, default=0, help="the last N nodes add 0.05 to float outputs (cheaters)")
     args = p.parse_args(argv)
 
     import logging
@@ -158,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.tls_cert, cfg.tls_key, cfg.tls_ca = args.tls / "gateway.pem", args.tls / "gateway.key", args.tls / "ca.pem"
         tls = dict(tls_cert=args.tls / "node.pem", tls_key=args.tls / "node.key", tls_ca=args.tls / "ca.pem")
     gw = Gateway(cfg)
+    if args.http:  # as `hyperinfer gateway` does: a ledger that quarantines through the registry
+        from hyperinfer.gateway.ledger import install as install_ledger
+
+        install_ledger(gw)
     # probation off: the sample rate alone decides, so tests know which requests are checked
     install(gw, policy=SamplingPolicy(default_rate=args.sample_rate, probation_rate=args.sample_rate))
     extra = ""
@@ -177,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             nc = NodeConfig(gateway=gw.address, key_path=args.tmp / f"node{i}.key", operator=f"operator{i}",
                             cache_dir=args.tmp / f"cache{i}", allow_unsigned=True, max_concurrency=4, grace_s=1, **tls)
             hw = Hardware([Device("cpu", "test cpu", "x86_64", 1)], [TARGET])
-            nodes.append(Node(nc, runner_factory=ort_factory(args.repo), hardware=hw).start())
+            factory = ort_factory(args.repo, tamper=i >= args.nodes - args.tamper)
+            nodes.append(Node(nc, runner_factory=factory, hardware=hw).start())
         print(f"READY {gw.address} {gw.public_key.hex()}{extra}", flush=True)
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
         stop.wait()

@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MAX_MESSAGE = 4 * 1024 * 1024
-MODELS = ["mlp", "int-bool", "two-inputs"]
+MODELS = ["mlp", "int-bool", "two-inputs", "simple"]  # simple: Triton's example model (INT32 add/sub)
 X = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
 
 
@@ -100,6 +100,8 @@ INPUTS = {
     "int-bool": lambda rng: {"scores": rng.standard_normal((4, 10)).astype(np.float32)},
     "two-inputs": lambda rng: {"b": rng.standard_normal((2, 16)).astype(np.float32),
                                "a": rng.standard_normal((2, 16)).astype(np.float32)},
+    "simple": lambda rng: {"INPUT0": rng.integers(-1000, 1000, (1, 16), dtype=np.int32),
+                           "INPUT1": rng.integers(-1000, 1000, (1, 16), dtype=np.int32)},
 }
 
 
@@ -357,6 +359,53 @@ def test_metrics_count_what_was_sent(pool):
     assert status == 404 and "/metrics" in json.loads(data)["error"]
 
 
+# ------------------------------------------------------------------ Triton's extensions over HTTP
+
+def test_statistics_config_and_repository_over_http(pool):
+    c = pool["client"]
+    # statistics: the same counters as gRPC ModelStatistics and the nv_* metrics
+    g = tgrpc.InferenceServerClient(pool["grpc"])
+    try:
+        rest = c.get_inference_statistics("two-inputs")["model_stats"]
+        grpc_stats = g.get_inference_statistics("two-inputs", as_json=True)["model_stats"]
+    finally:
+        g.close()
+    assert [(s["name"], s["version"]) for s in rest] == [("two-inputs", "1")]
+    ok = rest[0]["inference_stats"]["success"]["count"]
+    assert int(grpc_stats[0]["inference_stats"]["success"].get("count", 0)) >= ok
+    assert total(scrape(pool), "nv_inference_request_success_total", model="two-inputs") >= ok
+    assert {s["name"] for s in c.get_inference_statistics()["model_stats"]} >= set(MODELS)
+    assert c.get_inference_statistics("mlp", "1")["model_stats"][0]["version"] == "1"
+    # config: Triton's ModelConfig as JSON
+    cfg = c.get_model_config("int-bool")
+    assert cfg["name"] == "int-bool" and [t["name"] for t in cfg["input"]] == ["scores"]
+    # repository: index, unload, load (the model is offered again and served)
+    index = {(e["name"], e["version"]): e["state"] for e in c.get_model_repository_index()}
+    assert index[("int-bool", "1")] == "READY"
+    c.unload_model("int-bool")
+    assert not c.is_model_ready("int-bool")
+    assert ("int-bool", "1") not in {(e["name"], e["version"]) for e in
+                                     c.get_model_repository_index() if e["state"] == "READY"}
+    c.load_model("int-bool")
+    deadline = time.monotonic() + 30
+    while not c.is_model_ready("int-bool"):
+        assert time.monotonic() < deadline, "int-bool was not served again within 30 s"
+        time.sleep(0.05)
+    for method, path, body, status, fragment in [
+        ("GET", "/v2/models/nope/stats", None, 404, "nope"),
+        ("GET", "/v2/models/nope/config", None, 404, "nope"),
+        ("POST", "/v2/repository/index", b'{"ready": "yes"}', 400, "ready"),
+        ("POST", "/v2/repository/models/nope/load", b"{}", 404, "nope"),
+        ("POST", "/v2/repository/models/mlp/load", b'{"parameters": {"colour": "red"}}', 400, "colour"),
+        ("POST", "/v2/repository/models/mlp/load", b'{"parameters": {"file:1/model.onnx": "%%"}}', 400, "base64"),
+        ("POST", "/v2/repository/models/mlp/unload", b'{"parameters": {"unload_dependents": 1}}', 400,
+         "unload_dependents"),
+        ("GET", "/v2/repository/index", None, 405, "not allowed"),
+    ]:
+        got, _, data = call(pool, method, path, body)
+        assert got == status and fragment in json.loads(data)["error"], (path, got, data)
+
+
 # ------------------------------------------------------------------ TLS
 
 def test_rest_and_metrics_over_tls_with_the_gateway_certificate(tmp_path):
@@ -393,3 +442,48 @@ def test_rest_and_metrics_over_tls_with_the_gateway_certificate(tmp_path):
             plain.request("GET", "/v2/health/live")
             plain.getresponse()
         plain.close()
+
+
+# ------------------------------------------------------------------ metrics with a cheater
+
+def test_metrics_show_a_cheaters_faults_slashes_and_quarantine(tmp_path):
+    """Three operators, one of them returns wrong (but signed) floats. Every request is checked;
+    /metrics reports per node and operator exactly what the ledger says (Pool.Status)."""
+    from hyperinfer.pool_status import fetch_status
+
+    repo = tmp_path / "repo"
+    make_package(repo, "mlp")
+    with Harness(repo, tmp_path, http=True, nodes=3, tamper=1, sample_rate=1.0) as h:
+        pool = {"http": h.http_address, "metrics": h.metrics_address}
+        client = tclient.InferenceServerClient(h.http_address, network_timeout=30)
+        deadline = time.monotonic() + 30
+        while total(scrape(pool), "hyperinfer_nodes_healthy") < 3:
+            assert time.monotonic() < deadline, "three nodes did not join in 30 s"
+            time.sleep(0.05)
+        i = tclient.InferInput("x", [1, 64], "FP32")
+        i.set_data_from_numpy(X)
+        deadline = time.monotonic() + 60
+        while total(scrape(pool), "hyperinfer_nodes", state="quarantined") < 1:
+            assert time.monotonic() < deadline, "the cheater was not quarantined in 60 s"
+            res = client.infer("mlp", [i], parameters={"verify": "always"})  # never the cheater's answer
+            assert_matches({"probs": res.as_numpy("probs")}, repo, "mlp", {"x": X})
+        client.close()
+        time.sleep(0.5)  # the ledger writes behind
+        m, status = scrape(pool), fetch_status(h.address)
+    cheater = "operator2"
+    for n in status["nodes"]:
+        labels = {"node": n["node_id"], "operator": n["operator"]}
+        assert total(m, "hyperinfer_node_jobs_total", **labels) == n["jobs"], n
+        assert total(m, "hyperinfer_node_checks_total", **labels) == n["checks"], n
+        assert total(m, "hyperinfer_node_faults_total", **labels) == n["faults"], n
+        assert total(m, "hyperinfer_node_slashed_total", **labels) == pytest.approx(n["slashed"]), n
+        assert total(m, "hyperinfer_node_stake", **labels) == pytest.approx(n["stake"]), n
+        assert total(m, "hyperinfer_node_up", **labels) == (1.0 if n["state"] == "healthy" else 0.0), n
+        if n["operator"] == cheater:
+            assert n["state"] == "quarantined" and n["faults"] >= 1 and n["slashed"] > 0
+            assert total(m, "hyperinfer_node_quarantined", **labels) == 1
+        else:
+            assert n["faults"] == 0 and total(m, "hyperinfer_node_quarantined", **labels) == 0
+    assert total(m, "hyperinfer_nodes", state="quarantined") == 1 and total(m, "hyperinfer_nodes_healthy") == 2
+    # disputes recorded as evidence name the nodes involved
+    assert total(m, "hyperinfer_node_disputes_total", operator=cheater) == total(m, "hyperinfer_disputes_total")

@@ -65,6 +65,17 @@ def test_options_validate():
         UpOptions(nodes=0).validate()
     o = UpOptions(state=Path("s")).validate()
     assert o.repository == Path("s") / "repo"
+    with pytest.raises(InvalidArgument, match="--http-port"):
+        UpOptions(http_port=70000).validate()
+
+
+def test_rest_and_metrics_ports_follow_the_grpc_port():
+    # Triton's 8000/8002 next to 8001; free ones (0, resolved at prepare) when the gRPC port is picked
+    assert (LocalPool(UpOptions(state=Path("s"))).http_port, LocalPool(UpOptions(state=Path("s"))).metrics_port) \
+        == (8000, 8002)
+    free = LocalPool(UpOptions(state=Path("s"), port=0))
+    assert (free.http_port, free.metrics_port) == (0, 0)
+    assert LocalPool(UpOptions(state=Path("s"), http_port=9000, metrics_port=0)).http_port == 9000
 
 
 def _child(tmp_path: Path, name: str, code: str) -> Child:
