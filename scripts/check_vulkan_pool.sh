@@ -5,7 +5,7 @@
 # across artifacts N, nodes at fault 0: OK" and exits non-zero on any disagreement or fault.
 #
 #   bash scripts/check_vulkan_pool.sh                    # cls 300, rec 30, det 6 requests
-#   CLS=100 REC=10 DET=2 WORK=/tmp/vk bash scripts/check_vulkan_pool.sh
+#   CLS=100 REC=10 DET=2 WORK=/tmp/vk CPU_TARGET=cpu-x86_64-avx2 bash scripts/check_vulkan_pool.sh
 #
 # lavapipe runs det (1x3x640x640) in tens of seconds per request on 2 cores, hence the long
 # --node-timeout; on a real GPU the defaults are plenty.
@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 WORK=${WORK:-$(mktemp -d -t hyperinfer-vulkan-pool-XXXX)}
-CPU=$("$PY" -c "from hyperinfer.node.devices import detect; print(detect('cpu').targets[0])")
+# the CPU artifact to check against (default: this CPU's best); CPU_TARGET=cpu-x86_64-avx2 to reuse packages
+CPU=${CPU_TARGET:-$("$PY" -c "from hyperinfer.node.devices import detect; print(detect('cpu').targets[0])")}
 status=0
 for spec in "ppocr-cls:${CLS:-300}" "ppocr-rec:${REC:-30}" "ppocr-det:${DET:-6}"; do
   model=${spec%%:*}; n=${spec##*:}

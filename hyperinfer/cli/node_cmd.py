@@ -77,6 +77,9 @@ def node(
     n.start()
     out.print(f"node {n.node_id} listening on {n.address} targets={','.join(n.hardware.targets)} "
               f"gateway={gateway}", soft_wrap=True)
+    for d in n.hardware.devices:  # GPUs and WebGPU adapters: what the non-CPU targets run on
+        if d.kind != "cpu":
+            out.print(f"device {d.kind}: {d.name} ({', '.join(d.features)})", soft_wrap=True)
     if n.metrics is not None:
         out.print(f"metrics (Prometheus) on {n.metrics.server.scheme}://{n.metrics.address}/metrics", soft_wrap=True)
     n.run_until_signal()

@@ -237,7 +237,9 @@ class DataPlane:
         return bool(self.registry.schedulable_nodes(m.name, m.version))
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(self.server_name, __version__, ["parameters", "hyperinfer-receipt"])
+        # Triton's extension names for what both front doors serve (statistics, config, repository)
+        return ServerMetadata(self.server_name, __version__, [
+            "parameters", "statistics", "model_configuration", "model_repository", "hyperinfer-receipt"])
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         m = self.manifest(name, version)

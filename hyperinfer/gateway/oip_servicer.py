@@ -37,8 +37,6 @@ from hyperinfer.statistics import Duration, ModelStats
 log = logging.getLogger("hyperinfer.gateway")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# Triton's names for the extension RPCs served here (gRPC only: the REST door does not serve them)
-EXTENSIONS = ("statistics", "model_configuration", "model_repository")
 # a client without a deadline reports one far in the future: treat it as none
 _NO_DEADLINE_S = 365 * 24 * 3600.0
 
@@ -107,7 +105,7 @@ class OIPServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ServerMetadata(self, request, context):
         m = self.dataplane.server_metadata()
-        return pb.ServerMetadataResponse(name=m.name, version=m.version, extensions=[*m.extensions, *EXTENSIONS])
+        return pb.ServerMetadataResponse(name=m.name, version=m.version, extensions=m.extensions)
 
     def ModelMetadata(self, request, context):
         m = self.dataplane.model_metadata(request.name, request.version)

@@ -10,10 +10,12 @@ HTTP out. Routes (``/versions/V`` optional wherever a model is named)::
     GET  /v2/models/M[/versions/V]  model metadata
     GET  /v2/models/M[/versions/V]/ready   200 ready, 503 no node serves it, 404 unknown model
     POST /v2/models/M[/versions/V]/infer   JSON tensors or Triton's binary tensor extension
+    GET  /v2/models[/M[/versions/V]]/stats, /v2/models/M[/versions/V]/config
+    POST /v2/repository/index, /v2/repository/models/M/load, .../unload   (Triton's extensions)
 
 Errors are JSON ``{"error": "..."}`` with the status of the same error on the
-gRPC side (400 bad input, 404 unknown model or path, 503 no node, 413 body over
-the gateway's message limit, ...). Responses carry the receipt in
+gRPC side (400 bad input, 404 unknown model or path, 503 no node, 429 out of
+capacity; 413 body over the gateway's message limit, ...). Responses carry the receipt in
 ``parameters["hyperinfer.receipt"]``, as over gRPC.
 
 uvicorn runs on a thread of the gateway process (its own event loop); blocking
@@ -47,17 +49,17 @@ DEFAULT_HTTP_PORT = 8000
 HTTP_STATUS = {
     Code.INVALID_ARGUMENT: 400, Code.FAILED_PRECONDITION: 400, Code.NOT_FOUND: 404,
     Code.ALREADY_EXISTS: 409, Code.PERMISSION_DENIED: 403, Code.UNAUTHENTICATED: 401,
-    Code.RESOURCE_EXHAUSTED: 413, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
+    Code.RESOURCE_EXHAUSTED: 429, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
     Code.UNIMPLEMENTED: 501, Code.DATA_LOSS: 500, Code.INTERNAL: 500,
 }
 _DECOMPRESS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class _HttpError(HyperinferError):
-    """An HTTP-only status (415) with its message."""
+    """An error with a status of its own: 413 (body too large), 415 (unknown Content-Encoding)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message, Code.INVALID_ARGUMENT)
+    def __init__(self, status: int, message: str, code: Code = Code.INVALID_ARGUMENT):
+        super().__init__(message, code)
         self.status = status
 
 
@@ -65,10 +67,33 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in the app at once; more get 429 at once
+    (as gRPC calls beyond ``--max-concurrent-rpcs`` get RESOURCE_EXHAUSTED). One event loop
+    runs it: the counter needs no lock."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit, self.active = app, int(limit), 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await error_response(429, f"the gateway is at its limit of {self.limit} concurrent HTTP "
+                                      "requests; retry later")(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 class RestFrontDoor:
     """The Starlette app over one data plane; ``max_body_bytes`` bounds a request body (decompressed too)."""
 
-    def __init__(self, dataplane: DataPlane, max_body_bytes: int, control: Any = None):
+    def __init__(self, dataplane: DataPlane, max_body_bytes: int, control: Any = None, max_concurrent: int = 256):
         self.dataplane = dataplane
         self.control = control  # gateway.model_control.ModelControl: config, repository index/load/unload
         self.max_body_bytes = int(max_body_bytes)
@@ -92,8 +117,9 @@ class RestFrontDoor:
                 Route(base + "/stats", self.statistics, methods=["GET"]),
                 Route(base + "/config", self.model_config, methods=["GET"]),
             ]
-        self.app = Starlette(routes=routes, exception_handlers={
+        self.starlette = Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_exception, HyperinferError: self._error, Exception: self._internal})
+        self.app = ConcurrencyLimit(self.starlette, max_concurrent)
 
     # ------------------------------------------------------------ errors
 
@@ -212,14 +238,14 @@ class RestFrontDoor:
         limit = self.max_body_bytes
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            raise HyperinferError(f"request body of {int(length)} bytes is over the gateway's limit of {limit}",
-                                  Code.RESOURCE_EXHAUSTED)
+            raise _HttpError(413, f"request body of {int(length)} bytes is over the gateway's limit of {limit}",
+                             Code.RESOURCE_EXHAUSTED)
         chunks, n = [], 0
         async for chunk in request.stream():
             n += len(chunk)
             if n > limit:
-                raise HyperinferError(f"request body is over the gateway's limit of {limit} bytes",
-                                      Code.RESOURCE_EXHAUSTED)
+                raise _HttpError(413, f"request body is over the gateway's limit of {limit} bytes",
+                                 Code.RESOURCE_EXHAUSTED)
             chunks.append(chunk)
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -233,8 +259,8 @@ class RestFrontDoor:
         except zlib.error as e:
             raise InvalidArgument(f"request body: not valid {encoding} data ({e})") from None
         if len(out) > limit or d.unconsumed_tail:
-            raise HyperinferError(f"decompressed request body is over the gateway's limit of {limit} bytes",
-                                  Code.RESOURCE_EXHAUSTED)
+            raise _HttpError(413, f"decompressed request body is over the gateway's limit of {limit} bytes",
+                             Code.RESOURCE_EXHAUSTED)
         return out
 
 
@@ -266,7 +292,8 @@ def install(gateway: Any) -> HttpServer | None:
     listen = getattr(gateway.config, "http_listen", None)
     if not listen or listen == "off":
         return None
-    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes, model_control_for(gateway))
+    door = RestFrontDoor(dataplane_for(gateway), gateway.config.max_message_bytes, model_control_for(gateway),
+                         max_concurrent=getattr(gateway.config, "max_concurrent_rpcs", None) or 256)
     cert, key = tls_files(gateway.config)
     server = HttpServer(door.app, listen, what="HTTP/REST", flag="--http-listen", ssl_certfile=cert, ssl_keyfile=key)
     gateway.rest = server

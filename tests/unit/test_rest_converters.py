@@ -112,3 +112,38 @@ def test_non_finite_values_round_trip_as_python_writes_them():
     data = json.loads(out)["outputs"]
     assert np.isnan(data[0]["data"][0]) and data[0]["data"][1:] == [float("inf"), float("-inf")]
     assert data[1]["data"][1] == float("inf")
+
+
+def test_http_requests_beyond_the_limit_get_429_at_once():
+    import asyncio
+
+    from hyperinfer.gateway.rest import ConcurrencyLimit
+
+    async def main():
+        release = asyncio.Event()
+
+        async def slow_app(scope, receive, send):
+            await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        app = ConcurrencyLimit(slow_app, 1)
+        sent: list[list[dict]] = [[], []]
+
+        async def request(i):
+            async def send(msg):
+                sent[i].append(msg)
+
+            async def receive():
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await app({"type": "http", "method": "GET", "path": "/", "headers": []}, receive, send)
+
+        first = asyncio.create_task(request(0))
+        await asyncio.sleep(0.01)
+        await request(1)  # refused while the first is in the app, without waiting for it
+        assert sent[1][0]["status"] == 429 and b"limit of 1" in sent[1][1]["body"]
+        release.set()
+        await first
+        assert sent[0][0]["status"] == 200 and app.active == 0
+
+    asyncio.run(main())

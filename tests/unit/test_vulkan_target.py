@@ -130,3 +130,17 @@ def test_grid_packing_follows_tvm_webgpu_abi():
     words = np.frombuffer(pod_words([["int32", -2], ["float32", 1.5]], 77), dtype=np.uint32)
     assert words[0] == np.array(-2, np.int32).view(np.uint32) and words[2] == 77
     assert np.array(words[1]).view(np.float32) == 1.5
+
+
+def test_cli_targets_and_compile_error(small_onnx_dir, tmp_path, adapter):
+    from support import assert_one_line_error, run_cli
+
+    from hyperinfer import zoo
+
+    proc = run_cli("targets")
+    assert proc.returncode == 0, proc.stderr
+    row = " ".join(ln for ln in proc.stdout.splitlines() if "vulkan" in ln or "Vulkan" in ln)
+    assert "yes (" in row, proc.stdout  # builds here and runs here, on the adapter it names
+    path, _ = zoo.build_small("int-bool", small_onnx_dir)
+    assert_one_line_error(run_cli("compile", str(path), "--name", "ib", "--out", str(tmp_path),
+                                  "--target", "vulkan"), "64-bit integers", "argmax_kernel", "ib")
