@@ -102,6 +102,10 @@ def gateway(
         None, "--metrics-listen", envvar="HYPERINFER_GATEWAY_METRICS_LISTEN", metavar="HOST:PORT|off",
         help="Prometheus metrics (GET /metrics). Default: --listen's host, port 8002 (a free port if --listen "
              "has port 0)."),
+    workers: int = typer.Option(
+        1, "--workers",
+        help="Gateway processes serving --listen together (SO_REUSEPORT) on one --db: more requests/s on "
+             "several cores. Worker 0 alone serves REST and metrics."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Run the gateway until Ctrl-C / SIGTERM."""
@@ -119,7 +123,7 @@ def gateway(
                            timeout_slash=timeout_slash, quarantine_after_timeouts=quarantine_after_timeouts,
                            max_concurrent_rpcs=max_concurrent_rpcs, max_artifact_streams=max_artifact_streams,
                            max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                           http_listen=http_listen, metrics_listen=metrics_listen,
+                           http_listen=http_listen, metrics_listen=metrics_listen, workers=workers,
                            open_pool=open_pool, admin_keys=list(admin_key), audit_rate=audit_rate)
 
     def ready(gw: Gateway) -> None:
@@ -152,6 +156,8 @@ def gateway(
         out.print(f"admission: {'open pool' if c.open_pool else 'closed pool'}, {admitted} admitted operator(s), "
                   f"{len(c.admin_keys)} admin key(s)")
         out.print(f"services: {', '.join(gw.server.services)}")
+        if c.workers > 1:
+            out.print(f"{c.workers} worker processes on {gw.address} (one store, one key)")
 
     serve(config, on_ready=ready)
     out.print("gateway stopped")

@@ -60,6 +60,10 @@ class Gateway:
         self.public_key: bytes = public_bytes(self.key)
         self.gateway_id: str = key_id(self.key)
         self.store: Store = store if store is not None else open_store(config.db)
+        if config.workers > 1:
+            # the other worker processes write the same database: read nodes back from it and
+            # lock ledger rows as for several gateways on PostgreSQL (SQLite serialises writers)
+            self.store.shared = True
         self.repository = ModelRepository(config.repository)
         self.catalog = Catalog(self.repository)
         self.catalog.refresh(force=True)
@@ -78,7 +82,8 @@ class Gateway:
         self.server = GatewayServer(config.listen, max_workers=config.max_workers,
                                     max_message_bytes=config.max_message_bytes,
                                     max_concurrent_rpcs=config.max_concurrent_rpcs,
-                                    credentials=self.tls.server_credentials() if self.tls else None)
+                                    credentials=self.tls.server_credentials() if self.tls else None,
+                                    reuse_port=config.workers > 1)
         # artifact downloads on their own bounded set of streams: they never starve inference/health
         self.artifact_streams = StreamLimiter(config.max_artifact_streams, config.artifact_idle_s,
                                               what="artifact streams")
@@ -220,10 +225,26 @@ def install_extensions(gateway: Gateway, names: tuple[str, ...] | None = None) -
 
 
 def serve(config: GatewayConfig, on_ready: Callable[[Gateway], None] | None = None) -> None:
-    """Run a gateway until SIGINT/SIGTERM (main thread only), then stop gracefully."""
+    """Run a gateway until SIGINT/SIGTERM (main thread only), then stop gracefully.
+
+    ``config.workers`` N > 1: N processes serve the same port (SO_REUSEPORT: the kernel spreads
+    incoming connections over them; one client connection stays on one process) and the same
+    store, like N gateways on one database with one key. This process is worker 0 (and alone
+    serves REST and metrics); the others are started here and stopped with it. See
+    :func:`start_workers` for what is shared and what is per process."""
     if threading.current_thread() is not threading.main_thread():
         raise FailedPrecondition("serve() installs signal handlers and must run on the main thread")
-    gw = Gateway(config)
+    workers, holder = [], None
+    if config.workers > 1 and config.worker_index == 0:
+        config, workers, holder = start_workers(config)
+    try:
+        gw = Gateway(config)
+    except BaseException:
+        stop_workers(workers)
+        raise
+    finally:
+        if holder is not None:
+            holder.close()  # worker 0's server binds the same port (SO_REUSEPORT)
     try:
         install_extensions(gw)
         done = threading.Event()
@@ -238,9 +259,82 @@ def serve(config: GatewayConfig, on_ready: Callable[[Gateway], None] | None = No
             if on_ready is not None:
                 on_ready(gw)
             while not done.wait(1.0):
-                pass
+                for w in workers:
+                    if w.exitcode is not None and not getattr(w, "reported", False):
+                        w.reported = True
+                        log.error("gateway worker process %s exited with code %s", w.name, w.exitcode)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
     finally:
-        gw.stop()
+        try:
+            gw.stop()
+        finally:
+            stop_workers(workers)
+
+
+def start_workers(config: GatewayConfig) -> tuple[GatewayConfig, list[Any], Any]:
+    """Start workers 1..N-1 of ``hyperinfer gateway --workers N``; returns worker 0's config,
+    the worker processes, and the socket holding a port picked for ``:0`` (or None).
+
+    Shared through the store (as between gateways on one database): nodes, heartbeats and
+    quarantines, the join-challenge secret, the ledger (SQLite serialises writers; each
+    batch locks its nodes' rows first), attestations, evidence and receipts. Shared by
+    construction: the gateway key and id (one key file), the port. Per process, and fine so:
+    the scheduler's in-flight counts (each balances its own requests), ``report_failure``
+    marks, channels to nodes, the ledger summary cache. Per process, as between gateways:
+    probation state (seeded from the ledger when a process first sees a node, so a node on
+    probation may hold one job per process) and ModelStatistics (each process counts what it
+    served; REST and metrics are served by worker 0 only)."""
+    import multiprocessing
+    import socket
+    from dataclasses import replace
+
+    config = replace(config, worker_index=0).validate()
+    host, _, port = config.listen.rpartition(":")
+    holder = None
+    if port == "0":  # pick the port once, for all; held (SO_REUSEPORT) until the workers bind
+        holder = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host.strip("[]"), 0))
+        port = str(holder.getsockname()[1])
+    config.listen = f"{host}:{port}"
+    # the key file and the schema exist before N processes race to create them
+    load_or_create_key(config.key)
+    open_store(config.db).close()
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no gRPC state across fork
+    workers = []
+    try:
+        for i in range(1, config.workers):
+            w = ctx.Process(target=_worker_main, name=f"gateway-worker-{i}", daemon=False,
+                            args=(replace(config, http_listen="off", metrics_listen="off", worker_index=i),
+                                  logging.getLogger().level))
+            w.start()
+            workers.append(w)
+    except BaseException:
+        stop_workers(workers)
+        if holder is not None:
+            holder.close()
+        raise
+    return config, workers, holder
+
+
+def _worker_main(config: GatewayConfig, level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(config)
+    except HyperinferError as e:
+        log.error("gateway worker %d: %s", config.worker_index, e)
+        raise SystemExit(1) from None
+
+
+def stop_workers(workers: list[Any], timeout: float = 15.0) -> None:
+    for w in workers:
+        if w.is_alive():
+            w.terminate()  # SIGTERM: a graceful stop, as for the parent
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.join(max(deadline - time.monotonic(), 0.1))
+        if w.is_alive():
+            w.kill()
+            w.join(5)

@@ -67,6 +67,13 @@ class GatewayConfig:
     max_workers: int = 16
     """gRPC server threads."""
 
+    workers: int = 1
+    """Gateway processes sharing ``listen`` (SO_REUSEPORT) and the store (``--workers``);
+    see :func:`hyperinfer.gateway.app.serve`."""
+
+    worker_index: int = 0
+    """Which of the ``workers`` processes this is (0 starts and stops the others)."""
+
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     """RPCs held at once (running or waiting for a thread); more get RESOURCE_EXHAUSTED."""
 
@@ -191,6 +198,10 @@ class GatewayConfig:
             raise InvalidArgument(f"--audit-rate {self.audit_rate}: must be in [0, 1]")
         if self.max_workers < 1:
             raise InvalidArgument(f"max_workers {self.max_workers}: at least 1")
+        if not 1 <= self.workers <= 64:
+            raise InvalidArgument(f"--workers {self.workers}: must be in [1, 64]")
+        if self.workers > 1 and str(self.db) == ":memory:":
+            raise InvalidArgument("--workers: the worker processes share the store; use a database file or URL")
         for name in ("max_concurrent_rpcs", "max_artifact_streams", "max_pending_checks"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"--{name.replace('_', '-')} {getattr(self, name)}: at least 1")

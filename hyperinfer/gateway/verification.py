@@ -258,8 +258,8 @@ class Verifier:
             raise
 
     def _accept(self, manifest: Manifest, node: Any, request_id: str, input_digest: str, result: Any,
-                role: str, checked: "bool | Attestation" = False) -> _Run:
-        ref = node_ref(node, manifest.name, manifest.version)
+                role: str, checked: "bool | Attestation" = False, ref: NodeRef | None = None) -> _Run:
+        ref = ref or node_ref(node, manifest.name, manifest.version)
         if isinstance(checked, Attestation):  # already checked by the caller
             att = checked
         elif checked:  # already checked by the caller: parse only
@@ -278,7 +278,7 @@ class Verifier:
             request_id=primary.request_id, model_name=m.model_name, model_version=m.model_version,
             node_id=primary.node.node_id, node_public_key=primary.node.public_key,
             attestation=bytes(primary.result.attestation_bytes), node_signature=bytes(primary.result.signature),
-            status=status, gateway_id="", issued_ms=_now_ms(), detail=detail,
+            status=status, gateway_id=self.gateway_id, issued_ms=_now_ms(), detail=detail,
             validator_node_id=validator.node.node_id if validator else None,
             validator_public_key=validator.node.public_key if validator else None,
             validator_attestation=bytes(validator.result.attestation_bytes) if validator else None,
@@ -317,7 +317,7 @@ class Verifier:
         if self.probation is not None:  # probation is decided above, not by the job count
             standing = {**standing, "probation": False}
         primary = self._accept(manifest, req.primary, req.request_id, input_digest, req.result, "primary",
-                               checked=att)
+                               checked=att, ref=ref)
 
         # the draws, strictly after the primary's signed result was accepted: the sampled check on
         # another operator's node, and (independently) the gateway's own audit with ONNX Runtime,

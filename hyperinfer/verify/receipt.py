@@ -146,8 +146,21 @@ def sign_receipt(gateway_key: Ed25519PrivateKey, receipt: Receipt, gateway_id: s
     ``gateway_id``: the key's id if the caller has it (saves hashing the public key per receipt)."""
     if receipt.status not in STATUSES:
         raise InvalidArgument(f"status: unknown receipt status {receipt.status!r}")
-    r = replace(receipt, gateway_id=gateway_id or key_id(gateway_key), gateway_signature=b"")
-    return replace(r, gateway_signature=sign(gateway_key, r.signing_bytes()))
+    gateway_id = gateway_id or key_id(gateway_key)
+    r = receipt if receipt.gateway_id == gateway_id and not receipt.gateway_signature else \
+        replace(receipt, gateway_id=gateway_id, gateway_signature=b"")
+    # one field dict for the signed bytes and the JSON sent, and no dataclasses.replace (slow)
+    # for the signature: this runs on every request
+    d = r._json_fields()
+    del d["gateway_signature"]
+    signature = sign(gateway_key, _PREFIX + json.dumps(d, sort_keys=True, separators=(",", ":")).encode())
+    signed = object.__new__(Receipt)
+    signed.__dict__.update(r.__dict__)  # frozen: fields are set through __dict__, as dataclasses do
+    signed.__dict__.pop("json_text", None)
+    signed.__dict__["gateway_signature"] = signature
+    d["gateway_signature"] = b64(signature)
+    signed.__dict__["json_text"] = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return signed
 
 
 def receipt_to_json(receipt: Receipt) -> str:
