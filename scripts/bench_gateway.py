@@ -17,7 +17,8 @@ then prints, in one run:
 2. the same on PP-OCR det: gateway / direct at p50 (target <= 1.03);
 3. verification compute vs sample rate: node CPU per request, gateway CPU per
    request and validator runs per request, for several rates (mode auto);
-4. throughput (requests/s, several client threads) with 4, 2 and 1 nodes;
+4. throughput (requests/s, several client threads) with 4, 2 and 1 nodes, with one gateway
+   process and with ``--workers`` processes on the same port and store;
 5. what the gateway's own steps cost, timed in this process (where the added
    latency goes: an extra gRPC hop, one Ed25519 verify, one Ed25519 signature);
 6. with ``--batching``: dynamic batching on PP-OCR rec and cls (scripts/bench_batching.py).
@@ -26,7 +27,7 @@ The client is hyperinfer's own OIP stub (the same messages tritonclient sends,
 without its Python wrapper's cost). Numbers depend on the machine and on what
 else runs on it: the script prints the CPU count and load average first.
 
-    python scripts/bench_gateway.py [--requests 500] [--seconds 4] [--threads 4] [--batching]
+    python scripts/bench_gateway.py [--requests 500] [--seconds 4] [--threads 4] [--workers 2] [--batching]
 """
 
 from __future__ import annotations
@@ -59,26 +60,52 @@ HYPERINFER = ["-c", "from hyperinfer.cli import entrypoint; entrypoint()"]  # th
 
 # the gateway child: the extensions `hyperinfer gateway` installs, with a settable sample rate
 LAUNCHER = r"""
-import sys, threading
+import logging, multiprocessing, sys, threading, time
+from dataclasses import replace
 from pathlib import Path
-from hyperinfer.gateway.app import EXTENSIONS, Gateway, install_extensions
+import psutil
+from hyperinfer.gateway.app import EXTENSIONS, Gateway, _worker_main, install_extensions, stop_workers
 from hyperinfer.gateway.config import GatewayConfig
 from hyperinfer.gateway.oip_servicer import install
 from hyperinfer.verify.sampling import SamplingPolicy
 
-repo, tmp, rate = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gateway.db",
-                           key=tmp / "gateway.key", heartbeat_interval=0.5))
+repo, tmp, rate, most = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+# workers > 1: the store is shared and the port reusable from the start, as with `--workers N`;
+# the other worker processes start and stop on command (`workers K`)
+config = GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gateway.db", key=tmp / "gateway.key",
+                       heartbeat_interval=0.5, sample_rate=rate, workers=most, http_listen="off",
+                       metrics_listen="off", open_pool=True, audit_rate=0.0)
+gw = Gateway(config)
+# alone, it runs as a default gateway (rows 1-3); shared-store reads only while others run
+gw.store.shared = gw.registry.shared = False
 install_extensions(gw, tuple(e for e in EXTENSIONS if "oip_servicer" not in e))
 policy = SamplingPolicy(default_rate=rate)
 install(gw, policy=policy)
 gw.start()
 print("READY", gw.address, flush=True)
+port, workers = int(gw.address.rpartition(":")[2]), []
+listening = lambda pid: port in {c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+                                 if c.status == "LISTEN"}
 for line in sys.stdin:
     cmd = line.split()
     if cmd and cmd[0] == "rate":
         policy.default_rate = float(cmd[1])
         print("OK", flush=True)
+    elif cmd and cmd[0] == "workers":
+        stop_workers(workers)
+        workers = []
+        gw.store.shared = gw.registry.shared = int(cmd[1]) > 1
+        for i in range(1, int(cmd[1])):
+            c = replace(config, listen=gw.address, worker_index=i, sample_rate=policy.default_rate)
+            w = multiprocessing.get_context("spawn").Process(target=_worker_main, args=(c, logging.WARNING))
+            w.start()
+            workers.append(w)
+        deadline = time.monotonic() + 120
+        while not all(listening(w.pid) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5)  # their registries read the nodes from the store (0.5 s cache)
+        print("OK", flush=True)
+stop_workers(workers)
 gw.stop(grace=1)
 """
 
@@ -180,7 +207,8 @@ class Bench:
         print(f"compiled mlp for {TARGET} in {time.perf_counter() - t0:.1f}s")
         if self.args.det_requests:
             self.det_package(repo)
-        self.gateway = Child("gateway", ["-c", LAUNCHER, str(repo), str(self.tmp), str(self.args.rate)],
+        self.gateway = Child("gateway", ["-c", LAUNCHER, str(repo), str(self.tmp), str(self.args.rate),
+                                         str(self.args.workers)],
                              self.tmp, stdin=subprocess.PIPE)
         self.children.append(self.gateway)
         line = read_line(self.gateway.proc, 60)
@@ -191,7 +219,7 @@ class Bench:
         for i in range(self.args.nodes):
             n = Child(f"node{i}", [*HYPERINFER, "node", "--gateway", self.address,
                                    "--key", str(self.tmp / f"node{i}.key"), "--operator", f"operator{i}",
-                                   "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", "--device", "cpu",
+                                   "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", str(repo), "--device", "cpu",
                                    "--threads", "1", "--max-concurrency", "8", "--grace", "1"], self.tmp)
             self.children.append(n)
             self.nodes.append(n)
@@ -229,6 +257,13 @@ class Bench:
         self.gateway.proc.stdin.flush()
         if read_line(self.gateway.proc, 10) != "OK":
             raise SystemExit("gateway did not take the new rate")
+
+    def set_workers(self, k: int) -> None:
+        """k gateway processes on the gateway's port (1: the launcher's own only)."""
+        self.gateway.proc.stdin.write(f"workers {k}\n")
+        self.gateway.proc.stdin.flush()
+        if read_line(self.gateway.proc, 150) != "OK":
+            raise SystemExit(f"gateway did not start {k} worker processes")
 
     def close(self) -> None:
         for c in reversed(self.children):
@@ -294,7 +329,10 @@ class Bench:
         errors = [0] * threads
 
         def work(i: int) -> None:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel(self.address))
+            # a connection per thread (not one shared subchannel): with several gateway processes
+            # the kernel spreads connections, not requests, over them
+            ch = channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)])
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
             req = self.oip_request("auto")
             while time.monotonic() < stop:
                 try:
@@ -432,8 +470,10 @@ class Bench:
                   f"(node CPU x{node_cpu / base:.2f} vs rate 0)")
         self.set_rate(a.rate)
 
-        print(f"\n4. throughput, mode auto, {a.threads} client threads, {a.seconds:.0f}s each")
+        print(f"\n4. throughput, mode auto, {a.threads} client threads (a connection each), {a.seconds:.0f}s each"
+              + (f"; 1 gateway process, then {a.workers} (`--workers {a.workers}`)" if a.workers > 1 else ""))
         rps: dict[int, float] = {}
+        multi: dict[int, float] = {}
         counts = sorted({len(self.nodes), *(c for c in (4, 2, 1) if c < len(self.nodes))}, reverse=True)
         for count in counts:
             while len([n for n in self.nodes if n.proc.poll() is None]) > count:
@@ -441,10 +481,21 @@ class Bench:
                 alive[-1].stop()  # SIGTERM: the node leaves the pool
             wait_for(lambda: self.ready_nodes() == count, 30, f"the pool to shrink to {count} nodes")
             rps[count], err = self.throughput(a.seconds, a.threads)
-            print(f"   {count} node{'s' if count > 1 else ' '}: {rps[count]:8.1f} requests/s ({err} errors)")
+            line = f"   {count} node{'s' if count > 1 else ' '}: {rps[count]:8.1f} requests/s ({err} errors)"
+            if a.workers > 1:
+                self.set_workers(a.workers)
+                multi[count], err = self.throughput(a.seconds, a.threads)
+                self.set_workers(1)
+                line += (f";  {a.workers} gateway processes: {multi[count]:8.1f} requests/s ({err} errors), "
+                         f"x{multi[count] / rps[count]:.2f}")
+            print(line, flush=True)
         one = rps[min(rps)]
         print("   vs 1 node: " + ", ".join(f"{c} nodes x{r / one:.2f}" for c, r in rps.items() if c > 1)
-              + f"  (client, gateway and nodes share {os.cpu_count()} CPUs)")
+              + (" (1 gateway process); " + ", ".join(f"{c} nodes x{r / multi[min(multi)]:.2f}"
+                                                       for c, r in multi.items() if c > 1)
+                 + f" ({a.workers} processes)" if multi else "")
+              + f"  (client, gateway and nodes share {os.cpu_count()} CPUs, load average "
+              + f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
 
         print("\n5. the gateway's own steps per request, timed in this process")
         self.steps()
@@ -458,6 +509,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=4, help="client threads for throughput")
     p.add_argument("--rate", type=float, default=0.1, help="the gateway's sample rate for rows 1 and 4")
     p.add_argument("--nodes", type=int, default=4, help="nodes at the start (throughput is measured at 4, 2, 1)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="throughput also with this many gateway processes (`hyperinfer gateway --workers N`); 1: not")
     p.add_argument("--det-requests", type=int, default=40, help="sequential PP-OCR det requests per row (0: skip)")
     p.add_argument("--batching", action="store_true",
                    help="also run scripts/bench_batching.py (PP-OCR rec and cls, 1/4/16 clients)")

@@ -1,8 +1,15 @@
 #!/usr/bin/env python
-"""TVM artifacts vs ONNX Runtime on the PP-OCR models and the small models, in one process.
+"""TVM artifacts vs ONNX Runtime on the PP-OCR models, public architectures and small models, in one process.
 
     python scripts/bench_models.py [--threads 2] [--runs 30] [--markdown bench.md]
-                                   [--models ppocr-det,ppocr-rec,...] [--repository DIR]
+                                   [--models ppocr-det,resnet50,...] [--repository DIR]
+                                   [--compat compat.md]
+
+Architectures of hyperinfer/zoo_arch.py (resnet50, resnet18, resnet50-caffe2,
+mobilenetv2, densenet121, inception, squeezenet, transformer, detector, lstm)
+are built at their published size with seeded random weights; ``--compat``
+writes the compatibility table (model, ops, compiles, max error, ratios), a
+model that does not compile being a row with its error.
 
 For every model: ONNX Runtime (CPU provider) on the cleaned model, the TVM
 default build (rule-based schedules) and, when a tuning database exists, the
@@ -41,6 +48,8 @@ if str(ROOT) not in sys.path:
 
 PPOCR = ["ppocr-det", "ppocr-rec", "ppocr-cls"]
 SMALL = ["mlp", "cnn", "two-inputs", "int-bool"]
+ARCH = ["resnet50", "resnet18", "resnet50-caffe2", "mobilenetv2", "densenet121", "inception", "squeezenet",
+        "transformer", "detector", "lstm"]
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Row:
     gflop: float
     compile_s: float
     rules: str = ""
+    ops: str = ""
     vulkan_ms: float | None = None
     vulkan_err: float | None = None
     vulkan_note: str = ""
@@ -108,7 +118,7 @@ def count_gflop(model) -> float:
 # ---------------------------------------------------------------- models
 
 def sources(names: list[str], work: Path) -> list[tuple[str, Path, dict]]:
-    from hyperinfer import zoo
+    from hyperinfer import zoo, zoo_arch
 
     out = []
     ppocr = [n for n in names if n in zoo.PPOCR]
@@ -120,8 +130,10 @@ def sources(names: list[str], work: Path) -> list[tuple[str, Path, dict]]:
         elif n in zoo.SMALL:
             p, shapes = zoo.build_small(n, work)
             out.append((n, p, dict(shapes)))
+        elif n in zoo_arch.ARCHS:
+            out.append((n, zoo_arch.save(n, work / f"{n}.onnx"), {}))
         else:
-            raise SystemExit(f"unknown model {n!r}; known: {', '.join(PPOCR + SMALL)}")
+            raise SystemExit(f"unknown model {n!r}; known: {', '.join(PPOCR + ARCH + SMALL)}")
     return out
 
 
@@ -190,7 +202,8 @@ def thread_affinity_report() -> str:
 
 # ---------------------------------------------------------------- main
 
-def bench(args) -> list[Row]:
+def bench(args) -> tuple[list[Row], list[tuple[str, str, str]]]:
+    """(measured rows, (model, ops, error) of the models that do not compile)."""
     import onnx
 
     from hyperinfer.compile import build, cleanup, targets
@@ -202,15 +215,24 @@ def bench(args) -> list[Row]:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="hyperinfer-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    failed: list[tuple[str, str, str]] = []
+    from hyperinfer.errors import HyperinferError
+
     for name, path, shapes in sources(args.models.split(","), work):
         model = cleanup.load_onnx(path)
+        ops = f"{len(model.graph.node)} nodes, {len({n.op_type for n in model.graph.node})} op types"
         if name in PPOCR:
             shapes = {model.graph.input[0].name: next(iter(shapes.values()))}
-        clean = cleanup.clean(model, shapes, threads=args.threads)
+        try:
+            clean = cleanup.clean(model, shapes, threads=args.threads)
+            mod = build.import_onnx(clean.model)
+        except HyperinferError as e:
+            failed.append((name, ops, str(e)))
+            print(f"{name:11s} does not compile: {e}", flush=True)
+            continue
         onnx_path = work / f"{name}.clean.onnx"
         onnx.save(clean.model, str(onnx_path))
         gflop = count_gflop(clean.model)
-        mod = build.import_onnx(clean.model)
         report = cpu_sched.CpuScheduleReport()
         orig = cpu_sched.schedule_pass
         cpu_sched.schedule_pass = lambda t, report_=None, threads=0: orig(t, report, threads)  # noqa: E731
@@ -241,7 +263,7 @@ def bench(args) -> list[Row]:
         ms = interleaved(fns, args.runs, args.warmup)
         shape = ";".join("x".join(str(d) for d in s.shape) for s in clean.inputs)
         rules = ", ".join(f"{k} {v}" for k, v in sorted(report.count().items()))
-        row = Row(name, shape, ms["ort"], ms["tvm"], ms.get("tuned"), err, tuned_err, gflop, compile_s, rules)
+        row = Row(name, shape, ms["ort"], ms["tvm"], ms.get("tuned"), err, tuned_err, gflop, compile_s, rules, ops)
         if args.vulkan:
             row.vulkan_ms, row.vulkan_err, row.vulkan_note = bench_vulkan(name, mod, clean, work, x, ref, args)
         rows.append(row)
@@ -251,7 +273,7 @@ def bench(args) -> list[Row]:
               + (f"  vulkan {row.vulkan_ms:9.2f} ms ({row.vulkan_ms / row.ort_ms:.0f}x ORT, err {row.vulkan_err:.1e})"
                  if row.vulkan_ms else (f"  vulkan: {row.vulkan_note}" if args.vulkan else "")), flush=True)
     print(f"threads: {thread_affinity_report()}")
-    return rows
+    return rows, failed
 
 
 def bench_vulkan(name, mod, clean, work: Path, x, ref, args) -> tuple[float | None, float | None, str]:
@@ -309,22 +331,38 @@ def table(rows: list[Row], threads: int, target: str) -> str:
     return "\n".join(lines)
 
 
+def compat_table(rows: list[Row], failed: list[tuple[str, str, str]], threads: int, target: str) -> str:
+    lines = ["| model | input | ops | compiles | max abs err | ratio vs ORT (default) | ratio vs ORT (tuned) |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.shape} | {r.ops} | yes | {r.err:.1e} | {r.ratio:.2f} | "
+                     f"{_f(r.tuned_ratio, '.2f')} |")
+    for name, ops, err in failed:
+        lines.append(f"| {name} | – | {ops} | no: {err.replace('|', '/')} | – | – | – |")
+    load = os.getloadavg()
+    lines.append("")
+    lines.append(f"Target `{target}`, {threads} threads for both runtimes, ratio = TVM / ONNX Runtime "
+                 f"(below 1: TVM faster), load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30, help="timed runs per runtime (median)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--models", default=",".join(PPOCR + SMALL))
+    ap.add_argument("--models", default=",".join(PPOCR + SMALL), help=f"known: {','.join(PPOCR + ARCH + SMALL)}")
     ap.add_argument("--target", default="native")
     ap.add_argument("--repository", type=Path, default=None, help="packages from `hyperinfer compile` (tuning dbs)")
     ap.add_argument("--tuning-root", type=Path, default=None, help="tuning dbs as DIR/<model>/<target-id>/")
     ap.add_argument("--work-dir", default=None, help="where cleaned models and artifacts go (default: a temp dir)")
     ap.add_argument("--markdown", type=Path, default=None, help="write the table as markdown to this file")
+    ap.add_argument("--compat", type=Path, default=None, help="write the compatibility table as markdown here")
     ap.add_argument("--vulkan", action="store_true", help="also time the vulkan artifact (WGSL over wgpu)")
     ap.add_argument("--vulkan-runs", type=int, default=3, help="timed runs of the vulkan artifact (median)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TVM_BIND_THREADS", "0")
-    rows = bench(args)
+    rows, failed = bench(args)
     from hyperinfer.compile import targets
 
     md = table(rows, args.threads, targets.resolve([args.target])[0].id)
@@ -332,6 +370,11 @@ def main(argv=None) -> int:
     print(md)
     if args.markdown:
         args.markdown.write_text(md + "\n")
+    compat = compat_table(rows, failed, args.threads, targets.resolve([args.target])[0].id)
+    print()
+    print(compat)
+    if args.compat:
+        args.compat.write_text(compat + "\n")
     return 0
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyperinfer.compile import toolchain
+from hyperinfer.compile import importer, passes, toolchain
 from hyperinfer.compile.targets import TargetInfo
 from hyperinfer.errors import FailedPrecondition
 
@@ -37,17 +37,8 @@ class BuildResult:
 
 
 def import_onnx(model):
-    """ONNX (cleaned, static shapes) -> Relax IRModule with weights bound as constants."""
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
-
-    try:
-        mod = from_onnx(model, keep_params_in_input=False)
-    except Exception as e:  # the frontend raises assorted errors for unsupported ops
-        msg = str(e).strip().splitlines()
-        raise FailedPrecondition(f"TVM cannot import the model: {msg[-1] if msg else type(e).__name__}") from None
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    return mod
+    """ONNX (cleaned, static shapes) -> Relax IRModule (see compile/importer.py)."""
+    return importer.import_onnx(model)
 
 
 def _backend(kind: str):
@@ -62,13 +53,6 @@ def _backend(kind: str):
     else:
         from tvm.relax.backend.cpu_generic import pipeline
     return backend, pipeline
-
-
-def _fusion_passes():
-    import tvm
-
-    t = tvm.relax.transform
-    return [t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(), t.FuseOps(), t.FuseTIR()]
 
 
 class GpuScheduleReport:
@@ -123,7 +107,7 @@ def _pipeline(target: TargetInfo, tvm_target, schedule_passes, pre_passes=()):
             seq = tvm.transform.Sequential(
                 pipeline.library_dispatch_passes(tvm_target)
                 + list(pre_passes)
-                + _fusion_passes()
+                + passes.fusion_passes()
                 + schedule_passes
                 + pipeline.dataflow_lower_passes(tvm_target)
                 + pipeline.finalize_passes(tvm_target)
@@ -174,10 +158,9 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
         schedule = [robust_gpu_schedule(report)]
     else:
         from hyperinfer.compile.schedules import cpu as cpu_sched
-        from hyperinfer.compile.schedules import rewrites
 
         report = None
-        pre_passes = rewrites.cpu_pre_fusion_passes()
+        pre_passes = passes.cpu_pre_fusion_passes()
         schedule = [cpu_sched.schedule_pass(target)]
         if tuning_db is not None:
             from hyperinfer.compile import tune

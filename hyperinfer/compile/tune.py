@@ -126,13 +126,12 @@ def fused_module(mod, target: TargetInfo):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline
 
-    from hyperinfer.compile import build
-    from hyperinfer.compile.schedules import rewrites
+    from hyperinfer.compile import passes
 
     tvm_target = target.tvm_target()
     with tvm_target, tvm.transform.PassContext(opt_level=3):
         seq = tvm.transform.Sequential(
-            pipeline.library_dispatch_passes(tvm_target) + rewrites.cpu_pre_fusion_passes() + build._fusion_passes()
+            pipeline.library_dispatch_passes(tvm_target) + passes.cpu_pre_fusion_passes() + passes.fusion_passes()
         )
         return seq(mod)
 

@@ -26,14 +26,16 @@ import time
 from typing import Any, Callable
 
 from hyperinfer.errors import FailedPrecondition, HyperinferError, InvalidArgument
+from hyperinfer.gateway.access import Access
 from hyperinfer.gateway.artifacts import Catalog
 from hyperinfer.gateway.config import GatewayConfig
+from hyperinfer.gateway.operators import OperatorBook
 from hyperinfer.gateway.pool_servicer import SERVICE_NAME as POOL_SERVICE
 from hyperinfer.gateway.pool_servicer import PoolServicer
 from hyperinfer.gateway.registry import Registry
 from hyperinfer.gateway.server import GatewayServer
 from hyperinfer.gateway.store import Store, open_store
-from hyperinfer.identity import load_or_create_key
+from hyperinfer.identity import load_or_create_key, load_public_key
 from hyperinfer.package import ModelRepository
 from hyperinfer.proto.v1 import pool_pb2_grpc
 from hyperinfer.transport.limits import StreamLimiter
@@ -58,12 +60,21 @@ class Gateway:
         self.public_key: bytes = public_bytes(self.key)
         self.gateway_id: str = key_id(self.key)
         self.store: Store = store if store is not None else open_store(config.db)
+        if config.workers > 1:
+            # the other worker processes write the same database: read nodes back from it and
+            # lock ledger rows as for several gateways on PostgreSQL (SQLite serialises writers)
+            self.store.shared = True
         self.repository = ModelRepository(config.repository)
         self.catalog = Catalog(self.repository)
         self.catalog.refresh(force=True)
         kwargs = {"clock": clock} if clock is not None else {}
+        # admitted operators and their bonds (gateway.operators), shared through the store
+        self.operators = OperatorBook(self.store)
         self.registry = Registry(self.store, gateway_id=self.gateway_id, catalog=self.catalog,
-                                 heartbeat_interval=config.heartbeat_interval, **kwargs)
+                                 heartbeat_interval=config.heartbeat_interval, operators=self.operators,
+                                 open_pool=config.open_pool, **kwargs)
+        self.access = Access(self.registry, self.gateway_id, [load_public_key(k) for k in config.admin_keys],
+                             open_pool=config.open_pool)
         # TLS on the gateway's port, and (mutual) TLS on its calls to nodes
         self.tls = TLSFiles.load(config.tls_cert, config.tls_key, config.tls_ca)
         if self.tls is not None and not self.tls.can_serve:
@@ -71,12 +82,15 @@ class Gateway:
         self.server = GatewayServer(config.listen, max_workers=config.max_workers,
                                     max_message_bytes=config.max_message_bytes,
                                     max_concurrent_rpcs=config.max_concurrent_rpcs,
-                                    credentials=self.tls.server_credentials() if self.tls else None)
+                                    credentials=self.tls.server_credentials() if self.tls else None,
+                                    reuse_port=config.workers > 1)
         # artifact downloads on their own bounded set of streams: they never starve inference/health
         self.artifact_streams = StreamLimiter(config.max_artifact_streams, config.artifact_idle_s,
                                               what="artifact streams")
         self.pool = PoolServicer(self.registry, self.catalog, gateway_id=self.gateway_id,
-                                 gateway_public_key=self.public_key, artifact_streams=self.artifact_streams)
+                                 gateway_public_key=self.public_key, artifact_streams=self.artifact_streams,
+                                 access=self.access, pool_gateway_keys=self.pool_gateway_keys)
+        self._pool_keys: tuple[float, list[bytes]] = (0.0, [])
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
         self.dataplane: Any = None
@@ -108,6 +122,25 @@ class Gateway:
     @sample_rate.setter
     def sample_rate(self, fn: Callable[[str, int], float] | None) -> None:
         self.pool.sample_rate = fn
+
+    def authorize_admin(self, metadata: Any, method: str = "admin") -> None:
+        """Hook for admin-only RPCs (e.g. model control): raises PermissionDenied/Unauthenticated
+        unless the call is signed by a ``--admin-key`` (a no-op while the gateway has none)."""
+        self.access.authorize_admin(metadata, method)
+
+    def pool_gateway_keys(self) -> list[bytes]:
+        """This gateway's key and those of the other gateways on the same store (cached 5 s):
+        nodes accept Worker calls signed by any of them."""
+        at, keys = self._pool_keys
+        if time.monotonic() - at > 5.0 or not keys:
+            keys = [self.public_key]
+            if getattr(self.store, "shared", False):
+                try:
+                    keys += [bytes(g.public_key) for g in self.store.list_gateways() if bytes(g.public_key) not in keys]
+                except Exception:  # noqa: BLE001 - announce at least this gateway
+                    log.exception("listing the pool's gateways failed")
+            self._pool_keys = (time.monotonic(), keys)
+        return keys
 
     def add_servicer(self, add_fn: Callable[[Any, Any], None], servicer: Any, service_full_name: str) -> None:
         """Serve another gRPC service on the gateway's port (before :meth:`start`)."""
@@ -192,10 +225,26 @@ def install_extensions(gateway: Gateway, names: tuple[str, ...] | None = None) -
 
 
 def serve(config: GatewayConfig, on_ready: Callable[[Gateway], None] | None = None) -> None:
-    """Run a gateway until SIGINT/SIGTERM (main thread only), then stop gracefully."""
+    """Run a gateway until SIGINT/SIGTERM (main thread only), then stop gracefully.
+
+    ``config.workers`` N > 1: N processes serve the same port (SO_REUSEPORT: the kernel spreads
+    incoming connections over them; one client connection stays on one process) and the same
+    store, like N gateways on one database with one key. This process is worker 0 (and alone
+    serves REST and metrics); the others are started here and stopped with it. See
+    :func:`start_workers` for what is shared and what is per process."""
     if threading.current_thread() is not threading.main_thread():
         raise FailedPrecondition("serve() installs signal handlers and must run on the main thread")
-    gw = Gateway(config)
+    workers, holder = [], None
+    if config.workers > 1 and config.worker_index == 0:
+        config, workers, holder = start_workers(config)
+    try:
+        gw = Gateway(config)
+    except BaseException:
+        stop_workers(workers)
+        raise
+    finally:
+        if holder is not None:
+            holder.close()  # worker 0's server binds the same port (SO_REUSEPORT)
     try:
         install_extensions(gw)
         done = threading.Event()
@@ -210,9 +259,82 @@ def serve(config: GatewayConfig, on_ready: Callable[[Gateway], None] | None = No
             if on_ready is not None:
                 on_ready(gw)
             while not done.wait(1.0):
-                pass
+                for w in workers:
+                    if w.exitcode is not None and not getattr(w, "reported", False):
+                        w.reported = True
+                        log.error("gateway worker process %s exited with code %s", w.name, w.exitcode)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
     finally:
-        gw.stop()
+        try:
+            gw.stop()
+        finally:
+            stop_workers(workers)
+
+
+def start_workers(config: GatewayConfig) -> tuple[GatewayConfig, list[Any], Any]:
+    """Start workers 1..N-1 of ``hyperinfer gateway --workers N``; returns worker 0's config,
+    the worker processes, and the socket holding a port picked for ``:0`` (or None).
+
+    Shared through the store (as between gateways on one database): nodes, heartbeats and
+    quarantines, the join-challenge secret, the ledger (SQLite serialises writers; each
+    batch locks its nodes' rows first), attestations, evidence and receipts. Shared by
+    construction: the gateway key and id (one key file), the port. Per process, and fine so:
+    the scheduler's in-flight counts (each balances its own requests), ``report_failure``
+    marks, channels to nodes, the ledger summary cache. Per process, as between gateways:
+    probation state (seeded from the ledger when a process first sees a node, so a node on
+    probation may hold one job per process) and ModelStatistics (each process counts what it
+    served; REST and metrics are served by worker 0 only)."""
+    import multiprocessing
+    import socket
+    from dataclasses import replace
+
+    config = replace(config, worker_index=0).validate()
+    host, _, port = config.listen.rpartition(":")
+    holder = None
+    if port == "0":  # pick the port once, for all; held (SO_REUSEPORT) until the workers bind
+        holder = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host.strip("[]"), 0))
+        port = str(holder.getsockname()[1])
+    config.listen = f"{host}:{port}"
+    # the key file and the schema exist before N processes race to create them
+    load_or_create_key(config.key)
+    open_store(config.db).close()
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no gRPC state across fork
+    workers = []
+    try:
+        for i in range(1, config.workers):
+            w = ctx.Process(target=_worker_main, name=f"gateway-worker-{i}", daemon=False,
+                            args=(replace(config, http_listen="off", metrics_listen="off", worker_index=i),
+                                  logging.getLogger().level))
+            w.start()
+            workers.append(w)
+    except BaseException:
+        stop_workers(workers)
+        if holder is not None:
+            holder.close()
+        raise
+    return config, workers, holder
+
+
+def _worker_main(config: GatewayConfig, level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(config)
+    except HyperinferError as e:
+        log.error("gateway worker %d: %s", config.worker_index, e)
+        raise SystemExit(1) from None
+
+
+def stop_workers(workers: list[Any], timeout: float = 15.0) -> None:
+    for w in workers:
+        if w.is_alive():
+            w.terminate()  # SIGTERM: a graceful stop, as for the parent
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.join(max(deadline - time.monotonic(), 0.1))
+        if w.is_alive():
+            w.kill()
+            w.join(5)

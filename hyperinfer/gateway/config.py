@@ -13,6 +13,7 @@ from hyperinfer.transport.server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX
 
 DEFAULT_LISTEN = "127.0.0.1:8001"  # loopback by default; pass --listen 0.0.0.0:8001 to accept remote nodes
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_AUDIT_RATE = 0.02
 DEFAULT_HTTP_PORT = 8000  # Triton's ports: HTTP 8000, gRPC 8001, metrics 8002
 DEFAULT_METRICS_PORT = 8002
 # artifacts go out in 1 MiB chunks: a smaller limit could not carry one
@@ -65,6 +66,13 @@ class GatewayConfig:
 
     max_workers: int = 16
     """gRPC server threads."""
+
+    workers: int = 1
+    """Gateway processes sharing ``listen`` (SO_REUSEPORT) and the store (``--workers``);
+    see :func:`hyperinfer.gateway.app.serve`."""
+
+    worker_index: int = 0
+    """Which of the ``workers`` processes this is (0 starts and stops the others)."""
 
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     """RPCs held at once (running or waiting for a thread); more get RESOURCE_EXHAUSTED."""
@@ -121,6 +129,17 @@ class GatewayConfig:
     max_attempts: int | None = None
     """Nodes tried for one request before UNAVAILABLE."""
 
+    open_pool: bool = False
+    """Let nodes join without an admitted operator: each new operator starts with bond 0 and on
+    probation, and receipts say ``admission: open``. Default: only admitted operators
+    (``hyperinfer operators add``) whose nodes carry a certificate may join."""
+
+    admin_keys: list[str] = field(default_factory=list)
+    """Admin public keys (hex or key files): they may read Pool.Status and call admin-only RPCs."""
+
+    audit_rate: float | None = None
+    """Share of requests the gateway re-runs itself with ONNX Runtime (a floor no collusion of
+    nodes can fool), in [0, 1]. Default 0.02."""
     timeout_slash: float | None = None
     """Stake taken from a node for each call that ran past ``node_timeout`` (default 1)."""
 
@@ -175,8 +194,14 @@ class GatewayConfig:
             raise InvalidArgument(f"--node-timeout {self.node_timeout}: must be in (0, 3600] seconds")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise InvalidArgument(f"--max-attempts {self.max_attempts}: at least 1")
+        if self.audit_rate is not None and not 0.0 <= self.audit_rate <= 1.0:
+            raise InvalidArgument(f"--audit-rate {self.audit_rate}: must be in [0, 1]")
         if self.max_workers < 1:
             raise InvalidArgument(f"max_workers {self.max_workers}: at least 1")
+        if not 1 <= self.workers <= 64:
+            raise InvalidArgument(f"--workers {self.workers}: must be in [1, 64]")
+        if self.workers > 1 and str(self.db) == ":memory:":
+            raise InvalidArgument("--workers: the worker processes share the store; use a database file or URL")
         for name in ("max_concurrent_rpcs", "max_artifact_streams", "max_pending_checks"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"--{name.replace('_', '-')} {getattr(self, name)}: at least 1")

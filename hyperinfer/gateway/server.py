@@ -26,11 +26,12 @@ log = logging.getLogger("hyperinfer.gateway")
 
 class GatewayServer:
     def __init__(self, listen: str, *, max_workers: int = 16, max_message_bytes: int,
-                 max_concurrent_rpcs: int | None = None, credentials: grpc.ServerCredentials | None = None):
+                 max_concurrent_rpcs: int | None = None, credentials: grpc.ServerCredentials | None = None,
+                 reuse_port: bool = False):
         self.listen = listen
         self.credentials = credentials  # TLS when set
         self._server = make_server(max_workers=max_workers, max_message_bytes=max_message_bytes,
-                                   max_concurrent_rpcs=max_concurrent_rpcs)
+                                   max_concurrent_rpcs=max_concurrent_rpcs, reuse_port=reuse_port)
         self._services: list[str] = []
         self._health: health.HealthServicer | None = None
         self.port: int | None = None

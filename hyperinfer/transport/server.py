@@ -30,11 +30,13 @@ DEFAULT_MAX_CONCURRENT_RPCS = 256
 
 
 def make_server(max_workers: int = 16, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS) -> grpc.Server:
+                max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS, reuse_port: bool = False) -> grpc.Server:
+    # SO_REUSEPORT off by default: a second server on a port in use must fail, not share it;
+    # on only for the processes of one `hyperinfer gateway --workers N`
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[ErrorInterceptor()],
-        options=channel_options(max_message_bytes) + [("grpc.so_reuseport", 0)],
+        options=channel_options(max_message_bytes) + [("grpc.so_reuseport", int(reuse_port))],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
 

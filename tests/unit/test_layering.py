@@ -38,6 +38,25 @@ def test_front_doors_share_one_dataplane_builder():
                 "hyperinfer.gateway.worker_client"} & servicer
 
 
+def _compile_modules_imported(path: Path) -> set[str]:
+    """``hyperinfer.compile`` submodules a file imports (``from hyperinfer.compile import x`` counts as x)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module == "hyperinfer.compile":
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hyperinfer.compile."):
+            names.add(node.module.split(".")[2])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[2] for a in node.names if a.name.startswith("hyperinfer.compile."))
+    return names
+
+
+def test_tune_does_not_import_build():
+    """The pass lists both need live in compile/passes.py: build imports tune, never the reverse."""
+    assert "build" not in _compile_modules_imported(ROOT / "compile" / "tune.py")
+    assert "passes" in _compile_modules_imported(ROOT / "compile" / "tune.py")
+
+
 def test_rest_and_metrics_use_the_shared_dataplane():
     """REST and metrics front doors take the gateway's one data plane; the REST converters know no HTTP."""
     for name in ("rest.py", "metrics.py"):

@@ -1,0 +1,23 @@
+"""The Relax pass lists the build and the tuner share.
+
+Both compile/build.py and compile/tune.py run the same fusion passes (the tuner
+extracts its tasks from exactly the functions the build schedules); they live
+here so that neither module imports the other.
+"""
+
+from __future__ import annotations
+
+
+def fusion_passes() -> list:
+    """Legalize to TIR, annotate patterns, fold constants, fuse operators and their TIR."""
+    import tvm
+
+    t = tvm.relax.transform
+    return [t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(), t.FuseOps(), t.FuseTIR()]
+
+
+def cpu_pre_fusion_passes() -> list:
+    """Relax rewrites the CPU build (and its tuner) run before legalization."""
+    from hyperinfer.compile.schedules import rewrites
+
+    return rewrites.cpu_pre_fusion_passes()
