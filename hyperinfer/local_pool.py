@@ -79,6 +79,8 @@ class UpOptions:
     """Pin node i to artifact ``node_targets[i % len]`` (``hyperinfer node --target``); empty: each runs its best."""
     gateway_args: list[str] = field(default_factory=list)
     """More ``hyperinfer gateway`` flags (e.g. ``--probation-jobs 0``)."""
+    bond: float = 100.0
+    """Bond each node's operator is admitted with (every node runs for its own operator)."""
     tls: bool = False
     """TLS everywhere: a pool CA and certificates in ``<state>/tls`` (made once by
     :mod:`hyperinfer.pki`), mutual TLS between the gateway and the nodes."""
@@ -290,6 +292,7 @@ class LocalPool:
         from hyperinfer.verify.signing import key_id
 
         load_or_create_key(self.state / "gateway.key")
+        load_or_create_key(self.admin_key)  # reads pool status (the pool API is closed)
         if o.tls:
             from hyperinfer import pki
 
@@ -300,6 +303,33 @@ class LocalPool:
             name = f"node{i}"
             self.nodes.append(Child(name, [], self.state / f"{name}.log", node_id=key_id(key),
                                     operator=f"operator-{i}"))
+        self._admit_operators()
+
+    @property
+    def admin_key(self) -> Path:
+        return self.state / "admin.key"
+
+    def _admit_operators(self) -> None:
+        """A closed pool, as in production: node i runs for operator-i, whose key
+        (``operator-i.key``) is admitted into the gateway database with a bond and certifies
+        the node key (``node-i.cert``)."""
+        from hyperinfer.gateway.operators import OperatorBook
+        from hyperinfer.gateway.store import open_store
+        from hyperinfer.identity import load_or_create_key
+        from hyperinfer.verify.operators import certify
+        from hyperinfer.verify.signing import key_id, public_bytes
+
+        store = open_store(self.state / "gateway.db")
+        try:
+            book = OperatorBook(store)
+            for i, n in enumerate(self.nodes, 1):
+                op_key, _ = load_or_create_key(self.state / f"{n.operator}.key")
+                if book.get(key_id(op_key), fresh=True) is None:
+                    book.add(public_bytes(op_key), n.operator, self.options.bond)
+                node_key, _ = load_or_create_key(self.state / f"node{i}.key")
+                (self.state / f"node{i}.cert").write_bytes(certify(op_key, public_bytes(node_key), n.operator).to_bytes())
+        finally:
+            store.close()
 
     def _lock(self) -> None:
         path = self.state / "up.lock"
@@ -387,7 +417,7 @@ class LocalPool:
         o = self.options
         gw_args = ["gateway", "--repository", str(self.repository), "--listen", self.address,
                    "--db", str(self.state / "gateway.db"), "--key", str(self.state / "gateway.key"),
-                   "--heartbeat-interval", f"{o.heartbeat_interval:g}",
+                   "--heartbeat-interval", f"{o.heartbeat_interval:g}", "--admin-key", str(self.admin_key),
                    "--http-listen", self.http_address, "--metrics-listen", self.metrics_address]
         if o.sample_rate is not None:
             gw_args += ["--sample-rate", f"{o.sample_rate:g}"]
@@ -402,9 +432,10 @@ class LocalPool:
                       "--key", str(self.state / f"node{i}.key"), "--operator", n.operator,
                       "--cache", str(self.state / f"cache{i}"), "--device", "cpu", "--threads", str(o.threads),
                       "--max-concurrency", str(o.max_concurrency), "--grace", "2", *trust,
-                      *self.tls_flags(f"node{i}")]
-            if o.allow_unsigned:
-                n.args.append("--allow-unsigned")
+                      "--operator-cert", str(self.state / f"node{i}.cert"),
+                      "--gateway-key", str(self.state / "gateway.key"), *self.tls_flags(f"node{i}")]
+            if o.allow_unsigned:  # only what this repository holds
+                n.args += ["--allow-unsigned", str(self.repository)]
             if o.node_targets:
                 pinned = o.node_targets[(i - 1) % len(o.node_targets)]
                 n.args += ["--target", pinned]
@@ -442,7 +473,7 @@ class LocalPool:
         """The gateway's Pool.Status as plain values (see ``hyperinfer pool status --json``)."""
         from hyperinfer.pool_status import fetch_status
 
-        return fetch_status(self.address, timeout=timeout, tls=self.client_tls)
+        return fetch_status(self.address, timeout=timeout, tls=self.client_tls, key=self.admin_key)
 
     def views(self, status: dict[str, Any] | None) -> list[NodeView]:
         """One NodeView per node this pool started, from a status (None: only what up knows)."""

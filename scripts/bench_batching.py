@@ -48,7 +48,7 @@ from hyperinfer.verify.sampling import SamplingPolicy
 
 repo, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gateway.db", key=tmp / "gateway.key",
-                           heartbeat_interval=0.5, max_workers=48))
+                           heartbeat_interval=0.5, max_workers=48, open_pool=True, audit_rate=0.0))
 install_extensions(gw, tuple(e for e in EXTENSIONS if "oip_servicer" not in e))
 install(gw, policy=SamplingPolicy(default_rate=0.0))
 gw.start()
@@ -83,6 +83,7 @@ def compile_models(repo: Path, max_batch: int) -> None:
 class Pool:
     def __init__(self, repo: Path, tmp: Path):
         self.tmp = tmp
+        self.repo = repo
         tmp.mkdir(parents=True, exist_ok=True)
         self.gateway = Child("gateway", ["-c", LAUNCHER, str(repo), str(tmp)], tmp, stdin=subprocess.PIPE)
         line = read_line(self.gateway.proc, 60)
@@ -98,7 +99,7 @@ class Pool:
         flags = ["--batch-window-us", str(window_us)] if batching else ["--no-batching"]
         self.node = Child(f"node-{'batched' if batching else 'plain'}", [
             *HYPERINFER, "node", "--gateway", self.address, "--key", str(self.tmp / "node.key"),
-            "--cache", str(self.tmp / "cache"), "--allow-unsigned", "--device", "cpu", "--target", TARGET,
+            "--cache", str(self.tmp / "cache"), "--allow-unsigned", str(self.repo), "--device", "cpu", "--target", TARGET,
             "--max-concurrency", "32", "--grace", "1", *flags], self.tmp)
         wait_for(lambda: all(self.ready(m) for m in MODELS), 300, "the node to load both models")
         return self.node

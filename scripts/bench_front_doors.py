@@ -250,12 +250,13 @@ def main() -> None:
         gw = Child("gateway", ["gateway", "--repository", str(tmp / "repo"), "--listen", "127.0.0.1:0",
                                "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                                "--db", str(tmp / "gateway.db"), "--key", str(tmp / "gateway.key"),
-                               "--sample-rate", "0", "--probation-jobs", "0", "--heartbeat-interval", "0.5"], tmp)
+                               "--sample-rate", "0", "--probation-jobs", "0", "--heartbeat-interval", "0.5",
+                               "--open-pool", "--audit-rate", "0"], tmp)
         children.append(gw)
         grpc_address = gw.find(r"listening on (\S+:\d+)", 60)
         rest_address = gw.find(r"REST \(KServe v2 HTTP\) on https?://(\S+)/v2", 10)
         node = Child("node", ["node", "--gateway", grpc_address, "--key", str(tmp / "node.key"),
-                              "--operator", "bench", "--cache", str(tmp / "cache"), "--allow-unsigned",
+                              "--operator", "bench", "--cache", str(tmp / "cache"), "--allow-unsigned", str(tmp / "repo"),
                               "--device", "cpu", "--threads", "1", "--max-concurrency", "8", "--grace", "1"], tmp)
         children.append(node)
         node_address = node.find(r"listening on (\S+:\d+)", 60)

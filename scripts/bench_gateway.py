@@ -74,7 +74,7 @@ repo, tmp, rate, most = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 # the other worker processes start and stop on command (`workers K`)
 config = GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gateway.db", key=tmp / "gateway.key",
                        heartbeat_interval=0.5, sample_rate=rate, workers=most, http_listen="off",
-                       metrics_listen="off")
+                       metrics_listen="off", open_pool=True, audit_rate=0.0)
 gw = Gateway(config)
 # alone, it runs as a default gateway (rows 1-3); shared-store reads only while others run
 gw.store.shared = gw.registry.shared = False
@@ -219,7 +219,7 @@ class Bench:
         for i in range(self.args.nodes):
             n = Child(f"node{i}", [*HYPERINFER, "node", "--gateway", self.address,
                                    "--key", str(self.tmp / f"node{i}.key"), "--operator", f"operator{i}",
-                                   "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", "--device", "cpu",
+                                   "--cache", str(self.tmp / f"cache{i}"), "--allow-unsigned", str(repo), "--device", "cpu",
                                    "--threads", "1", "--max-concurrency", "8", "--grace", "1"], self.tmp)
             self.children.append(n)
             self.nodes.append(n)

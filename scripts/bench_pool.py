@@ -274,7 +274,8 @@ class Bench:
                                          "--listen", "127.0.0.1:0", "--db", str(self.tmp / "gateway.db"),
                                          "--key", str(self.tmp / "gateway.key"),
                                          "--heartbeat-interval", str(self.args.heartbeat_interval),
-                                         "--sample-rate", "0", "--probation-jobs", "0"], self.tmp)
+                                         "--sample-rate", "0", "--probation-jobs", "0", "--open-pool",
+                                         "--audit-rate", "0"], self.tmp)
         self.children.append(self.gateway)
         _, m = self.gateway.wait_line(r"listening on (\S+)", 90)
         self.address = m.group(1)
@@ -287,7 +288,7 @@ class Bench:
 
     def node_args(self, key: Path, cache: Path, operator: str) -> list[str]:
         return [*HYPERINFER, "node", "--gateway", self.address, "--listen", "127.0.0.1:0", "--key", str(key),
-                "--operator", operator, "--cache", str(cache), "--allow-unsigned", "--device", "cpu",
+                "--operator", operator, "--cache", str(cache), "--allow-unsigned", str(self.repo), "--device", "cpu",
                 "--threads", str(self.args.threads), "--max-concurrency", "4", "--grace", "1"]
 
     def close(self) -> None:

@@ -86,7 +86,7 @@ class Pool:
         try:
             self.gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gw.db",
                                             key=tmp / "gw.key", heartbeat_interval=0.2, grace_seconds=1,
-                                            max_workers=16, **config))
+                                            max_workers=16, open_pool=True, **config))
             install_extensions(self.gw)
         finally:
             assembly.make_probation = real
@@ -99,7 +99,7 @@ class Pool:
         honest = ort_factory(self.repo)
         factory = (lambda *a: Cheating(honest(*a), off_by)) if off_by else honest
         nc = NodeConfig(gateway=self.gw.address, key_path=self.tmp / f"{operator}.key", operator=operator,
-                        cache_dir=self.tmp / f"cache-{operator}", allow_unsigned=True, max_concurrency=4,
+                        cache_dir=self.tmp / f"cache-{operator}", allow_unsigned=self.repo, max_concurrency=4,
                         grace_s=1)
         node = Node(nc, runner_factory=factory, hardware=Hardware([Device("cpu", "cpu", "x86_64", 1)],
                                                                    [TARGET])).start()

@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay", type=float, default=None, help="seconds (stall: 40, slow: 0.5)")
     p.add_argument("--honest-jobs", type=int, default=30, help="late: honest runs before it cheats")
     p.add_argument("--runner", choices=("tvm", "ort"), default="tvm")
-    p.add_argument("--repo", type=Path, help="model repository (for --runner ort)")
+    p.add_argument("--repo", type=Path, help="model repository (for --runner ort; unsigned packages load only "
+                                             "from it)")
+    p.add_argument("--operator-key", type=Path, help="operator key: certify this node under it (closed pools)")
     p.add_argument("--max-concurrency", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tls-cert", type=Path)
@@ -123,8 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         return Cheat(runner, manifest, args.variant, delay, seed, args.honest_jobs)
 
     ready = threading.Event()
+    cert = None
+    if args.operator_key is not None:  # the operator certifies this node key (hyperinfer operators certify)
+        from hyperinfer.identity import load_key, load_or_create_key
+        from hyperinfer.verify.operators import certify
+        from hyperinfer.verify.signing import public_bytes
+
+        node_key, _ = load_or_create_key(args.key)
+        cert = args.key.with_suffix(".cert")
+        cert.write_bytes(certify(load_key(args.operator_key), public_bytes(node_key), args.operator).to_bytes())
     config = NodeConfig(gateway=args.gateway, key_path=args.key, operator=args.operator, cache_dir=args.cache,
-                        allow_unsigned=True, max_concurrency=args.max_concurrency, threads=args.threads, grace_s=2,
+                        allow_unsigned=args.repo, operator_cert=cert, max_concurrency=args.max_concurrency,
+                        threads=args.threads, grace_s=2,
                         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, batching=False)
     hardware = Hardware([Device("cpu", "cpu", "x86_64", 1)], ["cpu-x86_64"])
     node = Node(config, runner_factory=factory, hardware=hardware, on_loaded=lambda m: ready.set())

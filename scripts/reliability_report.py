@@ -110,8 +110,41 @@ def tls_flags(args, work: Path, name: str) -> list[str]:
     return ["--tls-cert", str(d / f"{name}.pem"), "--tls-key", str(d / f"{name}.key"), "--tls-ca", str(d / "ca.pem")]
 
 
+ADMIN_KEY: Path | None = None  # set by admit(): reads the closed pool's status
+
+
+def admit(work: Path, operators: list[str]) -> None:
+    """A closed pool: each operator name gets a key, admitted with a bond in the gateway database
+    (`hyperinfer operators add`); its nodes certify themselves with it (pool_node.py --operator-key),
+    so the two nodes of the colluding pair are one operator."""
+    global ADMIN_KEY
+    from hyperinfer.gateway.operators import OperatorBook
+    from hyperinfer.gateway.store import open_store
+    from hyperinfer.identity import load_or_create_key
+    from hyperinfer.verify.signing import public_bytes
+
+    store = open_store(work / "gateway.db")
+    try:
+        book = OperatorBook(store)
+        for name in sorted(set(operators)):
+            key, _ = load_or_create_key(work / f"op-{name}.key")
+            if book.get(fingerprint_of(key), fresh=True) is None:
+                book.add(public_bytes(key), name, 100.0)
+    finally:
+        store.close()
+    ADMIN_KEY = work / "admin.key"
+    load_or_create_key(ADMIN_KEY)
+
+
+def fingerprint_of(key) -> str:
+    from hyperinfer.verify.signing import key_id
+
+    return key_id(key)
+
+
 def start_gateway(args, work: Path, repo: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "hyperinfer", "gateway", "--repository", str(repo), "--listen", f"127.0.0.1:{port}",
+           *(["--admin-key", str(ADMIN_KEY)] if ADMIN_KEY else []),
            "--db", str(work / "gateway.db"), "--key", str(work / "gateway.key"), "--heartbeat-interval", "0.5",
            "--sample-rate", str(args.sample_rate), "--node-timeout", str(args.node_timeout),
            "--quarantine-after", str(args.quarantine_after),
@@ -135,6 +168,7 @@ def start_node(args, work: Path, repo: Path, gateway: str, i: int, operator: str
     cmd = [sys.executable, str(HERE / "pool_node.py"), "--gateway", gateway, "--key", str(work / f"{name}.key"),
            "--operator", operator, "--cache", str(work / f"cache{i}"), "--variant", variant,
            "--runner", args.runner, "--repo", str(repo), "--max-concurrency", str(args.node_concurrency),
+           *(["--operator-key", str(work / f"op-{operator}.key")] if (work / f"op-{operator}.key").exists() else []),
            "--watch-stdin", *tls_flags(args, work, name)]
     log = work / f"{name}.log"
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
@@ -161,7 +195,7 @@ def wait_nodes(nodes: list[NodeProc], timeout: float) -> None:
 def status(address: str, tls) -> dict:
     from hyperinfer.pool_status import fetch_status
 
-    return fetch_status(address, tls=tls)
+    return fetch_status(address, tls=tls, key=ADMIN_KEY)
 
 
 def wait_schedulable(address: str, tls, n: int, timeout: float) -> None:
@@ -300,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     address = f"127.0.0.1:{port}"
+    admit(work, [op for op, _ in specs])
     gateway = start_gateway(args, work, repo, port)
     nodes: list[NodeProc] = []
     stats = Stats()

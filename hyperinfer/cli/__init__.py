@@ -26,6 +26,7 @@ _COMMAND_MODULES = [
     "compile_cmd",
     "models_cmd",
     "keys_cmd",
+    "operators_cmd",
     "node_cmd",
     "gateway_cmd",
     "pool_cmd",

@@ -59,9 +59,9 @@ def gateway_key(key: str | None, gateway: str | None, tls: Any = None) -> tuple[
     given = load_public_key(key) if key else None
     if not gateway:
         return given, []
-    from hyperinfer.pool_status import fetch_status
+    from hyperinfer.pool_status import fetch_gateway_key
 
-    fetched = bytes.fromhex(fetch_status(gateway, tls=tls)["gateway_public_key"])
+    fetched = fetch_gateway_key(gateway, tls=tls)
     if given is None:
         return fetched, []
     return given, [Check(f"--gateway-key matches the key gateway {gateway} reports", given == fetched)]

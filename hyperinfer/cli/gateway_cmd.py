@@ -69,6 +69,15 @@ def gateway(
     node_timeout: Optional[float] = typer.Option(
         None, "--node-timeout", help="Seconds before a node call is retried elsewhere. Default 30."),
     max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="Nodes tried per request. Default 3."),
+    open_pool: bool = typer.Option(False, "--open-pool", help="Let nodes join without an admitted operator "
+                                   "(bond 0, probation; receipts say admission: open). Default: only operators "
+                                   "admitted with `hyperinfer operators add`."),
+    admin_key: list[str] = typer.Option([], "--admin-key", envvar="HYPERINFER_GATEWAY_ADMIN_KEY",
+                                        help="Admin public key (hex or key file; repeatable): may read pool "
+                                             "status and call admin-only RPCs."),
+    audit_rate: Optional[float] = typer.Option(
+        None, "--audit-rate", help="Share of requests the gateway re-runs itself with ONNX Runtime (0..1). "
+                                   "Default 0.02."),
     timeout_slash: Optional[float] = typer.Option(
         None, "--timeout-slash", help="Stake taken per node call that runs past --node-timeout. Default 1."),
     quarantine_after_timeouts: Optional[int] = typer.Option(
@@ -102,7 +111,7 @@ def gateway(
     """Run the gateway until Ctrl-C / SIGTERM."""
     from hyperinfer.cli._console import out
     from hyperinfer.gateway.app import Gateway, serve
-    from hyperinfer.gateway.config import GatewayConfig, default_db_path, default_key_path
+    from hyperinfer.gateway.config import DEFAULT_AUDIT_RATE, GatewayConfig, default_db_path, default_key_path
 
     _setup_logging(verbose)
     config = GatewayConfig(repository=repository, listen=listen, db=db or default_db_path(),
@@ -114,7 +123,8 @@ def gateway(
                            timeout_slash=timeout_slash, quarantine_after_timeouts=quarantine_after_timeouts,
                            max_concurrent_rpcs=max_concurrent_rpcs, max_artifact_streams=max_artifact_streams,
                            max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
-                           http_listen=http_listen, metrics_listen=metrics_listen, workers=workers)
+                           http_listen=http_listen, metrics_listen=metrics_listen, workers=workers,
+                           open_pool=open_pool, admin_keys=list(admin_key), audit_rate=audit_rate)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:
@@ -140,7 +150,11 @@ def gateway(
         k = getattr(getattr(gw.ledger, "config", None), "probation_jobs", c.probation_jobs or 0)
         probation = (f"probation {k} checks in a row (answers held until checked, one job at a time; "
                      "receipts say \"probation\": true)") if k else "no probation"
-        out.print(f"verification: sample rate {rate:g}{extra}; {probation}")
+        audit = DEFAULT_AUDIT_RATE if c.audit_rate is None else c.audit_rate
+        out.print(f"verification: sample rate {rate:g}{extra}, audit rate {audit:g}; {probation}")
+        admitted = sum(1 for o in gw.operators.list() if o.admission == "admitted" and o.state != "removed")
+        out.print(f"admission: {'open pool' if c.open_pool else 'closed pool'}, {admitted} admitted operator(s), "
+                  f"{len(c.admin_keys)} admin key(s)")
         out.print(f"services: {', '.join(gw.server.services)}")
         if c.workers > 1:
             out.print(f"{c.workers} worker processes on {gw.address} (one store, one key)")

@@ -39,7 +39,9 @@ def node(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for TVM (default: all cores)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache dir (default ~/.cache/hyperinfer/node/<node-id>/artifacts)."),
     trust_publisher: list[str] = typer.Option([], "--trust-publisher", help="Publisher public key (hex or key file) whose packages to load; repeatable."),
-    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Also load unsigned packages (only for packages you built yourself)."),
+    allow_unsigned: Optional[Path] = typer.Option(None, "--allow-unsigned", metavar="DIR", help="Also load unsigned packages, but only those this local model repository holds (packages you built yourself)."),
+    operator_cert: Optional[Path] = typer.Option(None, "--operator-cert", help="Certificate by your operator key over this node key (`hyperinfer operators certify`); closed pools need it."),
+    gateway_key: Optional[str] = typer.Option(None, "--gateway-key", help="Pin the gateway's public key (hex or key file); default: the key of the gateway first joined."),
     grace: float = typer.Option(10.0, "--grace", help="Seconds running requests get to finish on shutdown."),
     batch_window_us: int = typer.Option(
         0, "--batch-window-us", help="Packages compiled with --max-batch: microseconds a batch waits for more requests "
@@ -69,6 +71,7 @@ def node(
         gateway=gateway, listen=listen, advertise=advertise, key_path=key or default_key_path(),
         operator=operator, device=device, targets=list(target), max_concurrency=max_concurrency, threads=threads, cache_dir=cache,
         trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned, grace_s=grace,
+        operator_cert=operator_cert, gateway_key=gateway_key,
         batch_window_us=batch_window_us, batching=batching, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
         metrics_listen=metrics_listen,
     ), on_loaded=loaded)

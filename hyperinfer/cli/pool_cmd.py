@@ -56,8 +56,9 @@ def render(status: dict[str, Any]) -> None:
     for n in nodes:
         style = _STATE_STYLE.get(n["state"], "")
         state = n["state"] + (" (probation)" if n["probation"] else "")
+        op = n["operator"] + (" (open)" if n.get("admission") == "open" else "")
         row = [
-            n["node_id"][:12], n["operator"], n["address"], f"[{style}]{state}[/]" if style else state,
+            n["node_id"][:12], op, n["address"], f"[{style}]{state}[/]" if style else state,
             "\n".join(n["targets"]), f"{n['outstanding']}/{n['capacity']}",
             _age(n["last_heartbeat_unix_ms"], now),
             "\n".join(f"{m['name']}/{m['version']} {m['target_id']}" for m in n["loaded"]) or "-",
@@ -71,11 +72,12 @@ def render(status: dict[str, Any]) -> None:
     else:
         out.print("no nodes have joined")
     m = Table(title=f"models ({len(status['models'])})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("model", "version", "targets", "ready nodes", "sample rate"):
-        m.add_column(col, justify="right" if col in ("version", "ready nodes", "sample rate") else "left")
+    for col in ("model", "version", "targets", "ready nodes", "sample rate", "audit rate"):
+        m.add_column(col, justify="right" if col in ("version", "ready nodes", "sample rate", "audit rate") else "left")
     for x in status["models"]:
         ready = str(x["ready_nodes"]) if x["ready_nodes"] else "[red]0[/]"
-        m.add_row(x["name"], str(x["version"]), ",".join(x["targets"]), ready, f"{x['sample_rate']:.3g}")
+        m.add_row(x["name"], str(x["version"]), ",".join(x["targets"]), ready, f"{x['sample_rate']:.3g}",
+                  f"{x.get('audit_rate', 0.0):.3g}")
     if status["models"]:
         out.print(m)
     else:
@@ -88,13 +90,16 @@ def status(
                                 help="HOST:PORT of the gateway."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the gateway."),
+    key: Optional[Path] = typer.Option(None, "--key", envvar="HYPERINFER_ADMIN_KEY",
+                                       help="Admin private key (its public key is a gateway --admin-key); "
+                                            "a closed pool answers only signed calls."),
     tls: bool = _tls.tls_option(),
     tls_ca: Optional[Path] = _tls.ca_option(),
     tls_cert: Optional[Path] = _tls.cert_option(),
     tls_key: Optional[Path] = _tls.key_option(),
 ) -> None:
     """Nodes (state, load, heartbeat, loaded models, ledger) and models (ready nodes)."""
-    data = fetch_status(gateway, timeout, tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key))
+    data = fetch_status(gateway, timeout, tls=_tls.client_tls(tls, tls_ca, tls_cert, tls_key), key=key)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:

@@ -26,14 +26,16 @@ import time
 from typing import Any, Callable
 
 from hyperinfer.errors import FailedPrecondition, HyperinferError, InvalidArgument
+from hyperinfer.gateway.access import Access
 from hyperinfer.gateway.artifacts import Catalog
 from hyperinfer.gateway.config import GatewayConfig
+from hyperinfer.gateway.operators import OperatorBook
 from hyperinfer.gateway.pool_servicer import SERVICE_NAME as POOL_SERVICE
 from hyperinfer.gateway.pool_servicer import PoolServicer
 from hyperinfer.gateway.registry import Registry
 from hyperinfer.gateway.server import GatewayServer
 from hyperinfer.gateway.store import Store, open_store
-from hyperinfer.identity import load_or_create_key
+from hyperinfer.identity import load_or_create_key, load_public_key
 from hyperinfer.package import ModelRepository
 from hyperinfer.proto.v1 import pool_pb2_grpc
 from hyperinfer.transport.limits import StreamLimiter
@@ -66,8 +68,13 @@ class Gateway:
         self.catalog = Catalog(self.repository)
         self.catalog.refresh(force=True)
         kwargs = {"clock": clock} if clock is not None else {}
+        # admitted operators and their bonds (gateway.operators), shared through the store
+        self.operators = OperatorBook(self.store)
         self.registry = Registry(self.store, gateway_id=self.gateway_id, catalog=self.catalog,
-                                 heartbeat_interval=config.heartbeat_interval, **kwargs)
+                                 heartbeat_interval=config.heartbeat_interval, operators=self.operators,
+                                 open_pool=config.open_pool, **kwargs)
+        self.access = Access(self.registry, self.gateway_id, [load_public_key(k) for k in config.admin_keys],
+                             open_pool=config.open_pool)
         # TLS on the gateway's port, and (mutual) TLS on its calls to nodes
         self.tls = TLSFiles.load(config.tls_cert, config.tls_key, config.tls_ca)
         if self.tls is not None and not self.tls.can_serve:
@@ -81,7 +88,9 @@ class Gateway:
         self.artifact_streams = StreamLimiter(config.max_artifact_streams, config.artifact_idle_s,
                                               what="artifact streams")
         self.pool = PoolServicer(self.registry, self.catalog, gateway_id=self.gateway_id,
-                                 gateway_public_key=self.public_key, artifact_streams=self.artifact_streams)
+                                 gateway_public_key=self.public_key, artifact_streams=self.artifact_streams,
+                                 access=self.access, pool_gateway_keys=self.pool_gateway_keys)
+        self._pool_keys: tuple[float, list[bytes]] = (0.0, [])
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
         self.dataplane: Any = None
@@ -113,6 +122,25 @@ class Gateway:
     @sample_rate.setter
     def sample_rate(self, fn: Callable[[str, int], float] | None) -> None:
         self.pool.sample_rate = fn
+
+    def authorize_admin(self, metadata: Any, method: str = "admin") -> None:
+        """Hook for admin-only RPCs (e.g. model control): raises PermissionDenied/Unauthenticated
+        unless the call is signed by a ``--admin-key`` (a no-op while the gateway has none)."""
+        self.access.authorize_admin(metadata, method)
+
+    def pool_gateway_keys(self) -> list[bytes]:
+        """This gateway's key and those of the other gateways on the same store (cached 5 s):
+        nodes accept Worker calls signed by any of them."""
+        at, keys = self._pool_keys
+        if time.monotonic() - at > 5.0 or not keys:
+            keys = [self.public_key]
+            if getattr(self.store, "shared", False):
+                try:
+                    keys += [bytes(g.public_key) for g in self.store.list_gateways() if bytes(g.public_key) not in keys]
+                except Exception:  # noqa: BLE001 - announce at least this gateway
+                    log.exception("listing the pool's gateways failed")
+            self._pool_keys = (time.monotonic(), keys)
+        return keys
 
     def add_servicer(self, add_fn: Callable[[Any, Any], None], servicer: Any, service_full_name: str) -> None:
         """Serve another gRPC service on the gateway's port (before :meth:`start`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from hyperinfer.gateway.config import DEFAULT_AUDIT_RATE
 from hyperinfer.gateway.dataplane import DataPlane
 from hyperinfer.gateway.model_control import ModelControl
 from hyperinfer.gateway.referee import PackageReferee
@@ -64,8 +65,20 @@ def make_verifier(gateway: Any, client: Any, policy: SamplingPolicy | None = Non
         gateway.sample_rate = lambda name, version: policy.model_rate(name)
     ledger = WriteBehindLedger(gateway.ledger)
     max_pending = getattr(gateway.config, "max_pending_checks", None) or 1000
+    audit = getattr(gateway.config, "audit_rate", None)
+    audit = DEFAULT_AUDIT_RATE if audit is None else float(audit)
+    registry = getattr(gateway, "registry", None)
+
+    def admission_of(node_id: str) -> str:
+        op = registry.operator_of(node_id) if registry is not None and hasattr(registry, "operator_of") else None
+        return op.admission if op is not None else ""
+
     verifier = Verifier(ledger, policy, PackageReferee(gateway.catalog), client, gateway.key,
-                        call_timeout=call_timeout, max_pending_checks=max_pending, probation=probation)
+                        call_timeout=call_timeout, max_pending_checks=max_pending, probation=probation,
+                        audit_rate=audit, admission_of=admission_of)
+    pool = getattr(gateway, "pool", None)
+    if pool is not None and getattr(pool, "audit_rate", None) is None:
+        pool.audit_rate = lambda name, version: audit
     # hooks run in reverse: background checks end first, then the queued ledger writes are committed
     gateway.add_shutdown_hook(ledger.close)
     gateway.add_shutdown_hook(lambda: verifier.close(wait=False))
@@ -86,7 +99,7 @@ def build_dataplane(gateway: Any, *, client: Any = None, verifier: Verifier | No
     registry = gateway.registry
     if client is None:
         client = GrpcWorkerClient(timeout=call_timeout, max_message_bytes=cfg.max_message_bytes,
-                                  tls=getattr(gateway, "tls", None))
+                                  tls=getattr(gateway, "tls", None), signer=gateway.key)
         gateway.add_shutdown_hook(client.close)
 
         def forget_left(node_id: str, old: str, new: str) -> None:

@@ -13,6 +13,7 @@ from hyperinfer.transport.server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX
 
 DEFAULT_LISTEN = "127.0.0.1:8001"  # loopback by default; pass --listen 0.0.0.0:8001 to accept remote nodes
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_AUDIT_RATE = 0.02
 DEFAULT_HTTP_PORT = 8000  # Triton's ports: HTTP 8000, gRPC 8001, metrics 8002
 DEFAULT_METRICS_PORT = 8002
 # artifacts go out in 1 MiB chunks: a smaller limit could not carry one
@@ -128,6 +129,17 @@ class GatewayConfig:
     max_attempts: int | None = None
     """Nodes tried for one request before UNAVAILABLE."""
 
+    open_pool: bool = False
+    """Let nodes join without an admitted operator: each new operator starts with bond 0 and on
+    probation, and receipts say ``admission: open``. Default: only admitted operators
+    (``hyperinfer operators add``) whose nodes carry a certificate may join."""
+
+    admin_keys: list[str] = field(default_factory=list)
+    """Admin public keys (hex or key files): they may read Pool.Status and call admin-only RPCs."""
+
+    audit_rate: float | None = None
+    """Share of requests the gateway re-runs itself with ONNX Runtime (a floor no collusion of
+    nodes can fool), in [0, 1]. Default 0.02."""
     timeout_slash: float | None = None
     """Stake taken from a node for each call that ran past ``node_timeout`` (default 1)."""
 
@@ -182,6 +194,8 @@ class GatewayConfig:
             raise InvalidArgument(f"--node-timeout {self.node_timeout}: must be in (0, 3600] seconds")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise InvalidArgument(f"--max-attempts {self.max_attempts}: at least 1")
+        if self.audit_rate is not None and not 0.0 <= self.audit_rate <= 1.0:
+            raise InvalidArgument(f"--audit-rate {self.audit_rate}: must be in [0, 1]")
         if self.max_workers < 1:
             raise InvalidArgument(f"max_workers {self.max_workers}: at least 1")
         if not 1 <= self.workers <= 64:

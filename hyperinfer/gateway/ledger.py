@@ -147,11 +147,20 @@ def _now_ms() -> int:
 
 
 class Ledger:
+    """``operators`` (gateway.operators.OperatorBook) and ``operator_of(node_id) -> operator id``:
+    a node's fault also slashes its operator's shared bond and counts toward the operator's
+    quarantine (``on_operator_quarantine(operator_id)``, once); its stake shows the bond left."""
+
     def __init__(self, store: Any, config: LedgerConfig | None = None,
-                 on_quarantine: Callable[[str], None] | None = None):
+                 on_quarantine: Callable[[str], None] | None = None, *, operators: Any = None,
+                 operator_of: Callable[[str], str | None] | None = None,
+                 on_operator_quarantine: Callable[[str], None] | None = None):
         self.store = store
         self.config = config or LedgerConfig()
         self.on_quarantine = on_quarantine
+        self.operators = operators
+        self.operator_of = operator_of
+        self.on_operator_quarantine = on_operator_quarantine
         self.probation: Any = None  # verify.probation.Probation, attached by the gateway's assembly
         if hasattr(store, "migrate"):
             store.migrate(COMPONENT, MIGRATIONS)
@@ -178,10 +187,25 @@ class Ledger:
             for node_id in sorted(set(node_ids)):
                 self._ensure(c, node_id, now)
 
+    def _operator_id(self, node_id: str) -> str | None:
+        if self.operators is None or self.operator_of is None:
+            return None
+        try:
+            return self.operator_of(node_id)
+        except Exception:  # noqa: BLE001 - an unknown node has no operator to slash
+            return None
+
     def _fault(self, c: Any, node_id: str, kind: str, request_id: str, dispute_id: str,
-               reason: str, now: int, forfeit_reward: bool) -> bool:
-        """Count a fault, slash, maybe revoke the job's reward; True if it newly quarantines the node."""
-        self._ensure(c, node_id, now)
+               reason: str, now: int, forfeit_reward: bool, operators_out: list[str] | None = None) -> bool:
+        """Count a fault, slash, maybe revoke the job's reward; True if it newly quarantines the node.
+        The node's operator gets the fault and the slash too; an operator it newly quarantines
+        is appended to ``operators_out``."""
+        self._ensure(c, node_id, now)  # lock order: node rows, then operator rows
+        op_id = self._operator_id(node_id)
+        if op_id is not None and self.operators.fault_in(c, op_id, float(self.config.slash_per_fault),
+                                                         self.config.quarantine_after, now):
+            if operators_out is not None:
+                operators_out.append(op_id)
         row = c.execute("SELECT stake, faults, quarantined FROM ledger WHERE node_id = ?", (node_id,)).fetchone()
         slash = min(float(self.config.slash_per_fault), float(row[0]))
         forfeit = float(self.config.reward_per_job) if forfeit_reward else 0.0
@@ -198,7 +222,14 @@ class Ledger:
                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (node_id, kind, request_id, dispute_id, reason, slash, now))
         return quarantine
 
-    def _after_quarantine(self, node_ids: Iterable[str]) -> list[str]:
+    def _after_quarantine(self, node_ids: Iterable[str], operator_ids: Iterable[str] = ()) -> list[str]:
+        for op_id in operator_ids:
+            log.warning("operator %s quarantined after %d faults of its nodes", op_id, self.config.quarantine_after)
+            if self.on_operator_quarantine is not None:
+                try:
+                    self.on_operator_quarantine(op_id)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_operator_quarantine(%s) failed", op_id)
         done = list(node_ids)
         for node_id in done:
             log.warning("node %s quarantined (repeated faults or timeouts)", node_id)
@@ -228,9 +259,10 @@ class Ledger:
     def record_fault(self, node_id: str, reason: str, request_id: str = "", kind: str = "attestation") -> bool:
         """A rejected result (bad signature, replay, mismatch). True if the node is now quarantined."""
         now = _now_ms()
+        ops: list[str] = []
         with self.store.transaction() as c:
-            q = self._fault(c, node_id, kind, request_id, "", reason, now, forfeit_reward=False)
-        return bool(self._after_quarantine([node_id] if q else []))
+            q = self._fault(c, node_id, kind, request_id, "", reason, now, forfeit_reward=False, operators_out=ops)
+        return bool(self._after_quarantine([node_id] if q else [], ops))
 
     def record_timeout(self, node_id: str, reason: str, request_id: str = "") -> bool:
         """A node call that ran past the gateway's node timeout (a stalling node): a ``timeout``
@@ -278,6 +310,7 @@ class Ledger:
         now = _now_ms()
         v = dispute.verdict
         quarantined = []
+        ops: list[str] = []
         with self.store.transaction() as c:
             c.execute(
                 """INSERT INTO evidence (dispute_id, created, model_name, model_version, primary_node,
@@ -288,6 +321,9 @@ class Ledger:
             )
             for node_id in sorted({dispute.primary.node_id, dispute.validator.node_id}):  # lock order
                 self._ensure(c, node_id, now)
+            if self.operators is not None:  # then their operators' rows, in id order
+                for op_id in sorted({o for o in map(self._operator_id, v.faults) if o}):
+                    c.execute("UPDATE operators SET updated = ? WHERE operator_id = ?", (now, op_id))
             for e in (dispute.primary, dispute.validator):
                 self._ensure(c, e.node_id, now)
                 right = v.resolved and e.node_id not in v.faults
@@ -296,9 +332,9 @@ class Ledger:
                 if e.node_id in v.faults:
                     request_id = e.parsed.request_id
                     if self._fault(c, e.node_id, "dispute", request_id, dispute.dispute_id, v.reason, now,
-                                   forfeit_reward=True):
+                                   forfeit_reward=True, operators_out=ops):
                         quarantined.append(e.node_id)
-        return self._after_quarantine(quarantined)
+        return self._after_quarantine(quarantined, ops)
 
     def store_receipt(self, receipt: Receipt) -> None:
         with self.store.transaction() as c:
@@ -330,6 +366,12 @@ class Ledger:
         """Everything the ledger knows about a node (a fresh node's defaults if unseen)."""
         d = self.counts(node_id)
         cfg = self.config
+        op_id = self._operator_id(node_id)
+        op = self.operators.get(op_id) if op_id is not None else None
+        if op is not None:  # nodes of one operator share its bond: their stake is what is left of it
+            d["stake"] = op.remaining
+            d["operator_slashed"] = op.slashed
+            d["admission"] = op.admission
         a, n = cfg.reputation_prior
         d["reputation"] = (d["agreements"] + a) / (d["checks"] + n)
         if self.probation is not None:
@@ -460,7 +502,16 @@ def install(gateway: Any) -> Ledger:
     def quarantine(node_id: str) -> None:
         gateway.registry.set_state(node_id, "quarantined", reason="ledger: repeated verification faults")
 
-    ledger = Ledger(gateway.store, config_from(gateway.config), on_quarantine=quarantine)
+    def quarantine_operator(operator_id: str) -> None:
+        gateway.registry.quarantine_operator(operator_id, reason="ledger: its operator was quarantined")
+
+    def operator_of(node_id: str) -> str | None:
+        op = gateway.registry.operator_of(node_id)
+        return op.operator_id if op is not None else None
+
+    ledger = Ledger(gateway.store, config_from(gateway.config), on_quarantine=quarantine,
+                    operators=getattr(gateway, "operators", None), operator_of=operator_of,
+                    on_operator_quarantine=quarantine_operator)
     gateway.ledger = ledger
     c = ledger.config
     log.info("ledger: reward %g per job, stake %g, slash %g per fault, quarantine after %s faults, "

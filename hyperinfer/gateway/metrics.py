@@ -116,7 +116,7 @@ class GatewayCollector(Collector):
     def _nodes(self) -> Iterable[Metric]:
         registry = self.gateway.registry
         nodes = registry.all_nodes()
-        operators = {n.node_id: n.operator for n in nodes}
+        operators = {n.node_id: registry.operator_name(n) for n in nodes}
         states = GaugeMetricFamily("hyperinfer_nodes", "Nodes known to the gateway, by state", labels=["state"])
         counts = {s: 0 for s in NODE_STATES}
         for n in nodes:
@@ -129,7 +129,7 @@ class GatewayCollector(Collector):
         node_state = GaugeMetricFamily("hyperinfer_node_up", "1 if the node is healthy (schedulable)",
                                        labels=["node", "operator"])
         for n in nodes:
-            node_state.add_metric([n.node_id, n.operator], 1.0 if n.schedulable else 0.0)
+            node_state.add_metric([n.node_id, operators[n.node_id]], 1.0 if n.schedulable else 0.0)
         yield node_state
 
         rows, disputes = self._ledger_rows()
@@ -137,8 +137,11 @@ class GatewayCollector(Collector):
                     for col, name, doc, counter in _LEDGER}
         for r in rows:
             labels = [r["node_id"], operators.get(r["node_id"], "")]
+            op = registry.operator_of(r["node_id"]) if hasattr(registry, "operator_of") else None
             for col, *_ in _LEDGER:
-                families[col].add_metric(labels, float(r[col]))
+                # nodes of one operator share its bond: their stake is what is left of it (as in Pool.Status)
+                value = op.remaining if col == "stake" and op is not None else float(r[col])
+                families[col].add_metric(labels, value)
         yield from families.values()
         d = CounterMetricFamily("hyperinfer_node_disputes", "Disputes the node was part of (as primary or validator)",
                                 labels=["node", "operator"])

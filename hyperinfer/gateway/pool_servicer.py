@@ -53,6 +53,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
     def __init__(
         self, registry: Registry, catalog: Catalog, *, gateway_id: str, gateway_public_key: bytes,
         ledger: Any = None, sample_rate: Callable[[str, int], float] | None = None,
+        access: Any = None, pool_gateway_keys: Callable[[], list[bytes]] | None = None,
         artifact_streams: StreamLimiter | None = None,
     ):
         self.registry = registry
@@ -61,6 +62,11 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         self.gateway_public_key = gateway_public_key
         self.ledger = ledger
         self.sample_rate = sample_rate
+        # gateway.access.Access: who may fetch artifacts and read status (None: anyone)
+        self.access = access
+        # keys of every gateway sharing this pool's store, announced to nodes
+        self.pool_gateway_keys = pool_gateway_keys or (lambda: [gateway_public_key])
+        self.audit_rate: Callable[[str, int], float] | None = None
         self.artifact_streams = artifact_streams or StreamLimiter(what="artifact streams")
 
     def _interval_ms(self) -> int:
@@ -81,10 +87,11 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
             public_key=request.public_key, nonce=request.nonce, signature=request.signature,
             operator=request.operator, listen_address=request.listen_address, targets=list(request.targets),
             max_concurrency=request.max_concurrency, devices=[device_to_dict(d) for d in request.devices],
-            software_version=request.software_version,
+            software_version=request.software_version, operator_cert=bytes(request.operator_cert),
         ))
         return pool_pb2.JoinResponse(node_id=node.node_id, heartbeat_interval_ms=self._interval_ms(),
-                                     models=self._offers(), gateway_id=self.gateway_id)
+                                     models=self._offers(), gateway_id=self.gateway_id,
+                                     pool_gateway_keys=self.pool_gateway_keys())
 
     def Heartbeat(self, request: pool_pb2.HeartbeatRequest, context) -> pool_pb2.HeartbeatResponse:
         self.registry.heartbeat(Heartbeat(
@@ -93,13 +100,19 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
             loaded=[(m.name, m.version, m.target_id, m.artifact_sha256) for m in request.loaded],
             signature=request.signature,
         ))
-        return pool_pb2.HeartbeatResponse(heartbeat_interval_ms=self._interval_ms(), models=self._offers())
+        return pool_pb2.HeartbeatResponse(heartbeat_interval_ms=self._interval_ms(), models=self._offers(),
+                                          pool_gateway_keys=self.pool_gateway_keys())
 
     def Leave(self, request: pool_pb2.LeaveRequest, context) -> pool_pb2.LeaveResponse:
         self.registry.leave(request.node_id, request.timestamp_ms, request.signature)
         return pool_pb2.LeaveResponse()
 
     def FetchArtifact(self, request: pool_pb2.FetchArtifactRequest, context) -> Iterator[pool_pb2.ArtifactChunk]:
+        if self.access is not None and context is not None:  # None: called in process, not over the wire
+            from hyperinfer.verify.operators import fetch_fields
+
+            self.access.check_fetch(context.invocation_metadata(), fetch_fields(
+                request.model_name, request.model_version, request.target_id, request.sha256, request.offset))
         chunks = self.catalog.chunks(request.model_name, request.model_version, request.target_id,
                                      request.sha256, request.offset)
         # a bounded number of streams at once, idle ones cancelled (transport.limits)
@@ -119,11 +132,20 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         out["probation"] = bool(summary.get("probation", False))
         return out
 
+    def _operator(self, n: NodeInfo) -> dict[str, Any]:
+        op = self.registry.operator_of(n.node_id) if hasattr(self.registry, "operator_of") else None
+        if op is None:
+            return {"operator": n.operator}
+        return {"operator": op.name, "operator_id": op.operator_id, "admission": op.admission}
+
     def Status(self, request: pool_pb2.StatusRequest, context) -> pool_pb2.StatusResponse:
-        resp = pool_pb2.StatusResponse(gateway_id=self.gateway_id, gateway_public_key=self.gateway_public_key)
+        if self.access is not None and context is not None:  # None: called in process, not over the wire
+            self.access.check_status(context.invocation_metadata())
+        resp = pool_pb2.StatusResponse(gateway_id=self.gateway_id, gateway_public_key=self.gateway_public_key,
+                                       open_pool=bool(self.access is None or self.access.open_pool))
         for n in self.registry.all_nodes():
             resp.nodes.append(pool_pb2.NodeStatus(
-                node_id=n.node_id, operator=n.operator, address=n.address, targets=list(n.targets),
+                node_id=n.node_id, address=n.address, targets=list(n.targets), **self._operator(n),
                 devices=[device_from_dict(d) for d in n.devices],
                 state="failed" if n.failed and n.state == "healthy" else n.state,
                 outstanding=n.outstanding, capacity=n.capacity,
@@ -137,8 +159,14 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
                     rate = float(self.sample_rate(o.name, o.version))
                 except Exception:  # noqa: BLE001
                     log.exception("sample_rate failed for %s/%s", o.name, o.version)
+            audit = 0.0
+            if self.audit_rate is not None:
+                try:
+                    audit = float(self.audit_rate(o.name, o.version))
+                except Exception:  # noqa: BLE001
+                    log.exception("audit_rate failed for %s/%s", o.name, o.version)
             resp.models.append(pool_pb2.ModelStatus(
-                name=o.name, version=o.version, targets=o.targets, sample_rate=rate,
+                name=o.name, version=o.version, targets=o.targets, sample_rate=rate, audit_rate=audit,
                 ready_nodes=len(self.registry.schedulable_nodes(o.name, o.version)),
             ))
         return resp

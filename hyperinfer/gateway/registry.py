@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from hyperinfer.errors import (
-    InvalidArgument, NotFound, Unauthenticated,
+    InvalidArgument, NotFound, PermissionDenied, Unauthenticated,
 )
 from hyperinfer.gateway.store import NodeRecord, Store
 from hyperinfer.verify import payloads
@@ -130,6 +130,7 @@ class JoinRequest:
     max_concurrency: int
     devices: Sequence[dict[str, Any]] = field(default_factory=tuple)
     software_version: str = ""
+    operator_cert: bytes = b""  # hyperinfer.verify.operators certificate (closed pools need one)
 
 
 @dataclass(frozen=True)
@@ -205,12 +206,16 @@ class Registry:
     def __init__(
         self, store: Store, *, gateway_id: str, catalog: ArtifactIndex | None = None,
         heartbeat_interval: float = 5.0, clock: Callable[[], float] = time.time,
-        cache_ttl: float = 0.5,
+        cache_ttl: float = 0.5, operators: Any = None, open_pool: bool = True,
     ):
         if heartbeat_interval <= 0:
             raise InvalidArgument(f"heartbeat_interval must be positive, got {heartbeat_interval}")
         self.store = store
         self.gateway_id = gateway_id
+        # admission (gateway.admission): with an OperatorBook a node is filed under its operator's
+        # id; without one (unit tests of the registry alone) under the operator name it declares
+        self.operators = operators
+        self.open_pool = bool(open_pool)
         self.catalog = catalog
         self.heartbeat_interval = float(heartbeat_interval)
         self.clock = clock
@@ -334,14 +339,23 @@ class Registry:
                 "verify.payloads.join_payload over this nonce, gateway id and declaration)"
             )
         self._consume_nonce(req.nonce, req.public_key)
+        op, operator_id = None, operator
+        if self.operators is not None:
+            from hyperinfer.gateway.admission import admit
+
+            op = admit(self.operators, open_pool=self.open_pool, node_public_key=req.public_key,
+                       cert=bytes(req.operator_cert), declared_name=operator)
+            operator_id = op.operator_id  # the identity the verifier keeps apart, not the declared name
 
         with self._lock:
             now_ms = self._now_ms()
             old = self.store.get_node(node_id) if self.shared else self._records.get(node_id)
             # quarantine is a verdict of the ledger: re-joining does not lift it
             state = QUARANTINED if old is not None and old.state == QUARANTINED else HEALTHY
+            if op is not None and op.state == QUARANTINED:
+                state = QUARANTINED  # the operator's verdict covers every node key it brings
             rec = NodeRecord(
-                node_id=node_id, public_key=req.public_key, operator=operator, address=address,
+                node_id=node_id, public_key=req.public_key, operator=operator_id, address=address,
                 targets=targets, devices=tuple(dict(d) for d in req.devices), capacity=req.max_concurrency,
                 state=state, joined_at_ms=now_ms, last_heartbeat_ms=now_ms,
                 heartbeat_ts_ms=old.heartbeat_ts_ms if old is not None else 0,
@@ -352,8 +366,10 @@ class Registry:
                 rec, state = replace(rec, state=stored), stored
             self._records[node_id] = rec
             self._failed.pop(node_id, None)
-        log.info("node %s joined: operator=%s address=%s targets=%s capacity=%d%s",
-                 short(node_id), operator, address, ",".join(targets), req.max_concurrency,
+        log.info("node %s joined: operator=%s%s address=%s targets=%s capacity=%d%s",
+                 short(node_id), op.name if op is not None else operator,
+                 f" ({op.admission} {short(op.operator_id)})" if op is not None else "",
+                 address, ",".join(targets), req.max_concurrency,
                  " (re-join)" if old is not None else "")
         self._changed(node_id, old.state if old is not None else "", state, "join")
         return self._info(rec)
@@ -399,10 +415,15 @@ class Registry:
         )
         if not verify_signature(rec.public_key, signed, hb.signature):
             raise Unauthenticated(f"heartbeat signature does not verify with node {short(hb.node_id)}'s key")
+        op = self.operator_of(hb.node_id, rec)
+        if op is not None and op.state == "removed":
+            self.set_state(hb.node_id, LEFT, reason=f"operator {op.operator_id[:12]} removed")
+            raise PermissionDenied(f"operator {op.operator_id} ({op.name}) was removed from this pool")
         with self._lock:
             rec = self._known(hb.node_id)  # re-read under the lock: ordering against other heartbeats
             self._check_timestamp(rec, hb.timestamp_ms, "heartbeat")
-            state = QUARANTINED if rec.state == QUARANTINED else HEALTHY
+            state = QUARANTINED if rec.state == QUARANTINED or (op is not None and op.state == QUARANTINED) \
+                else HEALTHY
             new = replace(rec, last_heartbeat_ms=self._now_ms(), heartbeat_ts_ms=hb.timestamp_ms,
                           outstanding=hb.outstanding, capacity=hb.capacity, loaded=loaded, state=state)
             stored = self.store.update_heartbeat(
@@ -449,6 +470,32 @@ class Registry:
             self.store.set_node_state(node_id, state)
             self._records[node_id] = replace(rec, state=state)
         self._changed(node_id, rec.state, state, reason)
+
+    def operator_of(self, node_id: str, rec: NodeRecord | None = None) -> Any:
+        """The node's operator (gateway.operators.Operator), or None without admission."""
+        if self.operators is None:
+            return None
+        if rec is None:
+            rec = self._records.get(node_id)
+            if rec is None and self.shared:
+                rec = self.store.get_node(node_id)
+        return None if rec is None else self.operators.get(rec.operator)
+
+    def operator_name(self, node: NodeInfo) -> str:
+        """The node's operator as people know it (the admitted name, or the name an open-pool
+        node declared); ``node.operator`` is the operator's id."""
+        op = self.operators.get(node.operator) if self.operators is not None else None
+        return op.name if op is not None else node.operator
+
+    def quarantine_operator(self, operator_id: str, reason: str = "operator quarantined") -> list[str]:
+        """Quarantine every node filed under the operator (the ledger calls this when the
+        operator's faults reach the threshold). Returns their ids."""
+        self._refresh(force=True)
+        with self._lock:
+            ids = [r.node_id for r in self._records.values() if r.operator == operator_id and r.state != QUARANTINED]
+        for node_id in ids:
+            self.set_state(node_id, QUARANTINED, reason=reason)
+        return ids
 
     def report_failure(self, node_id: str, reason: str = "call failed") -> None:
         """Skip the node in scheduling until its next heartbeat (it failed or timed out)."""

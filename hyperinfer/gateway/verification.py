@@ -93,7 +93,7 @@ from hyperinfer.verify.digest import tensors_digest
 from hyperinfer.verify.dispute import Execution, needs_tiebreaker, new_dispute
 from hyperinfer.verify.probation import Probation
 from hyperinfer.verify.receipt import RECEIPT_PARAMETER, Receipt, sign_receipt
-from hyperinfer.verify.sampling import Mode, NodeRef, SamplingPolicy, choose_validator
+from hyperinfer.verify.sampling import Mode, NodeRef, SamplingPolicy, _check_rate, choose_validator, draw
 from hyperinfer.verify.signing import fingerprint, key_id
 
 log = logging.getLogger("hyperinfer.gateway.verification")
@@ -181,7 +181,13 @@ class Verifier:
     def __init__(self, ledger: Any, policy: SamplingPolicy, referee: Referee, client: WorkerClient,
                  gateway_key: Ed25519PrivateKey, *, background_workers: int = 2, call_timeout: float = 30.0,
                  max_validator_attempts: int = 2, probation: Probation | None = None,
-                 max_pending_checks: int = 1000):
+                 max_pending_checks: int = 1000, audit_rate: float = 0.0,
+                 admission_of: Callable[[str], str] | None = None):
+        """``audit_rate``: share of requests the gateway re-runs itself with the referee (ONNX
+        Runtime), drawn independently of the sampled checks: the floor that no collusion of
+        nodes can fool. ``admission_of(node_id)``: ``admitted``/``open``, written into receipts."""
+        self.audit_rate = _check_rate("audit_rate", audit_rate)
+        self.admission_of = admission_of
         self.ledger = ledger
         self.policy = policy
         self.referee = referee
@@ -277,11 +283,20 @@ class Verifier:
             validator_public_key=validator.node.public_key if validator else None,
             validator_attestation=bytes(validator.result.attestation_bytes) if validator else None,
             validator_signature=bytes(validator.result.signature) if validator else None,
-            dispute_id=dispute_id, probation=probation,
+            dispute_id=dispute_id, probation=probation, admission=self._admission(primary.node.node_id),
         )
         signed = sign_receipt(self.gateway_key, r, self.gateway_id)
         self.ledger.store_receipt(signed)
         return signed
+
+    def _admission(self, node_id: str) -> str:
+        if self.admission_of is None:
+            return ""
+        try:
+            return self.admission_of(node_id) or ""
+        except Exception:  # noqa: BLE001 - a receipt without the field beats no receipt
+            log.exception("admission lookup failed for node %s", node_id)
+            return ""
 
     def receipt(self, request_id: str) -> Receipt | None:
         """The latest stored receipt (the final one once a background check has finished)."""
@@ -304,11 +319,14 @@ class Verifier:
         primary = self._accept(manifest, req.primary, req.request_id, input_digest, req.result, "primary",
                                checked=att, ref=ref)
 
-        # the draw, strictly after the primary's signed result was accepted
-        if not self.policy.decide(manifest.name, standing, mode):
-            return self._receipt(primary, rc.UNCHECKED)
-
+        # the draws, strictly after the primary's signed result was accepted: the sampled check on
+        # another operator's node, and (independently) the gateway's own audit with ONNX Runtime,
+        # which colluding nodes cannot answer for each other
         inputs = dict(req.inputs)
+        audit = draw(self.audit_rate)
+        check = self.policy.decide(manifest.name, standing, mode)
+        if not (audit or check):
+            return self._receipt(primary, rc.UNCHECKED)
         candidates = list(req.candidates)
         if mode is Mode.AUTO:
             with self._lock:
@@ -318,17 +336,56 @@ class Verifier:
                             self.max_pending_checks, primary.request_id)
                 self.ledger.record_skipped(primary.node.node_id)
                 return self._receipt(primary, rc.SKIPPED, f"check queue full ({self.max_pending_checks} pending)")
-            pending = self._receipt(primary, rc.PENDING, "check running in the background")
-            fut = self._pool.submit(self._background, manifest, inputs, input_digest, primary, candidates)
-            with self._lock:
-                self._pending.add(fut)
-            fut.add_done_callback(self._done)
+            what = " and ".join(w for w, on in (("check", check), ("audit", audit)) if on)
+            pending = self._receipt(primary, rc.PENDING, f"{what} running in the background")
+            self._submit(self._background, manifest, inputs, input_digest, primary, candidates, check, audit)
             return pending
-        final = self._run_check(manifest, inputs, input_digest, primary, candidates, req.deadline)
-        if final.status == rc.DISPUTED_LOST:
+        final = self._check_and_audit(manifest, inputs, input_digest, primary, candidates, req.deadline, check, audit)
+        if final.status in (rc.DISPUTED_LOST, rc.AUDIT_FAILED):
             raise ResultRejected(f"node {primary.node.node_id}: result failed verification "
-                                 f"(dispute {final.dispute_id}): {final.detail}", primary.node.node_id, final)
+                                 f"({final.status}{' ' + final.dispute_id if final.dispute_id else ''}): "
+                                 f"{final.detail}", primary.node.node_id, final)
         return final
+
+    def _check_and_audit(self, manifest, inputs, input_digest: str, primary: _Run, candidates, deadline,
+                         check: bool, audit: bool) -> Receipt:
+        receipt = self._run_check(manifest, inputs, input_digest, primary, candidates, deadline) if check else None
+        if audit and (receipt is None or receipt.status != rc.DISPUTED_LOST):
+            # a validator that agreed with a result the audit refutes answered wrong too (collusion)
+            accomplice = receipt.validator_node_id if receipt is not None and receipt.status == rc.AGREED else None
+            audited = self._audit(manifest, inputs, primary, accomplice)
+            if receipt is None or audited.status != rc.AUDITED:
+                return audited
+        return receipt  # type: ignore[return-value]
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        fut = self._pool.submit(fn, *args)
+        with self._lock:
+            self._pending.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _audit(self, manifest: Manifest, inputs, primary: _Run, accomplice: str | None = None) -> Receipt:
+        """Re-run on the referee at the gateway: agreement within tolerance credits a check,
+        anything else is the primary's fault (slashed; it and its operator count toward quarantine),
+        and the fault of ``accomplice``, a validator that agreed with it."""
+        name, version = manifest.name, manifest.version
+        try:
+            reference = {k: np.asarray(v) for k, v in self.referee(name, version, inputs).items()}
+        except Exception as e:  # noqa: BLE001 - no audit without the referee; nobody is blamed
+            log.exception("audit referee failed for %s/%s", name, version)
+            return self._receipt(primary, rc.SKIPPED, f"audit: referee failed ({type(e).__name__})")
+        cmp = within_tolerance(primary.result.outputs, reference, manifest.outputs)
+        if cmp.agree:
+            self.ledger.record_check([primary.node.node_id], True)
+            return self._receipt(primary, rc.AUDITED, f"gateway ONNX Runtime re-run: {cmp.reason}")
+        reason = f"gateway audit: outputs differ from ONNX Runtime: {cmp.reason}"
+        self.ledger.record_check([primary.node.node_id], False)
+        self.ledger.record_fault(primary.node.node_id, reason, primary.request_id, kind="audit")
+        if accomplice:
+            self.ledger.record_fault(accomplice, f"{reason} (as validator it agreed with that result)",
+                                     primary.request_id, kind="audit")
+            reason += f"; validator {accomplice} had agreed with it"
+        return self._receipt(primary, rc.AUDIT_FAILED, reason)
 
     def _held(self, req: VerifyRequest, manifest: Manifest, input_digest: str, att: Attestation) -> Receipt:
         """A probation primary: check now, serve only what someone independent found right."""
@@ -372,9 +429,10 @@ class Verifier:
         with self._lock:
             self._pending.discard(fut)
 
-    def _background(self, manifest, inputs, input_digest, primary: _Run, candidates) -> Receipt:
+    def _background(self, manifest, inputs, input_digest, primary: _Run, candidates, check: bool = True,
+                    audit: bool = False) -> Receipt:
         try:
-            return self._run_check(manifest, inputs, input_digest, primary, candidates)
+            return self._check_and_audit(manifest, inputs, input_digest, primary, candidates, None, check, audit)
         except Exception as e:  # noqa: BLE001 - a background failure must still leave a final receipt
             log.exception("background check of request %s failed", primary.request_id)
             return self._receipt(primary, rc.SKIPPED, f"check failed: {type(e).__name__}")

@@ -23,6 +23,7 @@ from hyperinfer.transport.errors import error_from_rpc
 from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
 from hyperinfer.transport.server import channel as make_channel
 from hyperinfer.transport.tls import TLSFiles
+from hyperinfer.verify.operators import infer_fields, sign_call
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -31,7 +32,9 @@ class GrpcWorkerClient:
     """WorkerClient over gRPC. Thread-safe; call :meth:`close` on shutdown."""
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 tls: TLSFiles | None = None):
+                 tls: TLSFiles | None = None, signer: Any = None):
+        """``signer``: the gateway's key; nodes serve only calls their gateway signed."""
+        self.signer = signer
         self.timeout = float(timeout)
         self.tls = tls  # mutual TLS to nodes: their certificates checked with the CA, ours presented
         self.max_message_bytes = max_message_bytes
@@ -70,10 +73,14 @@ class GrpcWorkerClient:
             request_id=request_id, model_name=model_name, model_version=int(model_version),
             inputs=tensors.many_to_proto(inputs),
         )
+        metadata = None
+        if self.signer is not None:
+            metadata = sign_call(self.signer, "Infer", node.node_id,
+                                 infer_fields(request_id, model_name, int(model_version)))
         try:
             response = self._stub(node.address).Infer(
                 request, timeout=self.timeout if timeout is None else max(float(timeout), 0.001),
-                wait_for_ready=False,
+                wait_for_ready=False, metadata=metadata,
             )
         except grpc.RpcError as e:
             err = error_from_rpc(e)

@@ -20,7 +20,8 @@ from hyperinfer.identity import load_or_create_key, load_public_key
 from hyperinfer.node.cache import ArtifactCache, default_cache_dir
 from hyperinfer.node.dataplane import DataPlane, LoadedModel, TrustPolicy
 from hyperinfer.node.devices import Hardware, detect
-from hyperinfer.node.models import BackgroundLoader, ModelManager, RunnerFactory, tvm_runner_factory
+from hyperinfer.node.gatekeeper import Gatekeeper
+from hyperinfer.node.models import BackgroundLoader, ModelManager, RunnerFactory, VersionLog, tvm_runner_factory
 from hyperinfer.node.pool_client import JoinSpec, PoolClient
 from hyperinfer.node.server import WorkerServer
 from hyperinfer.node.servicer import NodeInfo
@@ -57,8 +58,14 @@ class NodeConfig:
     """Artifact cache; default ~/.cache/hyperinfer/node/<node-id>/artifacts."""
     trust_publishers: list[str] = field(default_factory=list)
     """Publisher public keys (hex or key files) whose packages this node loads."""
-    allow_unsigned: bool = False
-    """Also load unsigned packages (native code from an unverified source)."""
+    allow_unsigned: Path | None = None
+    """A local model repository: unsigned packages are loaded only if this directory holds
+    the very same package (native code only from where the node's operator put it)."""
+    operator_cert: Path | None = None
+    """Certificate by an admitted operator over this node's key (`hyperinfer operators certify`);
+    a closed pool refuses nodes without one."""
+    gateway_key: str | None = None
+    """Pin the gateway's public key (hex or key file) instead of trusting the first one seen."""
     grace_s: float = 10.0
     """How long running requests may take to finish on shutdown."""
     batch_window_us: int = 0
@@ -104,7 +111,12 @@ class Node:
             raise InvalidArgument(f"--listen {c.listen} is a wildcard address the gateway cannot dial; "
                                   "also give --advertise HOST:PORT")
         self.key, self.key_created = load_or_create_key(c.key_path)
-        self.trust = TrustPolicy([load_public_key(k) for k in c.trust_publishers], c.allow_unsigned)
+        if c.allow_unsigned is True:  # the flag used to be a switch; it now names a directory
+            raise InvalidArgument("--allow-unsigned needs DIR: the local repository unsigned packages must come from")
+        unsigned_dir = Path(c.allow_unsigned).expanduser() if c.allow_unsigned else None
+        if unsigned_dir is not None and not unsigned_dir.is_dir():
+            raise InvalidArgument(f"--allow-unsigned {unsigned_dir}: not a directory")
+        self.trust = TrustPolicy([load_public_key(k) for k in c.trust_publishers], unsigned_dir)
         if not self.trust.trusted_publishers and not c.allow_unsigned:
             log.warning("no --trust-publisher given: this node will refuse every package "
                         "(use --allow-unsigned only for packages you built yourself)")
@@ -113,18 +125,30 @@ class Node:
                                    batch_window_s=c.batch_window_us / 1e6 if c.batching else None)
         self.cache = ArtifactCache(c.cache_dir or default_cache_dir(self.dataplane.node_id))
         self.info = NodeInfo(c.operator or _user(), self.hardware.targets, self.hardware.devices)
+        cert = b""
+        if c.operator_cert is not None:
+            from hyperinfer.verify.operators import verify_cert
+
+            p = Path(c.operator_cert).expanduser()
+            if not p.is_file():
+                raise InvalidArgument(f"--operator-cert {p}: no such file")
+            cert = p.read_bytes()
+            verify_cert(cert, self.dataplane.public_key)  # a wrong certificate is this operator's error: say so now
         self.tls = TLSFiles.load(c.tls_cert, c.tls_key, c.tls_ca)
         if self.tls is not None and (not self.tls.can_serve or self.tls.ca is None):
             raise InvalidArgument("a node's TLS is mutual: give --tls-cert, --tls-key and --tls-ca together")
+        # a node works only for its gateway(s): Worker calls must be signed by a pinned key
+        self.gatekeeper = Gatekeeper(self.dataplane.node_id, load_public_key(c.gateway_key) if c.gateway_key else None)
         self.server = WorkerServer(self.dataplane, self.info, c.listen,
                                    credentials=self.tls.server_credentials(require_client_cert=True)
-                                   if self.tls else None)
+                                   if self.tls else None, authorize=self.gatekeeper.check)
         advertise = c.advertise or self.server.address
         self.pool = PoolClient(c.gateway, self.key, self.dataplane,
                                JoinSpec(self.info.operator, advertise, self.hardware.targets, self.hardware.devices),
-                               tls=self.tls)
+                               tls=self.tls, gatekeeper=self.gatekeeper, operator_cert=cert)
         self.manager = ModelManager(self.dataplane, self.cache, self.hardware.targets, self.trust,
                                     fetch=self.pool.fetch,
+                                    versions=VersionLog(self.cache.root / "loaded-versions.json"),
                                     runner_factory=runner_factory or tvm_runner_factory(c.threads),
                                     on_loaded=lambda m: self._loaded(m, on_loaded))
         self.loader = BackgroundLoader(self.manager)

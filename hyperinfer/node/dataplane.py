@@ -8,6 +8,7 @@ transport maps to status codes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from hyperinfer.node.batching import Batcher, self_check
-from hyperinfer.package import Manifest
+from hyperinfer.package import Manifest, validate_model_name
 from hyperinfer.runtime.validation import check_inputs
 from hyperinfer.verify.attestation import Attestation
 from hyperinfer.verify.digest import tensors_digest
@@ -63,28 +64,51 @@ class TrustPolicy:
     """Which packages this node may load: an artifact is native code (design §7)."""
 
     trusted_publishers: list[bytes] = field(default_factory=list)  # raw Ed25519 public keys
-    allow_unsigned: bool = False
+    # --allow-unsigned DIR: a local model repository. An unsigned package is loaded only when
+    # DIR/NAME/VERSION/manifest.json holds the very same manifest (its artifact digests then
+    # pin the native code to what this node's operator put there); None: never.
+    allow_unsigned: "os.PathLike | str | None" = None
+
+    def _local_copy(self, manifest_bytes: bytes, label: str, why: str) -> None:
+        from pathlib import Path
+
+        if not self.allow_unsigned or self.allow_unsigned is True:
+            raise PermissionDenied(
+                f"{label} is {why}; this node loads only packages signed by a trusted publisher "
+                "(--trust-publisher KEY), or unsigned ones found in its local repository (--allow-unsigned DIR)")
+        import json
+
+        try:
+            d = json.loads(manifest_bytes)
+            name, version = validate_model_name(str(d["name"])), int(d["version"])
+        except (ValueError, KeyError, TypeError):
+            raise PermissionDenied(f"{label}: malformed manifest") from None
+        local = Path(self.allow_unsigned) / name / str(version) / "manifest.json"
+        try:
+            same = local.read_bytes() == bytes(manifest_bytes)
+        except OSError:
+            raise PermissionDenied(f"{label} is {why} and not in the local repository {self.allow_unsigned} "
+                                   f"(no {local}); refusing to load native code from elsewhere") from None
+        if not same:
+            raise PermissionDenied(f"{label} is {why} and differs from {local}; refusing to load native code "
+                                   "the local repository does not hold")
+        log.warning("%s is %s; loading it because the local repository %s holds the same package",
+                    label, why, self.allow_unsigned)
 
     def check(self, manifest_bytes: bytes, signature: bytes | None, label: str = "package") -> str | None:
         """Publisher id of a trusted signature, or None for a package allowed only by
-        --allow-unsigned. Raises PermissionDenied otherwise.
+        --allow-unsigned DIR. Raises PermissionDenied otherwise.
 
         A signature by an untrusted key vouches for nothing, so --allow-unsigned treats
         it as no signature; a malformed signature, or one by a trusted key that does not
         verify, is a sign of tampering and is always refused.
         """
         if not signature:
-            if self.allow_unsigned:
-                log.warning("%s is unsigned; loading it because of --allow-unsigned", label)
-                return None
-            raise PermissionDenied(
-                f"{label} is unsigned; this node loads only packages signed by a trusted publisher "
-                "(--trust-publisher KEY) unless started with --allow-unsigned"
-            )
+            self._local_copy(manifest_bytes, label, "unsigned")
+            return None
         parsed = parse_manifest_signature(signature)
         if self.allow_unsigned and parsed.public_key not in set(self.trusted_publishers):
-            log.warning("%s is signed by untrusted publisher %s; loading it because of --allow-unsigned",
-                        label, parsed.publisher_id)
+            self._local_copy(manifest_bytes, label, f"signed by untrusted publisher {parsed.publisher_id}")
             return None
         return verify_manifest_signature(signature, manifest_bytes, self.trusted_publishers)
 

@@ -8,6 +8,7 @@ chunks; tests hand in a function.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hyperinfer.errors import Code, FailedPrecondition, HyperinferError, InvalidArgument
+from hyperinfer.errors import Code, FailedPrecondition, HyperinferError, InvalidArgument, PermissionDenied
 from hyperinfer.package import Manifest
 from hyperinfer.node.cache import ArtifactCache, ChunkSource
 from hyperinfer.node.dataplane import DataPlane, LoadedModel, Runner, TrustPolicy, choose_target
@@ -55,11 +56,51 @@ def tvm_runner_factory(threads: int | None = None) -> RunnerFactory:
     return make
 
 
+class VersionLog:
+    """Newest ``created`` time loaded per model version, kept in ``loaded-versions.json`` in the
+    node cache: a gateway cannot roll a node back to an older build of a package it already
+    ran (an old artifact may be one the publisher replaced for a reason)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._created: dict[str, str] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                self._created = {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable %s", self.path)
+
+    @staticmethod
+    def _key(name: str, version: int) -> str:
+        return f"{name}/{int(version)}"
+
+    def check(self, manifest: Manifest, label: str) -> None:
+        seen = self._created.get(self._key(manifest.name, manifest.version))
+        # ISO-8601 UTC times compare as strings; a package without one is older than any
+        if seen is not None and (manifest.created or "") < seen:
+            raise PermissionDenied(f"package {label} was created {manifest.created or 'at an unknown time'}, "
+                                   f"before the one this node already loaded ({seen}): refusing a rollback")
+
+    def record(self, manifest: Manifest) -> None:
+        key = self._key(manifest.name, manifest.version)
+        with self._lock:
+            if (manifest.created or "") <= self._created.get(key, ""):
+                return
+            self._created[key] = manifest.created
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self._created, indent=1, sort_keys=True))
+                os.replace(tmp, self.path)
+
+
 class ModelManager:
     def __init__(self, dataplane: DataPlane, cache: ArtifactCache, targets: Sequence[str],
                  trust: TrustPolicy, fetch: FetchFactory, runner_factory: RunnerFactory,
                  on_loaded: Callable[[LoadedModel], None] | None = None,
-                 retry_after_s: float = 30.0):
+                 retry_after_s: float = 30.0, versions: VersionLog | None = None):
         self.dataplane = dataplane
         self.cache = cache
         self.targets = list(targets)
@@ -68,6 +109,7 @@ class ModelManager:
         self.runner_factory = runner_factory
         self.on_loaded = on_loaded
         self.retry_after_s = retry_after_s
+        self.versions = versions if versions is not None else VersionLog(None)
         # offer digest -> (monotonic time of failure, reason, permanent)
         self.failed: dict[str, tuple[float, str, bool]] = {}
         # (name, version) -> digest of the offer it was loaded from: a republished
@@ -122,6 +164,7 @@ class ModelManager:
             raise InvalidArgument(f"offer for {label} carries the manifest of {manifest.name}/{manifest.version}")
         # trust before anything is downloaded: the artifact is native code
         publisher = self.trust.check(offer.manifest, offer.signature, f"package {label}")
+        self.versions.check(manifest, label)
         target = choose_target(manifest, self.targets)
         if target is None:
             raise FailedPrecondition(
@@ -135,6 +178,7 @@ class ModelManager:
         runner = self.runner_factory(path, manifest, target)
         model = LoadedModel(manifest, target, info.sha256, runner, publisher)
         self.dataplane.add(model)
+        self.versions.record(manifest)
         return model
 
 

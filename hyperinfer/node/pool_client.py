@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -69,7 +69,8 @@ class PoolClient:
     def __init__(self, gateway: str, key: Ed25519PrivateKey, dataplane: DataPlane, spec: JoinSpec,
                  on_offers: Callable[[Sequence[Offer]], None] = lambda offers: None,
                  on_joined: Callable[[pool_pb2.JoinResponse], None] = lambda resp: None,
-                 backoff_cap_s: float = 10.0, channel: grpc.Channel | None = None, tls: TLSFiles | None = None):
+                 backoff_cap_s: float = 10.0, channel: grpc.Channel | None = None, tls: TLSFiles | None = None,
+                 gatekeeper: Any = None, operator_cert: bytes = b""):
         self.gateway = gateway
         self._key = key
         self.dataplane = dataplane
@@ -77,6 +78,9 @@ class PoolClient:
         self.on_offers = on_offers
         self.on_joined = on_joined
         self.backoff_cap_s = backoff_cap_s
+        # node.gatekeeper.Gatekeeper: pins the gateway key at join, learns the pool's gateways
+        self.gatekeeper = gatekeeper
+        self.operator_cert = bytes(operator_cert)
         self._channel = channel or make_channel(gateway, tls=tls)
         self.stub = pool_pb2_grpc.PoolStub(self._channel)
         self.joined = False
@@ -114,6 +118,8 @@ class PoolClient:
         if ch.gateway_public_key and len(ch.gateway_public_key) == 32 and ch.gateway_id and \
                 fingerprint(bytes(ch.gateway_public_key)) != ch.gateway_id:
             raise HyperinferError("gateway id does not match the gateway's public key", Code.UNAUTHENTICATED)
+        if self.gatekeeper is not None:  # before signing anything for it
+            self.gatekeeper.pin(bytes(ch.gateway_public_key), ch.gateway_id)
         spec = self.spec
         payload = payloads.join_payload(
             nonce=bytes(ch.nonce), gateway_id=ch.gateway_id, node_id=self.node_id, operator=spec.operator,
@@ -123,8 +129,10 @@ class PoolClient:
             public_key=pub, nonce=ch.nonce, signature=sign(self._key, payload), operator=spec.operator,
             listen_address=spec.listen_address, targets=spec.targets,
             devices=[device_to_proto(d) for d in spec.devices], max_concurrency=self.dataplane.capacity,
-            software_version=hyperinfer.__version__,
+            software_version=hyperinfer.__version__, operator_cert=self.operator_cert,
         ))
+        if self.gatekeeper is not None:
+            self.gatekeeper.announce(resp.pool_gateway_keys)
         if resp.node_id and resp.node_id != self.node_id:
             log.warning("gateway calls this node %s, its key says %s", resp.node_id, self.node_id)
         self.gateway_id = resp.gateway_id or ch.gateway_id
@@ -145,6 +153,8 @@ class PoolClient:
             loaded=loaded_to_proto(loaded), signature=sign(self._key, payload),
         ))
         self._set_interval(resp.heartbeat_interval_ms)
+        if self.gatekeeper is not None and resp.pool_gateway_keys:
+            self.gatekeeper.announce(resp.pool_gateway_keys)
         self.on_offers(offers_from_proto(resp.models))
         return resp
 
@@ -167,10 +177,15 @@ class PoolClient:
         """A chunk source for :class:`ArtifactCache` over ``Pool.FetchArtifact``."""
 
         def chunks(offset: int):
+            from hyperinfer.verify.operators import fetch_fields, sign_call
+
             req = pool_pb2.FetchArtifactRequest(model_name=name, model_version=version, target_id=target_id,
                                                 sha256=sha256, offset=offset)
+            # closed pool API: only a joined node gets artifacts; the call is signed with its key
+            md = sign_call(self._key, "FetchArtifact", self.gateway_id,
+                           fetch_fields(name, version, target_id, sha256, offset))
             try:
-                for c in self.stub.FetchArtifact(req, timeout=FETCH_TIMEOUT_S):
+                for c in self.stub.FetchArtifact(req, timeout=FETCH_TIMEOUT_S, metadata=md):
                     yield Chunk(int(c.offset), bytes(c.data), int(c.total_size))
             except grpc.RpcError as e:
                 raise error_from_rpc(e) from None

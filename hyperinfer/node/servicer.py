@@ -4,6 +4,7 @@ mapped to status codes by the server's interceptor, not here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from hyperinfer.node.converters import device_to_proto, loaded_to_proto
 from hyperinfer.node.dataplane import DataPlane
@@ -19,12 +20,25 @@ class NodeInfo:
     devices: list[Device] = field(default_factory=list)
 
 
+# (metadata, method, signed fields) -> None, raising when the caller may not call
+Authorize = Callable[[Any, str, Mapping[str, Any]], None]
+
+
 class WorkerServicer(pool_pb2_grpc.WorkerServicer):
-    def __init__(self, dataplane: DataPlane, info: NodeInfo):
+    """``authorize``: e.g. :meth:`hyperinfer.node.gatekeeper.Gatekeeper.check` (a node serves only
+    its gateways); None serves anyone (a bare worker in tests)."""
+
+    def __init__(self, dataplane: DataPlane, info: NodeInfo, authorize: Authorize | None = None):
         self.dataplane = dataplane
         self.info = info
+        self.authorize = authorize
 
     def Infer(self, request: pool_pb2.InferRequest, context) -> pool_pb2.InferResponse:
+        if self.authorize is not None:  # before decoding anything a stranger sent
+            from hyperinfer.verify.operators import infer_fields
+
+            self.authorize(context.invocation_metadata(), "Infer",
+                           infer_fields(request.request_id, request.model_name, request.model_version))
         inputs = tensors.many_from_proto(request.inputs)
         result = self.dataplane.infer(request.request_id, request.model_name, int(request.model_version), inputs)
         return pool_pb2.InferResponse(
@@ -34,6 +48,8 @@ class WorkerServicer(pool_pb2_grpc.WorkerServicer):
         )
 
     def Info(self, request: pool_pb2.InfoRequest, context) -> pool_pb2.InfoResponse:
+        if self.authorize is not None:
+            self.authorize(context.invocation_metadata(), "Info", {})
         dp = self.dataplane
         return pool_pb2.InfoResponse(
             node_id=dp.node_id,

@@ -8,6 +8,12 @@ and loses the slashed stake S. Against working honestly, its expected gain is
 
 so cheating is unprofitable exactly when p > C / (R + S). If C >= R + S no
 sample rate below 1 is enough, and even p = 1 only breaks even at C = R + S.
+
+The gateway's own audits (``--audit-rate`` a: ONNX Runtime at the gateway re-runs
+a share of requests) are drawn independently of the sampled checks. A lone
+cheater is caught with probability ``p + a - p a``. Colluding nodes can agree
+with each other on every sampled check, so against a colluding pool only the
+audits count: the probability is ``a`` (:func:`detection_rate`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ def min_sample_rate(reward: float, stake: float, cost: float) -> float:
     if r + s == 0:
         raise InvalidArgument("reward + stake: must be > 0 (with nothing to lose no sample rate deters cheating)")
     return c / (r + s)
+
+
+def detection_rate(sample_rate: float, audit_rate: float = 0.0, colluding: bool = False) -> float:
+    """Probability a wrong answer is caught: ``p + a - p a`` for a lone cheater, ``a`` for a
+    colluding pool (its members agree on every sampled check)."""
+    p, a = _rate(sample_rate), _rate(audit_rate)
+    return a if colluding else p + a - p * a
 
 
 def expected_cheating_gain(sample_rate: float, reward: float, stake: float, cost: float) -> float:

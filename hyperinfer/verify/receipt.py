@@ -19,6 +19,10 @@ parameter ``hyperinfer.receipt`` (:data:`RECEIPT_PARAMETER`), a JSON object:
     probation            present, and true, only when the node was on probation
                          (see verify.probation): the answer was held until a
                          validator agreed or the referee found it right
+    admission            how the primary's operator got into the pool: ``admitted``
+                         (by the gateway operator, with a bond) or ``open`` (an
+                         --open-pool gateway: bond 0, probation); absent in
+                         receipts from before admission existed
     gateway_id           fingerprint of the gateway's key
     issued_ms            when the gateway signed it
     gateway_signature    Ed25519 over b"hyperinfer-receipt-v1\\n" + canonical JSON
@@ -37,6 +41,9 @@ Status values:
     disputed-won         disagreement; the referee found the primary right
     disputed-lost        disagreement; the referee found the primary at fault
     disputed-unresolved  disagreement nobody could be blamed for (see verify.dispute)
+    audited              the gateway re-ran it with ONNX Runtime (--audit-rate) and
+                         it agreed within the model's tolerance
+    audit-failed         the gateway's ONNX Runtime re-run disagreed: the node is at fault
 """
 
 from __future__ import annotations
@@ -65,12 +72,16 @@ REFEREED = "refereed"
 DISPUTED_WON = "disputed-won"
 DISPUTED_LOST = "disputed-lost"
 DISPUTED_UNRESOLVED = "disputed-unresolved"
-STATUSES = (UNCHECKED, PENDING, SKIPPED, AGREED, REFEREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED)
+AUDITED = "audited"
+AUDIT_FAILED = "audit-failed"
+STATUSES = (UNCHECKED, PENDING, SKIPPED, AGREED, REFEREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED,
+            AUDITED, AUDIT_FAILED)
 # statuses where a validator ran and its attestation is in the receipt
 CHECKED_STATUSES = (AGREED, DISPUTED_WON, DISPUTED_LOST, DISPUTED_UNRESOLVED)
 # what a probation answer may be served with: someone independent found it right
 PROBATION_SERVED = (AGREED, DISPUTED_WON, REFEREED)
-_OPTIONAL = {"probation"}  # written only when true, so receipts from before the field still verify
+# written only when set, so receipts from before the fields still verify
+_OPTIONAL = {"probation", "admission"}
 
 _BYTES = {"attestation", "node_signature", "validator_attestation", "validator_signature", "gateway_signature"}
 _HEX = {"node_public_key", "validator_public_key"}
@@ -97,11 +108,14 @@ class Receipt:
     gateway_signature: bytes = b""
     format_version: int = FORMAT_VERSION
     probation: bool = False  # served under probation rules (held until checked)
+    admission: str = ""  # admitted | open; "" (left out of the JSON) for receipts from before
 
     def _json_fields(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in _FIELDS}  # flat and immutable: asdict's deep copy is slow
         if not d["probation"]:
             del d["probation"]
+        if not d["admission"]:
+            del d["admission"]  # receipts signed before the field existed still verify
         for k in _BYTES:
             d[k] = None if d[k] is None else b64(d[k])
         for k in _HEX:
@@ -170,7 +184,7 @@ def receipt_from_json(data: str | bytes) -> Receipt:
         raise InvalidArgument(f"receipt: unknown field {extra[0]!r}")
     if d["format_version"] != FORMAT_VERSION:
         raise InvalidArgument(f"format_version: unsupported receipt format {d['format_version']!r}")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"admission": ""}
     for k, v in d.items():
         if k in _BYTES:
             values[k] = None if v is None else unb64(v, k)
@@ -178,7 +192,7 @@ def receipt_from_json(data: str | bytes) -> Receipt:
             values[k] = None if v is None else unhex(v, k)
         else:
             values[k] = v
-    for k in ("request_id", "model_name", "node_id", "status", "gateway_id", "detail", "dispute_id"):
+    for k in ("request_id", "model_name", "node_id", "status", "gateway_id", "detail", "dispute_id", "admission"):
         if not isinstance(values[k], str):
             raise InvalidArgument(f"{k}: expected a string")
     for k in ("model_version", "issued_ms"):

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, spec in enumerate(args.node):
             gateway, operator, *flags = spec.split(",")
             nc = NodeConfig(gateway=gateway, key_path=args.tmp / f"node{i}.key", operator=operator,
-                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=True, max_concurrency=2, grace_s=1)
+                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=args.repo, max_concurrency=2, grace_s=1)
             hw = Hardware([Device("cpu", "test cpu", "x86_64", 1)], [TARGET])
             factory = tampering if "tamper" in flags else honest
             nodes.append(Node(nc, runner_factory=factory, hardware=hw).start())

@@ -44,6 +44,7 @@ class Node:
         self.log_path = tmp / f"{self.name}.log"
         args = [sys.executable, str(POOL_NODE), "--gateway", gateway, "--key", str(tmp / f"node{i}.key"),
                 "--operator", operator, "--cache", str(tmp / f"cache{i}"), "--variant", variant, "--watch-stdin",
+                "--repo", str(tmp / "repo"),
                 "--max-concurrency", "2"]
         if delay is not None:
             args += ["--delay", str(delay)]
@@ -98,7 +99,7 @@ class Pool:
             "gateway", "--repository", str(self.repo), "--listen", self.address, "--db", str(self.tmp / "gw.db"),
             "--key", str(self.tmp / "gw.key"), "--heartbeat-interval", "0.3", "--node-timeout", str(NODE_TIMEOUT),
             "--quarantine-after-timeouts", "2", "--quarantine-after", "2", "--probation-jobs", "0",
-            "--sample-rate", "1",
+            "--sample-rate", "1", "--open-pool", "--audit-rate", "0",
             "--max-attempts", "4"], self.tmp)
         self.gateway.find(r"listening on", 60)
 

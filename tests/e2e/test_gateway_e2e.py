@@ -113,7 +113,7 @@ def pool(repo, tmp_path_factory):
     try:
         gw = Child("gateway", ["gateway", "--repository", str(repo), "--listen", "127.0.0.1:0",
                                "--db", str(tmp / "gateway.db"), "--key", str(tmp / "gateway.key"),
-                               "--heartbeat-interval", "0.5"], tmp)
+                               "--heartbeat-interval", "0.5", "--open-pool", "--audit-rate", "0"], tmp)
         children.append(gw)
         address = gw.find(r"listening on (\S+:\d+)", 60).group(1)
         gateway_key = bytes.fromhex(gw.find(r"public key ([0-9a-f]{64})", 10).group(1))
@@ -121,7 +121,7 @@ def pool(repo, tmp_path_factory):
         for i in range(2):
             n = Child(f"node{i}", ["node", "--gateway", address, "--key", str(tmp / f"node{i}.key"),
                                    "--operator", f"operator{i}", "--cache", str(tmp / f"cache{i}"),
-                                   "--allow-unsigned", "--device", "cpu", "--threads", "1",
+                                   "--allow-unsigned", str(repo), "--device", "cpu", "--threads", "1",
                                    "--max-concurrency", "4", "--grace", "1"], tmp)
             children.append(n)
             nodes.append(n)

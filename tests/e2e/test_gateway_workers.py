@@ -81,7 +81,8 @@ def pool(tmp_path_factory):
         gw = Child("gateway", ["gateway", "--repository", str(repo), "--listen", "127.0.0.1:0",
                                "--db", str(tmp / "gateway.db"), "--key", str(tmp / "gateway.key"),
                                "--heartbeat-interval", "0.5", "--sample-rate", "1", "--quarantine-after", "2",
-                               "--http-listen", "off", "--metrics-listen", "off", "--workers", "2"], tmp)
+                               "--http-listen", "off", "--metrics-listen", "off", "--workers", "2",
+                               "--open-pool", "--audit-rate", "0"], tmp)
         children.append(gw)
         address = gw.find(r"listening on (\S+:\d+)", 90).group(1)
         gw.find(r"2 worker processes", 10)

@@ -85,7 +85,7 @@ def pool(tmp_path_factory, ppocr_paths):
         gw = Child("gateway", ["gateway", "--repository", str(tmp / "repo"), "--listen", "127.0.0.1:0",
                                "--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
                                "--db", str(tmp / "gateway.db"), "--key", str(tmp / "gateway.key"),
-                               "--heartbeat-interval", "0.5", "--sample-rate", "1", "--probation-jobs", "0"], tmp)
+                               "--heartbeat-interval", "0.5", "--sample-rate", "1", "--probation-jobs", "0", "--open-pool", "--audit-rate", "0"], tmp)
         children.append(gw)
         grpc_address = gw.find(r"listening on (\S+:\d+)", 60).group(1)
         rest = gw.find(r"REST \(KServe v2 HTTP\) on http://(\S+)/v2", 10).group(1)
@@ -95,7 +95,7 @@ def pool(tmp_path_factory, ppocr_paths):
             extra = ["--metrics-listen", "127.0.0.1:0"] if i == 0 else []
             children.append(Child(f"node{i}", [
                 "node", "--gateway", grpc_address, "--key", str(tmp / f"node{i}.key"), "--operator", f"operator{i}",
-                "--cache", str(tmp / f"cache{i}"), "--allow-unsigned", "--device", "cpu", "--threads", "1",
+                "--cache", str(tmp / f"cache{i}"), "--allow-unsigned", str(tmp / "repo"), "--device", "cpu", "--threads", "1",
                 "--grace", "1", *extra], tmp))
         node0_metrics = children[1].find(r"metrics \(Prometheus\) on http://(\S+)/metrics", 60).group(1)
         client = tclient.InferenceServerClient(rest, network_timeout=60)

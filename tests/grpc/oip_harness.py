@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     cfg = GatewayConfig(repository=args.repo, listen="127.0.0.1:0", db=":memory:", key=args.tmp / "gateway.key",
-                        heartbeat_interval=0.2, max_message_bytes=args.max_message, max_workers=8)
+                        heartbeat_interval=0.2, max_message_bytes=args.max_message, max_workers=8,
+                        open_pool=True, audit_rate=0.0)  # statuses are asserted: no random audits
     tls: dict = {}
     if args.tls is not None:
         cfg.tls_cert, cfg.tls_key, cfg.tls_ca = args.tls / "gateway.pem", args.tls / "gateway.key", args.tls / "ca.pem"
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.nodes):
             nc = NodeConfig(gateway=gw.address, key_path=args.tmp / f"node{i}.key", operator=f"operator{i}",
-                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=True, max_concurrency=4, grace_s=1, **tls)
+                            cache_dir=args.tmp / f"cache{i}", allow_unsigned=args.repo, max_concurrency=4, grace_s=1,
+                            **tls)
             hw = Hardware([Device("cpu", "test cpu", "x86_64", 1)], [TARGET])
             factory = ort_factory(args.repo, tamper=i >= args.nodes - args.tamper)
             nodes.append(Node(nc, runner_factory=factory, hardware=hw).start())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hyperinfer.gateway.app import Gateway
@@ -21,6 +22,8 @@ from hyperinfer.gateway.oip_servicer import install
 from hyperinfer.proto.inference import grpc_service_pb2 as pb
 from hyperinfer.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
+from hyperinfer.verify.operators import fetch_fields, sign_call
+from hyperinfer.verify.signing import public_bytes
 from support import wait_for
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -34,11 +37,15 @@ def gateway(tmp_path):
     repo = tmp_path / "repo"
     write_package(repo, data=BIG)
     gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp_path / "gw.db", key=tmp_path / "gw.key",
-                               max_artifact_streams=4, artifact_idle_s=1.5))
+                               max_artifact_streams=4, artifact_idle_s=1.5, admin_keys=[public_bytes(ADMIN).hex()]))
     install(gw)
     gw.start()
     yield gw
     gw.stop(grace=0)
+
+
+# the pool API is closed: downloads are signed (here by an admin key; nodes sign with theirs)
+ADMIN = Ed25519PrivateKey.generate()
 
 
 def fetch_request() -> pool_pb2.FetchArtifactRequest:
@@ -46,12 +53,18 @@ def fetch_request() -> pool_pb2.FetchArtifactRequest:
                                          sha256=hashlib.sha256(BIG).hexdigest())
 
 
+def signed(gw) -> list[tuple[str, str]]:
+    r = fetch_request()
+    return sign_call(ADMIN, "FetchArtifact", gw.gateway_id,
+                     fetch_fields(r.model_name, r.model_version, r.target_id, r.sha256, r.offset))
+
+
 def test_idle_artifact_streams_do_not_starve_health_or_inference(gateway):
     channels = [grpc.insecure_channel(gateway.address) for _ in range(20)]
     try:
         streams = []
         for ch in channels:  # one connection each, as 20 attackers would; nobody reads
-            s = pool_pb2_grpc.PoolStub(ch).FetchArtifact(fetch_request(), timeout=60)
+            s = pool_pb2_grpc.PoolStub(ch).FetchArtifact(fetch_request(), timeout=60, metadata=signed(gateway))
             streams.append(s)
         wait_for(lambda: gateway.artifact_streams.active == 4, 10, "4 admitted streams")
         with grpc.insecure_channel(gateway.address) as ch:
@@ -74,7 +87,8 @@ def test_idle_artifact_streams_do_not_starve_health_or_inference(gateway):
         wait_for(lambda: gateway.artifact_streams.active == 0, 15, "idle streams cancelled")
         assert gateway.artifact_streams.cancelled >= 4
         with grpc.insecure_channel(gateway.address, options=[("grpc.max_receive_message_length", 4 << 20)]) as ch:
-            data = b"".join(c.data for c in pool_pb2_grpc.PoolStub(ch).FetchArtifact(fetch_request(), timeout=30))
+            data = b"".join(c.data for c in pool_pb2_grpc.PoolStub(ch).FetchArtifact(
+                fetch_request(), timeout=30, metadata=signed(gateway)))
         assert hashlib.sha256(data).digest() == hashlib.sha256(BIG).digest()
     finally:
         for ch in channels:
@@ -86,12 +100,14 @@ def test_concurrent_rpcs_are_capped(tmp_path):
     repo = tmp_path / "repo"
     write_package(repo, data=BIG)
     gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=":memory:", key=tmp_path / "gw.key",
-                               max_concurrent_rpcs=2, max_artifact_streams=4, artifact_idle_s=30))
+                               max_concurrent_rpcs=2, max_artifact_streams=4, artifact_idle_s=30,
+                               admin_keys=[public_bytes(ADMIN).hex()]))
     install(gw)
     gw.start()
     chans = [grpc.insecure_channel(gw.address) for _ in range(3)]
     try:
-        held = [pool_pb2_grpc.PoolStub(c).FetchArtifact(fetch_request(), timeout=30) for c in chans[:2]]
+        held = [pool_pb2_grpc.PoolStub(c).FetchArtifact(fetch_request(), timeout=30, metadata=signed(gw))
+                for c in chans[:2]]
         wait_for(lambda: gw.artifact_streams.active == 2, 10, "two streams held")
         with pytest.raises(grpc.RpcError) as ei:
             pb_grpc.GRPCInferenceServiceStub(chans[2]).ServerLive(pb.ServerLiveRequest(), timeout=5)

@@ -60,7 +60,7 @@ def repo(tmp_path):
 def gateway(tmp_path, repo):
     gw = Gateway(GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp_path / "gw.db",
                                key=tmp_path / "gw.key", heartbeat_interval=5.0,
-                               max_message_bytes=MIN_MESSAGE_BYTES, max_workers=4))
+                               max_message_bytes=MIN_MESSAGE_BYTES, max_workers=4, open_pool=True))
     gw.start()
     yield gw
     gw.stop(grace=0)
@@ -258,10 +258,21 @@ def test_status_with_ledger(gateway, stub):
 
 # ------------------------------------------------------------- artifacts
 
-def fetch(stub, offset=0, **kw):
+_FETCHERS: dict[int, tuple[SimNode, str]] = {}
+
+
+def fetch(stub, offset=0, signed=True, **kw):
+    """FetchArtifact as a joined node (the pool API is closed to strangers)."""
+    from hyperinfer.verify.operators import fetch_fields, sign_call
+
+    if id(stub) not in _FETCHERS:
+        node = SimNode(stub, operator="fetcher", address="127.0.0.1:9199")
+        _FETCHERS[id(stub)] = (node, node.join().gateway_id)
+    node, gateway_id = _FETCHERS[id(stub)]
     req = dict(model_name="m", model_version=1, target_id=TARGET, sha256=ARTIFACT_SHA, offset=offset)
     req.update(kw)
-    return list(stub.FetchArtifact(pool_pb2.FetchArtifactRequest(**req), timeout=TIMEOUT))
+    md = sign_call(node.key, "FetchArtifact", gateway_id, fetch_fields(**req)) if signed else None
+    return list(stub.FetchArtifact(pool_pb2.FetchArtifactRequest(**req), timeout=TIMEOUT, metadata=md))
 
 
 def test_fetch_artifact(stub):

@@ -107,7 +107,8 @@ def _status(address: str, env) -> dict:
 def test_gateway_process(tmp_path, env):
     repo = tmp_path / "repo"
     _package(repo)
-    g = Proc(["gateway", "--repository", str(repo), "--listen", "127.0.0.1:0", "--heartbeat-interval", "2"], env)
+    g = Proc(["gateway", "--repository", str(repo), "--listen", "127.0.0.1:0", "--heartbeat-interval", "2",
+              "--open-pool"], env)
     try:
         gw_id, address = g.expect(r"gateway (\w+) listening on (\S+)").groups()
         g.expect(r"offering m/1 targets=cpu-x86_64 \(UNSIGNED\)")
@@ -128,7 +129,7 @@ def test_gateway_process(tmp_path, env):
     g.expect("gateway stopped")
 
     # restart: same identity, node still registered (stale until it heartbeats)
-    g = Proc(["gateway", "--repository", str(repo), "--listen", "127.0.0.1:0"], env)
+    g = Proc(["gateway", "--repository", str(repo), "--listen", "127.0.0.1:0", "--open-pool"], env)
     try:
         gw_id2, address = g.expect(r"gateway (\w+) listening on (\S+)").groups()
         assert gw_id2 == gw_id

@@ -39,7 +39,8 @@ def gateway(tmp_path):
     compile_model(path, name="mlp", out_dir=tmp_path / "repo", targets=["cpu-x86_64"], input_shapes=shapes,
                   version=1, progress=False, sign_key=key_path)
     gw = gateway_app.Gateway(GatewayConfig(repository=tmp_path / "repo", listen="127.0.0.1:0",
-                                           db=tmp_path / "gw.db", key=tmp_path / "gw.key", heartbeat_interval=0.3))
+                                           db=tmp_path / "gw.db", key=tmp_path / "gw.key", heartbeat_interval=0.3,
+                                           open_pool=True))
     gw.start()
     yield gw, describe(load_or_create_key(key_path)[0])["public_key"]
     gw.stop(0)

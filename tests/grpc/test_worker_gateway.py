@@ -39,7 +39,8 @@ def repo(tmp_path_factory):
 
 def start_gateway(tmp_path, repo_dir, port=0):
     gw = gateway_app.Gateway(GatewayConfig(repository=repo_dir, listen=f"127.0.0.1:{port}", db=tmp_path / "gw.db",
-                                           key=tmp_path / "gw.key", heartbeat_interval=0.2, grace_seconds=1))
+                                           key=tmp_path / "gw.key", heartbeat_interval=0.2, grace_seconds=1,
+                                           open_pool=True))
     gw.start()
     return gw
 

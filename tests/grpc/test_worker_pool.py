@@ -31,6 +31,7 @@ from hyperinfer.transport.server import bind, make_server
 from hyperinfer.transport.tensors import many_from_proto, many_to_proto
 from hyperinfer.verify import payloads
 from hyperinfer.verify.attestation import verify_attestation
+from hyperinfer.verify.operators import infer_fields, sign_call
 from hyperinfer.verify.publisher import sign_manifest
 from hyperinfer.verify.signing import fingerprint, key_id, public_bytes, verify_signature
 
@@ -50,8 +51,8 @@ def manifest_bytes() -> bytes:
 
 
 class FakePool(pool_pb2_grpc.PoolServicer):
-    def __init__(self, offers):
-        self.gw_key = Ed25519PrivateKey.generate()
+    def __init__(self, offers, key=None):
+        self.gw_key = key or Ed25519PrivateKey.generate()
         self.gw_id = key_id(self.gw_key)
         self.offers = offers
         self.nonces: dict[bytes, bytes] = {}
@@ -179,11 +180,12 @@ def test_join_load_heartbeat_infer_leave(tmp_path, pool, publisher, onnx_path):
         assert hb.capacity == 4 and fake.fetches == [0]
         assert len(loaded_events) == 1
 
-        # the gateway calls Worker.Infer on the advertised address
+        # the gateway calls Worker.Infer on the advertised address, signing the call
         with grpc.insecure_channel(info["address"]) as ch:
             x = {"a": np.ones((2, 16), np.float32), "b": np.full((2, 16), 2, np.float32)}
+            md = sign_call(fake.gw_key, "Infer", node.node_id, infer_fields("r1", "two", 1))
             resp = pool_pb2_grpc.WorkerStub(ch).Infer(pool_pb2.InferRequest(
-                request_id="r1", model_name="two", model_version=1, inputs=many_to_proto(x)), timeout=10)
+                request_id="r1", model_name="two", model_version=1, inputs=many_to_proto(x)), timeout=10, metadata=md)
             att = verify_attestation(info["key"], resp.attestation, resp.signature)
             assert att.node_id == node.node_id and att.target_id == TARGET
             assert many_from_proto(resp.outputs)["total"].shape == (2,)
@@ -216,7 +218,7 @@ def test_survives_gateway_restart(tmp_path, publisher, onnx_path):
         server.stop(0).wait()
         time.sleep(1.0)  # heartbeats fail with UNAVAILABLE meanwhile; the node keeps trying
         assert node.pool._thread.is_alive()
-        fresh = FakePool([])  # a restarted gateway that forgot every node
+        fresh = FakePool([], key=fake.gw_key)  # a restarted gateway (same key file) that forgot every node
         server, _ = start_pool(fresh, f"127.0.0.1:{port}")
         wait_for(lambda: fresh.joins == [node.node_id] and fresh.heartbeats, timeout=20, what="re-join after restart")
     finally:
@@ -245,3 +247,56 @@ def test_untrusted_package_is_not_loaded(tmp_path, pool, onnx_path):
         assert all(not h.loaded for h in fake.heartbeats) and fake.fetches == []
     finally:
         node.stop()
+
+
+def test_node_serves_only_its_gateway(tmp_path, pool, publisher, onnx_path):
+    """Attack: anyone could call a node's Worker.Infer and get signed attestations for ids it
+    chose (and fill its slots), and Info told strangers what the node runs."""
+    fake, _, port = pool
+    node = make_node(tmp_path, port, publisher, onnx_path).start()
+    try:
+        wait_for(lambda: any(h.loaded for h in fake.heartbeats), what="model loaded")
+        x = {"a": np.ones((2, 16), np.float32), "b": np.full((2, 16), 2, np.float32)}
+        req = pool_pb2.InferRequest(request_id="mine", model_name="two", model_version=1, inputs=many_to_proto(x))
+        stranger = Ed25519PrivateKey.generate()
+        with grpc.insecure_channel(node.address) as ch:
+            stub = pool_pb2_grpc.WorkerStub(ch)
+            for call, md, code in (
+                (stub.Infer, None, grpc.StatusCode.UNAUTHENTICATED),
+                (stub.Infer, sign_call(stranger, "Infer", node.node_id, infer_fields("mine", "two", 1)),
+                 grpc.StatusCode.PERMISSION_DENIED),
+                # the gateway's signature over another request id does not cover this one
+                (stub.Infer, sign_call(fake.gw_key, "Infer", node.node_id, infer_fields("other", "two", 1)),
+                 grpc.StatusCode.UNAUTHENTICATED),
+                (stub.Info, None, grpc.StatusCode.UNAUTHENTICATED),
+            ):
+                with pytest.raises(grpc.RpcError) as e:
+                    call(req if call is stub.Infer else pool_pb2.InfoRequest(), timeout=10, metadata=md)
+                assert e.value.code() == code, e.value.details()
+                assert node.node_id not in e.value.details() and "two" not in e.value.details()
+            md = sign_call(fake.gw_key, "Infer", node.node_id, infer_fields("mine", "two", 1))
+            assert stub.Infer(req, timeout=10, metadata=md).attestation
+            with pytest.raises(grpc.RpcError) as e:  # a captured signed call cannot be replayed
+                stub.Infer(req, timeout=10, metadata=md)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "replayed" in e.value.details()
+            info = stub.Info(pool_pb2.InfoRequest(), timeout=10, metadata=sign_call(fake.gw_key, "Info", node.node_id))
+            assert info.node_id == node.node_id
+    finally:
+        node.stop()
+
+
+def test_node_refuses_a_gateway_with_another_key(tmp_path, publisher, onnx_path):
+    """A stranger that takes over the gateway's address does not get the node (key pinned)."""
+    fake = FakePool([])
+    server, port = start_pool(fake)
+    node = make_node(tmp_path, port, publisher, onnx_path).start()
+    try:
+        wait_for(lambda: fake.heartbeats, what="first heartbeat")
+        server.stop(0).wait()
+        impostor = FakePool([])
+        server, _ = start_pool(impostor, f"127.0.0.1:{port}")
+        time.sleep(1.5)
+        assert impostor.joins == [] and node.gatekeeper.pinned == public_bytes(fake.gw_key)
+    finally:
+        node.stop()
+        server.stop(0)

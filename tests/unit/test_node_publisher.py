@@ -66,7 +66,7 @@ def test_one_flipped_signature_byte_is_refused(key):
         verify_manifest_signature(json.dumps(d).encode(), MANIFEST, [public_bytes(key)])
 
 
-def test_trust_policy(key, caplog):
+def test_trust_policy(key, caplog, tmp_path):
     sig = sign_manifest(key, MANIFEST)
     strict = TrustPolicy([public_bytes(key)])
     assert strict.check(MANIFEST, sig) == key_id(key)
@@ -75,12 +75,15 @@ def test_trust_policy(key, caplog):
     with pytest.raises(PermissionDenied, match="not trusted"):
         TrustPolicy([]).check(MANIFEST, sig)
 
-    lax = TrustPolicy([], allow_unsigned=True)
+    local = tmp_path / "repo"
+    (local / "mlp" / "1").mkdir(parents=True)
+    (local / "mlp" / "1" / "manifest.json").write_bytes(MANIFEST)
+    lax = TrustPolicy([], allow_unsigned=local)
     assert lax.check(MANIFEST, b"") is None
-    assert "allow-unsigned" in caplog.text
+    assert "local repository" in caplog.text
     assert lax.check(MANIFEST, sig) is None  # untrusted signer vouches for nothing: same as unsigned
     # a trusted key whose signature does not verify means tampering: refused even when lax
-    lax_trusting = TrustPolicy([public_bytes(key)], allow_unsigned=True)
+    lax_trusting = TrustPolicy([public_bytes(key)], allow_unsigned=local)
     with pytest.raises(PermissionDenied, match="altered"):
         lax_trusting.check(MANIFEST + b" ", sig)
     with pytest.raises(PermissionDenied, match="malformed"):
@@ -99,3 +102,38 @@ def test_verify_package_imports_no_grpc_or_tvm():
     code = ("import sys, hyperinfer.verify.publisher, hyperinfer.verify.attestation; "
             "bad = [m for m in ('grpc', 'tvm') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_allow_unsigned_loads_only_what_the_local_repository_holds(tmp_path):
+    """Attack: a malicious gateway offers its own unsigned package (native code) to a node that
+    runs --allow-unsigned. It used to be loaded; now only a package the node's local repository
+    holds byte for byte is."""
+    local = tmp_path / "repo"
+    (local / "mlp" / "1").mkdir(parents=True)
+    (local / "mlp" / "1" / "manifest.json").write_bytes(MANIFEST)
+    policy = TrustPolicy([], allow_unsigned=local)
+    stranger = MANIFEST.replace(b'"artifacts": {}', b'"artifacts": {"x": 1}')
+    with pytest.raises(PermissionDenied, match="differs from"):
+        policy.check(stranger, b"")
+    with pytest.raises(PermissionDenied, match="not in the local repository"):
+        policy.check(MANIFEST.replace(b'"mlp"', b'"evil"'), b"")
+    with pytest.raises(PermissionDenied, match="--allow-unsigned DIR"):
+        TrustPolicy([], allow_unsigned=True).check(MANIFEST, b"")  # the old switch names no directory
+
+
+def test_rollback_to_an_older_build_is_refused(tmp_path):
+    from hyperinfer.node.models import VersionLog
+    from hyperinfer.package import Manifest
+
+    def manifest(created):
+        return Manifest(name="mlp", version=1, source_sha256="0" * 64, model_sha256="1" * 64, inputs=[],
+                        outputs=[], tvm_version="t", created=created)
+
+    log = VersionLog(tmp_path / "loaded-versions.json")
+    log.check(manifest("2026-01-02T00:00:00+00:00"), "mlp/1")
+    log.record(manifest("2026-01-02T00:00:00+00:00"))
+    log.check(manifest("2026-01-03T00:00:00+00:00"), "mlp/1")  # newer: fine
+    again = VersionLog(tmp_path / "loaded-versions.json")  # persisted across restarts
+    for old in ("2026-01-01T00:00:00+00:00", ""):
+        with pytest.raises(PermissionDenied, match="rollback"):
+            again.check(manifest(old), "mlp/1")

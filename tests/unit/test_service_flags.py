@@ -18,6 +18,7 @@ from support import assert_one_line_error, run_cli
     (["--stake", "nan"], "--stake"),
     (["--node-timeout", "0"], "--node-timeout"),
     (["--max-attempts", "0"], "--max-attempts"),
+    (["--audit-rate", "2"], "--audit-rate"),
     (["--http-listen", "8000"], "--http-listen '8000'"),
     (["--metrics-listen", "localhost:99999"], "--metrics-listen"),
 ])
@@ -31,13 +32,13 @@ def test_gateway_rejects_bad_verification_flags(tmp_path, flags, needle):
 
 def test_node_rejects_a_target_it_cannot_run(tmp_path):
     proc = run_cli("node", "--gateway", "127.0.0.1:9", "--key", str(tmp_path / "node.key"),
-                   "--allow-unsigned", "--target", "cuda-sm90", "--device", "cpu", timeout=60)
+                   "--allow-unsigned", str(tmp_path), "--target", "cuda-sm90", "--device", "cpu", timeout=60)
     assert_one_line_error(proc, "--target cuda-sm90", "not runnable")
 
 
 def test_node_rejects_a_bad_metrics_address(tmp_path):
     proc = run_cli("node", "--gateway", "127.0.0.1:9", "--key", str(tmp_path / "node.key"),
-                   "--allow-unsigned", "--device", "cpu", "--metrics-listen", "nowhere", timeout=60)
+                   "--allow-unsigned", str(tmp_path), "--device", "cpu", "--metrics-listen", "nowhere", timeout=60)
     assert_one_line_error(proc, "--metrics-listen 'nowhere'")
 
 

@@ -127,7 +127,8 @@ def test_gateway_lookups_use_pool_status(tmp_path, capsys, monkeypatch):
     status = {"gateway_public_key": public_bytes(gw).hex(),
               "models": [{"name": "toy", "version": 1, "sample_rate": 0.3},
                          {"name": "big", "version": 2, "sample_rate": 0.1}]}
-    monkeypatch.setattr(pool_status, "fetch_status", lambda address, timeout=10.0, tls=None: status)
+    monkeypatch.setattr(pool_status, "fetch_status", lambda address, timeout=10.0, tls=None, key=None: status)
+    monkeypatch.setattr(pool_status, "fetch_gateway_key", lambda address, timeout=10.0, tls=None: public_bytes(gw))
     assert main(["audit", "verify", str(path), "--gateway", "127.0.0.1:1"]) == 0
     other = Ed25519PrivateKey.generate()
     assert main(["audit", "verify", str(path), "--gateway", "127.0.0.1:1",

@@ -51,7 +51,7 @@ class Device(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., arch: _Optional[str] = ..., count: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("public_key", "nonce", "signature", "operator", "listen_address", "targets", "devices", "max_concurrency", "software_version")
+    __slots__ = ("public_key", "nonce", "signature", "operator", "listen_address", "targets", "devices", "max_concurrency", "software_version", "operator_cert")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class JoinRequest(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_CERT_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     nonce: bytes
     signature: bytes
@@ -70,7 +71,8 @@ class JoinRequest(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     max_concurrency: int
     software_version: str
-    def __init__(self, public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., operator: _Optional[str] = ..., listen_address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+    operator_cert: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., operator: _Optional[str] = ..., listen_address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., software_version: _Optional[str] = ..., operator_cert: _Optional[bytes] = ...) -> None: ...
 
 class ModelOffer(_message.Message):
     __slots__ = ("name", "version", "manifest", "manifest_signature")
@@ -85,16 +87,18 @@ class ModelOffer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node_id", "heartbeat_interval_ms", "models", "gateway_id")
+    __slots__ = ("node_id", "heartbeat_interval_ms", "models", "gateway_id", "pool_gateway_keys")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_GATEWAY_KEYS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     heartbeat_interval_ms: int
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
     gateway_id: str
-    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., gateway_id: _Optional[str] = ...) -> None: ...
+    pool_gateway_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., gateway_id: _Optional[str] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
     __slots__ = ("name", "version", "target_id", "artifact_sha256")
@@ -125,12 +129,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., outstanding: _Optional[int] = ..., capacity: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("heartbeat_interval_ms", "models")
+    __slots__ = ("heartbeat_interval_ms", "models", "pool_gateway_keys")
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    POOL_GATEWAY_KEYS_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_ms: int
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
-    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ...) -> None: ...
+    pool_gateway_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("node_id", "timestamp_ms", "signature")
@@ -175,7 +181,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "operator", "address", "targets", "devices", "state", "outstanding", "capacity", "last_heartbeat_unix_ms", "loaded", "jobs", "checks", "faults", "credits", "stake", "slashed", "reputation", "probation")
+    __slots__ = ("node_id", "operator", "address", "targets", "devices", "state", "outstanding", "capacity", "last_heartbeat_unix_ms", "loaded", "jobs", "checks", "faults", "credits", "stake", "slashed", "reputation", "probation", "operator_id", "admission")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +200,8 @@ class NodeStatus(_message.Message):
     SLASHED_FIELD_NUMBER: _ClassVar[int]
     REPUTATION_FIELD_NUMBER: _ClassVar[int]
     PROBATION_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     operator: str
     address: str
@@ -212,33 +220,39 @@ class NodeStatus(_message.Message):
     slashed: float
     reputation: float
     probation: bool
-    def __init__(self, node_id: _Optional[str] = ..., operator: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., state: _Optional[str] = ..., outstanding: _Optional[int] = ..., capacity: _Optional[int] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., jobs: _Optional[int] = ..., checks: _Optional[int] = ..., faults: _Optional[int] = ..., credits: _Optional[float] = ..., stake: _Optional[float] = ..., slashed: _Optional[float] = ..., reputation: _Optional[float] = ..., probation: _Optional[bool] = ...) -> None: ...
+    operator_id: str
+    admission: str
+    def __init__(self, node_id: _Optional[str] = ..., operator: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., state: _Optional[str] = ..., outstanding: _Optional[int] = ..., capacity: _Optional[int] = ..., last_heartbeat_unix_ms: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., jobs: _Optional[int] = ..., checks: _Optional[int] = ..., faults: _Optional[int] = ..., credits: _Optional[float] = ..., stake: _Optional[float] = ..., slashed: _Optional[float] = ..., reputation: _Optional[float] = ..., probation: _Optional[bool] = ..., operator_id: _Optional[str] = ..., admission: _Optional[str] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("name", "version", "targets", "sample_rate", "ready_nodes")
+    __slots__ = ("name", "version", "targets", "sample_rate", "ready_nodes", "audit_rate")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     READY_NODES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     targets: _containers.RepeatedScalarFieldContainer[str]
     sample_rate: float
     ready_nodes: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., targets: _Optional[_Iterable[str]] = ..., sample_rate: _Optional[float] = ..., ready_nodes: _Optional[int] = ...) -> None: ...
+    audit_rate: float
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., targets: _Optional[_Iterable[str]] = ..., sample_rate: _Optional[float] = ..., ready_nodes: _Optional[int] = ..., audit_rate: _Optional[float] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("gateway_id", "gateway_public_key", "nodes", "models")
+    __slots__ = ("gateway_id", "gateway_public_key", "nodes", "models", "open_pool")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_POOL_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     gateway_public_key: bytes
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelStatus]
-    def __init__(self, gateway_id: _Optional[str] = ..., gateway_public_key: _Optional[bytes] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
+    open_pool: bool
+    def __init__(self, gateway_id: _Optional[str] = ..., gateway_public_key: _Optional[bytes] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., open_pool: _Optional[bool] = ...) -> None: ...
 
 class InferRequest(_message.Message):
     __slots__ = ("request_id", "model_name", "model_version", "inputs")

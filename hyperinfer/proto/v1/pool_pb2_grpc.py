@@ -102,14 +102,17 @@ class PoolServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchArtifact(self, request, context):
-        """Stream one artifact in chunks, from `offset` (resume).
+        """Stream one artifact in chunks, from `offset` (resume). Signed by a joined node
+        (x-hyperinfer-key/-ts/-sig metadata, see hyperinfer.verify.operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """Nodes, models and ledger, for `hyperinfer pool status`.
+        """Nodes, models and ledger, for `hyperinfer pool status`. Signed by an admin key
+        (gateway --admin-key) or a joined node; open without credentials only in an
+        --open-pool gateway that has no admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -327,6 +330,8 @@ class Pool:
 class WorkerStub:
     """---------------------------------------------------------------- worker
 
+    Every call is signed by one of the node's pool gateways (x-hyperinfer-* metadata);
+    others get UNAUTHENTICATED / PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -350,6 +355,8 @@ class WorkerStub:
 class WorkerServicer:
     """---------------------------------------------------------------- worker
 
+    Every call is signed by one of the node's pool gateways (x-hyperinfer-* metadata);
+    others get UNAUTHENTICATED / PERMISSION_DENIED.
     """
 
     def Infer(self, request, context):
@@ -390,6 +397,8 @@ def add_WorkerServicer_to_server(servicer, server):
 class Worker:
     """---------------------------------------------------------------- worker
 
+    Every call is signed by one of the node's pool gateways (x-hyperinfer-* metadata);
+    others get UNAUTHENTICATED / PERMISSION_DENIED.
     """
 
     @staticmethod

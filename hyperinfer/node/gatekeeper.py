@@ -1,0 +1,80 @@
+"""A node works only for its gateway: which keys may call ``Worker.Infer``/``Info``.
+
+The node pins the key of the gateway it joins (from the Challenge, checked against
+the gateway id; or given up front with ``--gateway-key``). A re-join that presents
+another key is refused, so a stranger who takes over the gateway's address gets
+nothing. The pinned gateway vouches for the other gateways of its pool (several
+share a PostgreSQL store): their keys come in the Join and Heartbeat answers and
+are accepted too, while the pinned gateway keeps announcing them.
+
+Every Worker call must carry a signature by one of these keys over
+:func:`hyperinfer.verify.operators.call_payload` (method, this node's id, the
+request id and model), fresh and used once. Strangers get UNAUTHENTICATED (no
+or bad signature) or PERMISSION_DENIED (a key that is not the pool's), before
+any model runs and before ``Info`` says anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable, Mapping
+
+from hyperinfer.errors import PermissionDenied, Unauthenticated
+from hyperinfer.verify.operators import ReplayGuard, caller_from_metadata, check_call, infer_fields  # noqa: F401
+from hyperinfer.verify.signing import fingerprint
+
+log = logging.getLogger("hyperinfer.node")
+
+
+class Gatekeeper:
+    def __init__(self, node_id: str, pinned: bytes | None = None):
+        self.node_id = node_id
+        self._pinned: bytes | None = bytes(pinned) if pinned else None
+        self._pool: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._replay = ReplayGuard()
+
+    @property
+    def pinned(self) -> bytes | None:
+        return self._pinned
+
+    def pin(self, gateway_key: bytes, gateway_id: str = "") -> None:
+        """The key of the gateway being joined; refuse a different one than pinned before."""
+        key = bytes(gateway_key)
+        if len(key) != 32:
+            raise Unauthenticated("the gateway sent no valid public key; refusing to join it")
+        if gateway_id and fingerprint(key) != gateway_id:
+            raise Unauthenticated("gateway id does not match the gateway's public key")
+        with self._lock:
+            if self._pinned is not None and self._pinned != key:
+                raise Unauthenticated(
+                    f"the gateway now presents key {fingerprint(key)[:12]}, not the pinned "
+                    f"{fingerprint(self._pinned)[:12]}; refusing to join it (restart the node with --gateway-key to "
+                    "trust another gateway)")
+            self._pinned = key
+
+    def announce(self, keys: Iterable[bytes]) -> None:
+        """The pinned gateway's list of its pool's gateways (replaces the previous list)."""
+        pool = {bytes(k) for k in keys if len(bytes(k)) == 32}
+        with self._lock:
+            if pool != self._pool:
+                log.info("pool gateways: %s", ", ".join(sorted(fingerprint(k)[:12] for k in pool)) or "none")
+            self._pool = pool
+
+    def allowed(self) -> set[bytes]:
+        with self._lock:
+            return ({self._pinned} if self._pinned else set()) | self._pool
+
+    def check(self, metadata: Any, method: str, fields: Mapping[str, Any] | None = None) -> None:
+        """Raise unless one of the pool's gateways signed this call."""
+        caller = caller_from_metadata(metadata)
+        if caller is None:
+            raise Unauthenticated(f"{method}: this node serves only its pool's gateways (unsigned call)")
+        allowed = self.allowed()
+        if not allowed:
+            raise Unauthenticated(f"{method}: this node has not joined a gateway yet")
+        if caller.public_key not in allowed:
+            raise PermissionDenied(f"{method}: key {caller.key_id[:12]} is not a gateway of this node's pool")
+        check_call(caller, method, self.node_id, fields)
+        self._replay.check(caller)
