@@ -285,7 +285,8 @@ def start_workers(config: GatewayConfig) -> tuple[GatewayConfig, list[Any], Any]
     marks, channels to nodes, the ledger summary cache. Per process, as between gateways:
     probation state (seeded from the ledger when a process first sees a node, so a node on
     probation may hold one job per process) and ModelStatistics (each process counts what it
-    served; REST and metrics are served by worker 0 only)."""
+    served; REST and metrics are served by worker 0 only), and the replay guard of signed
+    calls (gateway.access): a captured signed call may be accepted once by each process."""
     import multiprocessing
     import socket
     from dataclasses import replace
