@@ -125,7 +125,10 @@ class Gateway:
 
     def authorize_admin(self, metadata: Any, method: str = "admin") -> None:
         """Hook for admin-only RPCs (e.g. model control): raises PermissionDenied/Unauthenticated
-        unless the call is signed by a ``--admin-key`` (a no-op while the gateway has none)."""
+        unless the call is signed by a ``--admin-key`` (a no-op while the gateway has none, or
+        with ``--open-model-control``)."""
+        if self.config.open_model_control:
+            return
         self.access.authorize_admin(metadata, method)
 
     def pool_gateway_keys(self) -> list[bytes]:

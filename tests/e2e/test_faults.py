@@ -99,7 +99,7 @@ class Pool:
             "gateway", "--repository", str(self.repo), "--listen", self.address, "--db", str(self.tmp / "gw.db"),
             "--key", str(self.tmp / "gw.key"), "--heartbeat-interval", "0.3", "--node-timeout", str(NODE_TIMEOUT),
             "--quarantine-after-timeouts", "2", "--quarantine-after", "2", "--probation-jobs", "0",
-            "--sample-rate", "1", "--open-pool", "--audit-rate", "0",
+            "--sample-rate", "1", "--open-pool", "--audit-rate", "0", "--http-listen", "off", "--metrics-listen", "off",
             "--max-attempts", "4"], self.tmp)
         self.gateway.find(r"listening on", 60)
 
