@@ -35,3 +35,33 @@ def test_only_worker_processes_share_the_port(tmp_path):
     finally:
         a.stop(None)
         b.stop(None)
+
+
+def test_a_signed_call_is_single_use_across_worker_processes(tmp_path):
+    """Two worker processes' gateways on one store (in one process here): an admin's signed
+    Status call accepted by one is refused as a replay by the other; a call signed with a
+    throwaway key is refused without a database write."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from hyperinfer.errors import PermissionDenied, Unauthenticated
+    from hyperinfer.gateway.app import Gateway
+    from hyperinfer.verify.operators import sign_call
+    from hyperinfer.verify.signing import public_bytes
+
+    admin = Ed25519PrivateKey.generate()
+    config = dict(repository=tmp_path, listen="127.0.0.1:0", db=tmp_path / "g.db", key=tmp_path / "g.key",
+                  admin_keys=[public_bytes(admin).hex()], workers=2)
+    a, b = Gateway(GatewayConfig(**config)), Gateway(GatewayConfig(**config, worker_index=1))
+    try:
+        call = sign_call(admin, "Status", "")
+        a.access.check_status(call)
+        with pytest.raises(Unauthenticated, match="replayed"):
+            b.access.check_status(call)
+        b.access.check_status(sign_call(admin, "Status", ""))  # a new signature is fine
+        rows = a.store.count_challenges()
+        with pytest.raises(PermissionDenied):
+            a.access.check_status(sign_call(Ed25519PrivateKey.generate(), "Status", ""))
+        assert a.store.count_challenges() == rows
+    finally:
+        a.stop(grace=0)
+        b.stop(grace=0)
