@@ -28,12 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "grpc"), str(ROOT / "tests")]
 
 
-def one_run(tmp: Path, setup: str, requests: int, sample_rate: float, audit_rate: float, k: int) -> dict:
+def one_run(tmp: Path, setup: str, requests: int, sample_rate: float, audit_rate: float, k: int,
+            probation_jobs: int = 0) -> dict:
     from closed_pool import MODEL, start_pool
     from support import wait_for
     from test_collusion import final_statuses, run_traffic
 
-    pool = start_pool(tmp, sample_rate=sample_rate, audit_rate=audit_rate, quarantine_after=k)
+    pool = start_pool(tmp, sample_rate=sample_rate, audit_rate=audit_rate, quarantine_after=k,
+                      probation_jobs=probation_jobs)
     try:
         cheaters = []
         if setup == "pair, one operator":
@@ -63,18 +65,21 @@ def main() -> int:
     p.add_argument("--sample-rate", type=float, default=0.1)
     p.add_argument("--audit-rate", type=float, default=0.2)
     p.add_argument("--quarantine-after", type=int, default=3)
+    p.add_argument("--probation-jobs", type=int, default=0,
+                   help="gateway --probation-jobs (0, the default here, isolates checks and audits)")
     a = p.parse_args()
     logging.basicConfig(level=logging.ERROR)
     from hyperinfer.verify.economics import detection_rate
 
     print(f"sample rate p={a.sample_rate:g}, audit rate a={a.audit_rate:g}, quarantine after K={a.quarantine_after}, "
-          f"{a.requests} requests per run, mode auto")
+          f"probation {a.probation_jobs or 'off'}, {a.requests} requests per run, mode auto")
     print(f"{'set-up':22} {'run':>3} {'answered':>8} {'wrong':>5} {'errors':>6} {'cheaters q.':>11}  final receipts")
     for setup in ("pair, one operator", "pair, two operators", "colluders only"):
         wrongs = []
         for run in range(1, a.runs + 1):
             with tempfile.TemporaryDirectory() as tmp:
-                r = one_run(Path(tmp), setup, a.requests, a.sample_rate, a.audit_rate, a.quarantine_after)
+                r = one_run(Path(tmp), setup, a.requests, a.sample_rate, a.audit_rate, a.quarantine_after,
+                            a.probation_jobs)
             wrongs.append(r["wrong"])
             final = ", ".join(f"{k} {v}" for k, v in sorted(r["final"].items()))
             print(f"{setup:22} {run:>3} {r['answered']:>8} {r['wrong']:>5} {r['errors']:>6} {r['quarantined']:>9}/2  {final}")

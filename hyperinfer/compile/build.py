@@ -96,7 +96,7 @@ def robust_gpu_schedule(report: GpuScheduleReport):
     return apply
 
 
-def _pipeline(target: TargetInfo, tvm_target, schedule_passes, pre_passes=()):
+def _pipeline(target: TargetInfo, tvm_target, schedule_passes, pre_passes=(), post_fusion=(), post_schedule=()):
     import tvm
 
     backend, pipeline = _backend(target.kind)
@@ -108,7 +108,9 @@ def _pipeline(target: TargetInfo, tvm_target, schedule_passes, pre_passes=()):
                 pipeline.library_dispatch_passes(tvm_target)
                 + list(pre_passes)
                 + passes.fusion_passes()
+                + list(post_fusion)
                 + schedule_passes
+                + list(post_schedule)
                 + pipeline.dataflow_lower_passes(tvm_target)
                 + pipeline.finalize_passes(tvm_target)
             )
@@ -153,6 +155,8 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
     notes: list[str] = []
     tuned = False
     pre_passes: list = []
+    post_fusion: list = []
+    post_schedule: list = []
     if target.kind in ("cuda", "rocm", "vulkan"):
         report = GpuScheduleReport()
         schedule = [robust_gpu_schedule(report)]
@@ -161,6 +165,8 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
 
         report = None
         pre_passes = passes.cpu_pre_fusion_passes()
+        post_fusion = passes.cpu_post_fusion_passes()
+        post_schedule = passes.cpu_post_schedule_passes()
         schedule = [cpu_sched.schedule_pass(target)]
         if tuning_db is not None:
             from hyperinfer.compile import tune
@@ -170,8 +176,22 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
                 schedule = [tuned_pass, *schedule]
                 tuned = True
     try:
-        with tvm.transform.PassContext(opt_level=3):
-            ex = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(target, tvm_target, schedule, pre_passes))
+        try:
+            with tvm.transform.PassContext(opt_level=3):
+                ex = tvm.compile(mod, target=tvm_target,
+                                 relax_pipeline=_pipeline(target, tvm_target, schedule, pre_passes, post_fusion,
+                                                          post_schedule))
+        except Exception as e:  # noqa: BLE001 - compile-time weight packing is an optimization: build without
+            if not post_fusion:
+                raise
+            first = [ln for ln in str(e).strip().splitlines() if ln.strip()][-1:] or [type(e).__name__]
+            log.warning("%s: compile-time weight packing failed (%s); weights are repacked per call instead",
+                        target.id, first[0][:200])
+            notes.append("built without compile-time weight packing")
+            tuned = False  # tuned records are keyed by the functions with their layout-free weights marked
+            with tvm.transform.PassContext(opt_level=3):
+                ex = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(target, tvm_target, schedule,
+                                                                                   pre_passes))
         out_path.parent.mkdir(parents=True, exist_ok=True)
         ex.export_library(str(out_path), **toolchain.export_kwargs(target))
     except FailedPrecondition:

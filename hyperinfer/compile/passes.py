@@ -21,3 +21,22 @@ def cpu_pre_fusion_passes() -> list:
     from hyperinfer.compile.schedules import rewrites
 
     return rewrites.cpu_pre_fusion_passes()
+
+
+def cpu_post_fusion_passes() -> list:
+    """Run after fusion on CPU (build and tuner alike: tuned records are keyed by the functions
+    these produce): mark the parameters that receive constant weights as layout-free, so a
+    schedule may repack them at compile time."""
+    import tvm
+
+    return [tvm.relax.transform.AttachAttrLayoutFreeBuffers()]
+
+
+def cpu_post_schedule_passes() -> list:
+    """Split each scheduled weight repack into its own function and run it on the constant
+    weight now (compile-time packing)."""
+    import tvm
+
+    t = tvm.relax.transform
+    # the split-off repack functions are dead once folded: drop them before codegen
+    return [t.SplitLayoutRewritePreproc(), t.FoldConstant(), t.DeadCodeElimination()]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from hyperinfer.errors import NotFound, PermissionDenied
+from hyperinfer.errors import NotFound, PermissionDenied, Unauthenticated
 from hyperinfer.verify.operators import Caller, ReplayGuard, caller_from_metadata, check_call
 from hyperinfer.verify.signing import fingerprint
 
@@ -64,8 +64,11 @@ class Access:
         self._member(caller, "FetchArtifact")
 
     def check_status(self, metadata) -> None:
-        if self.open_pool and not self.admin_keys and caller_from_metadata(metadata) is None:
-            return
+        if caller_from_metadata(metadata) is None:
+            if self.open_pool and not self.admin_keys:
+                return
+            raise Unauthenticated("Status: this pool's status is for its admins and nodes; the call must be "
+                                  "signed with an admin key (`hyperinfer pool status --key ADMIN_KEY`)")
         caller = self._signed(metadata, "Status", audience=ADMIN_AUDIENCE)
         if caller.public_key in self.admin_keys:
             return

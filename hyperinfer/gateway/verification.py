@@ -364,7 +364,8 @@ class Verifier:
             self._pending.add(fut)
         fut.add_done_callback(self._done)
 
-    def _audit(self, manifest: Manifest, inputs, primary: _Run, accomplice: str | None = None) -> Receipt:
+    def _audit(self, manifest: Manifest, inputs, primary: _Run, accomplice: str | None = None,
+               probation: bool = False) -> Receipt:
         """Re-run on the referee at the gateway: agreement within tolerance credits a check,
         anything else is the primary's fault (slashed; it and its operator count toward quarantine),
         and the fault of ``accomplice``, a validator that agreed with it."""
@@ -373,11 +374,13 @@ class Verifier:
             reference = {k: np.asarray(v) for k, v in self.referee(name, version, inputs).items()}
         except Exception as e:  # noqa: BLE001 - no audit without the referee; nobody is blamed
             log.exception("audit referee failed for %s/%s", name, version)
-            return self._receipt(primary, rc.SKIPPED, f"audit: referee failed ({type(e).__name__})")
+            return self._receipt(primary, rc.SKIPPED, f"audit: referee failed ({type(e).__name__})",
+                                 probation=probation)
         cmp = within_tolerance(primary.result.outputs, reference, manifest.outputs)
         if cmp.agree:
             self.ledger.record_check([primary.node.node_id], True)
-            return self._receipt(primary, rc.AUDITED, f"gateway ONNX Runtime re-run: {cmp.reason}")
+            return self._receipt(primary, rc.AUDITED, f"gateway ONNX Runtime re-run: {cmp.reason}",
+                                 probation=probation)
         reason = f"gateway audit: outputs differ from ONNX Runtime: {cmp.reason}"
         self.ledger.record_check([primary.node.node_id], False)
         self.ledger.record_fault(primary.node.node_id, reason, primary.request_id, kind="audit")
@@ -385,7 +388,10 @@ class Verifier:
             self.ledger.record_fault(accomplice, f"{reason} (as validator it agreed with that result)",
                                      primary.request_id, kind="audit")
             reason += f"; validator {accomplice} had agreed with it"
-        return self._receipt(primary, rc.AUDIT_FAILED, reason)
+        if self.probation is not None:  # back on probation, like a lost dispute
+            for n in filter(None, (primary.node.node_id, accomplice)):
+                self.probation.fault(n)
+        return self._receipt(primary, rc.AUDIT_FAILED, reason, probation=probation)
 
     def _held(self, req: VerifyRequest, manifest: Manifest, input_digest: str, att: Attestation) -> Receipt:
         """A probation primary: check now, serve only what someone independent found right."""
@@ -393,6 +399,12 @@ class Verifier:
                                checked=att)
         final = self._run_check(manifest, dict(req.inputs), input_digest, primary, list(req.candidates),
                                 req.deadline, probation=True)
+        if final.status in (rc.AGREED, rc.DISPUTED_WON) and draw(self.audit_rate):
+            # audited on probation too: else colluders would pass each other's probation for free
+            accomplice = final.validator_node_id if final.status == rc.AGREED else None
+            audited = self._audit(manifest, dict(req.inputs), primary, accomplice, probation=True)
+            if audited.status == rc.AUDIT_FAILED:
+                final = audited
         if final.status not in rc.PROBATION_SERVED:
             raise ResultRejected(f"node {primary.node.node_id} (on probation): answer not served, check "
                                  f"{final.status}: {final.detail}", primary.node.node_id, final)

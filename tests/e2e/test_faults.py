@@ -101,7 +101,7 @@ class Pool:
             "--quarantine-after-timeouts", "2", "--quarantine-after", "2", "--probation-jobs", "3",
             # every answer checked; probation holds a new (or faulted) node's answers until checked, so a
             # check skipped for want of a free validator never lets the cheater's answer through
-            "--sample-rate", "1", "--open-pool", "--audit-rate", "0",
+            "--sample-rate", "1", "--open-pool", "--audit-rate", "0", "--http-listen", "off", "--metrics-listen", "off",
             "--max-attempts", "4"], self.tmp)
         self.gateway.find(r"listening on", 60)
 

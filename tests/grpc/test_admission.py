@@ -76,7 +76,7 @@ def test_strangers_get_no_join_no_artifact_no_status(pool, tmp_path, capsys):
     (n,) = st["nodes"]
     assert (n["operator"], n["admission"], n["stake"], st["open_pool"]) == ("acme", "admitted", 100.0, False)
     assert main(["pool", "status", "--gateway", pool.gateway.address]) == 1
-    assert "must be signed" in capsys.readouterr().err
+    assert "--key ADMIN_KEY" in capsys.readouterr().err
 
 
 def test_whitewashing_a_quarantined_operator_with_a_fresh_node_key(pool):

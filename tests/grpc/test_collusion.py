@@ -113,3 +113,19 @@ def test_a_pool_of_colluders_is_caught_at_the_audit_rate(tmp_pool):
     served = sum(statuses.values())
     assert wrong == served and served < 150 and errors == 150 - served
     assert served <= 50, (served, final)
+
+
+def test_colluders_cannot_pass_each_others_probation(tmp_pool):
+    """With probation on (answers held until a validator of another operator agrees), two colluding
+    operators vouch for each other's held answers. The audits cover held answers too, so they are
+    caught within a few answers instead of passing probation for free after every fault."""
+    pool = tmp_pool(sample_rate=0.1, audit_rate=0.25, quarantine_after=K, probation_jobs=10)
+    c1 = pool.node("c1", pool.operator("colluder-1"), cheat=True)
+    c2 = pool.node("c2", pool.operator("colluder-2"), cheat=True)
+    reg = pool.gateway.registry
+    wait_for(lambda: len(reg.schedulable_nodes(MODEL, 1)) == 2, what="colluders ready")
+    statuses, wrong, errors = run_traffic(pool, 150)
+    assert reg.get(c1.node_id).state == reg.get(c2.node_id).state == "quarantined"
+    assert final_statuses(pool)["audit-failed"] >= 1
+    # about K / a = 8 expected, P(more than 40) < 2e-4; before held answers were audited: 64-177
+    assert wrong <= 40, (wrong, final_statuses(pool))

@@ -271,3 +271,30 @@ def test_depthwise_rows_tile_pads_per_plane_and_softmax_reduces_in_vectors(tmp_p
     assert body.kind == tirx.ForKind.PARALLEL and int(body.extent) == 24  # one iteration per (n, c) plane
     script = out.script()
     assert script.index('T.sblock("pad_temp")') > script.index("T.parallel(")
+
+
+def test_constant_weights_repacked_at_compile_time(tmp_path):
+    """Convs vectorized over output channels read weights repacked to [O/V, I, KH, KW, V]: the
+    repack is split off and folded on the constant weight, so the built module calls no repack
+    and the artifact still matches ONNX Runtime."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    from hyperinfer import zoo_arch
+    from hyperinfer.compile import build, passes, targets
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    # 7x7 planes (ResNet-50's last stage) and a stride-2 conv: the channel-vectorized rule
+    clean = _clean(zoo_arch.save("resnet50", tmp_path / "r.onnx", size=32, width=8, blocks=(1, 1, 1, 1),
+                                 classes=10), {})
+    target = targets.get(_target_id())
+    tt = target.tvm_target()
+    report = cpu_sched.CpuScheduleReport()
+    with tt, tvm.transform.PassContext(opt_level=3):
+        mod = tvm.transform.Sequential(
+            pipeline.library_dispatch_passes(tt) + passes.cpu_pre_fusion_passes() + passes.fusion_passes()
+            + passes.cpu_post_fusion_passes() + [cpu_sched.schedule_pass(target, report)]
+            + passes.cpu_post_schedule_passes())(build.import_onnx(clean.model))
+    assert report.count().get("tiled-channels-packed", 0) >= 3, report.count()
+    assert "weight_prepack" not in mod["main"].script()  # folded at compile time
+    _build_and_compare(tmp_path, "resnet-packed", clean)

@@ -30,3 +30,17 @@ def test_inputs_validated(args, field):
 def test_rate_validated():
     with pytest.raises(InvalidArgument, match="sample rate"):
         assess(1, 1, 1, 1.5)
+
+
+def test_audits_are_the_floor_against_collusion(capsys):
+    from hyperinfer.cli import main
+    from hyperinfer.verify.economics import detection_rate
+
+    assert detection_rate(0.1, 0.0) == 0.1
+    assert abs(detection_rate(0.1, 0.2) - 0.28) < 1e-12  # a lone cheater: p + a - pa
+    assert detection_rate(0.1, 0.2, colluding=True) == 0.2  # colluders vouch for each other: audits only
+    assert main(["economics", "--reward", "1", "--stake", "9", "--cost", "2", "--sample-rate", "0.15",
+                 "--audit-rate", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "lone cheater, caught with p=0.235" in out and "colluding pool, caught with p=0.1" in out
+    assert out.count("): safe:") == 1 and out.count("): unsafe:") == 1

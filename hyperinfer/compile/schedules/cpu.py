@@ -67,6 +67,10 @@ _PARALLEL_MIN = 2048
 _PARALLEL_MIN_MACS = 1 << 15
 # register tile: accumulators = unroll x vector (<= ~24 of AVX-512's 32 zmm registers)
 _UNROLL = 8
+# constant weights repacked at compile time (HYPERINFER_PACK_WEIGHTS=0: once per call, as before)
+_PACK_WEIGHTS = os.environ.get("HYPERINFER_PACK_WEIGHTS", "1") != "0"
+# output-channel vectors per register tile of the channel-vectorized conv rule
+_CH_VECTORS = 2
 
 
 @dataclass
@@ -520,9 +524,11 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     row_tile = reg is not None and not free
     n_acc = 16 if lanes >= 16 else (8 if window and not row_tile else 12)
     limit = max(1, n_acc // max(1, (vf + lanes - 1) // lanes))
+    packed = False
     if reg is not None:
         uf = _unroll_factor(_ext(sch, reg[0]) or 1, limit)
         if uf > 1:
+            packed = _pack_register_operand(sch, block, loads, reg[1], uf, lanes)
             reg_o, reg_i = sch.split(reg[0], [None, uf])
     outer = []
     for lp, iv in spatial:
@@ -582,7 +588,29 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     sch.vectorize(vec_i)
     # reduction init before the first reduction loop
     _decompose(sch, block, rloops[0])
-    return "tiled" if not allow_strided else "tiled-strided"
+    return ("tiled" if not allow_strided else "tiled-strided") + ("-packed" if packed else "")
+
+
+def _pack_register_operand(sch, block, loads, reg_iv, uf: int, lanes: int) -> bool:
+    """A constant weight read at ``W[o, ...]`` by the register axis ``o`` (unrolled by ``uf``):
+    repack it to ``[O/uf, ..., uf]`` at compile time, so the ``uf`` weights each step broadcasts
+    are adjacent (one cache line instead of ``uf`` rows apart)."""
+    ws = [ld for ld in loads if ld.indices and _coef(ld.indices[0], reg_iv.var) == 1
+          and all(not _uses(ix, reg_iv.var) for ix in ld.indices[1:])]
+    if len(ws) != 1 or not _layout_free(sch, _buf(ws[0])):
+        return False
+    w = ws[0]
+    ndim = len(w.indices)
+    blk = sch.get(block)
+    widx = [i for i, r in enumerate(blk.reads) if _buf(r).same_as(_buf(w))]
+    if len(widx) != 1:
+        return False
+    wcache = sch.cache_read(block, widx[0], "global")
+    sch.transform_layout(wcache, ("write", 0),
+                         lambda *ax: (ax[0] // uf, *ax[1:], ax[0] % uf) if len(ax) == ndim else ax)
+    _schedule_elementwise(sch, wcache, lanes)
+    sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+    return True
 
 
 def _plane_padding(sch, block, spatial, vec_iv, reg, vec_loads):
@@ -654,9 +682,14 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
         raise ValueError("weight not indexed by channel at dim 0")
     ch_loop = next(lp for lp, iv in spatial if iv.same_as(ch_iv))
     ch_ext = _ext(sch, ch_loop) or 0
-    vf = next((f for f in (lanes, lanes // 2) if f >= 4 and ch_ext % f == 0), 0)
+    # two vectors of output channels when they divide (a 2x6 tile of AVX2's 16 registers: 12
+    # accumulators, two weight vectors, one broadcast input): each broadcast feeds two FMAs
+    # (AVX2 and AVX-512; SSE keeps one vector)
+    wide = _CH_VECTORS * lanes if lanes >= 8 else lanes
+    vf = next((f for f in (wide, lanes, lanes // 2) if f >= 4 and ch_ext % f == 0), 0)
     if not vf:
         raise ValueError(f"{ch_ext} channels do not vectorize")
+    x_limit = _UNROLL if vf <= lanes else (6 if lanes < 16 else 8)
     # innermost output axis as the register axis
     last = store.indices[-1]
     x_iv = next((iv for _, iv in spatial if _coef(last, iv.var) == 1 and _uses(last, iv.var)), None)
@@ -685,7 +718,7 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     x_o = x_i = None
     if x_iv is not None:
         x_loop = next(lp for lp, iv in spatial if iv.same_as(x_iv))
-        uf = _unroll_factor(_ext(sch, x_loop) or 1, _UNROLL)
+        uf = _unroll_factor(_ext(sch, x_loop) or 1, x_limit)
         if uf > 1:
             x_o, x_i = sch.split(x_loop, [None, uf])
     outer = []
@@ -711,9 +744,32 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
         sch.unroll(x_i)
     sch.vectorize(c_i)
     _decompose(sch, block, rloops[0])
-    # the weight repack runs once per call: parallel copy
     _schedule_elementwise(sch, wcache, lanes)
+    if _layout_free(sch, _buf(w)):
+        # a constant weight: the repack becomes its own function (SplitLayoutRewritePreproc), which
+        # FoldConstant runs once at compile time; the artifact holds the packed weight
+        sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+        return "tiled-channels-packed"
+    # the weight repack runs once per call: parallel copy
     return "tiled-channels"
+
+
+def _layout_free(sch, buf) -> bool:
+    """Is ``buf`` a parameter the Relax caller passes a constant for (``layout_free_buffers``,
+    attached by ``AttachAttrLayoutFreeBuffers``)?"""
+    if not _PACK_WEIGHTS:
+        return False
+    func = sch.mod["main"]
+    free = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    if not free:
+        return False
+    bmap = getattr(func, "buffer_map", None)  # TVM < 0.27: params are handles with a buffer map
+    for i in free:
+        p = func.params[int(i)]
+        b = bmap[p] if bmap is not None and p in bmap else p  # TVM 0.27: the param is the buffer
+        if b.same_as(buf) or (hasattr(b, "data") and hasattr(buf, "data") and b.data.same_as(buf.data)):
+            return True
+    return False
 
 
 def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | None = None, name: str = ""):
@@ -779,7 +835,9 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
         except Exception as e:  # noqa: BLE001
             if report is not None:
                 report.fallbacks.append(f"{name}/{blk.name_hint}: elementwise: {_short(e)}")
-    rule = next((u for u in ("tiled", "tiled-channels", "tiled-strided") if u in used), used[0] if used else "none")
+    rule = next((u for u in ("tiled-packed", "tiled", "tiled-channels-packed", "tiled-channels", "tiled-strided-packed",
+                             "tiled-strided") if u in used),
+                used[0] if used else "none")
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), rule
 
 
