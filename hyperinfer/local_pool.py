@@ -81,6 +81,8 @@ class UpOptions:
     """More ``hyperinfer gateway`` flags (e.g. ``--probation-jobs 0``)."""
     bond: float = 100.0
     """Bond each node's operator is admitted with (every node runs for its own operator)."""
+    open_model_control: bool = False
+    """``gateway --open-model-control``: anyone may load/unload models (else only with admin.key)."""
     tls: bool = False
     """TLS everywhere: a pool CA and certificates in ``<state>/tls`` (made once by
     :mod:`hyperinfer.pki`), mutual TLS between the gateway and the nodes."""
@@ -418,6 +420,7 @@ class LocalPool:
         gw_args = ["gateway", "--repository", str(self.repository), "--listen", self.address,
                    "--db", str(self.state / "gateway.db"), "--key", str(self.state / "gateway.key"),
                    "--heartbeat-interval", f"{o.heartbeat_interval:g}", "--admin-key", str(self.admin_key),
+                   *(["--open-model-control"] if o.open_model_control else []),
                    "--http-listen", self.http_address, "--metrics-listen", self.metrics_address]
         if o.sample_rate is not None:
             gw_args += ["--sample-rate", f"{o.sample_rate:g}"]

@@ -120,8 +120,10 @@ ident = lambda b: b
 node = grpc.insecure_channel(sys.argv[1])
 forward = node.unary_unary("/hyperinfer.v1.Worker/Infer", request_serializer=ident, response_deserializer=ident)
 server = grpc.server(futures.ThreadPoolExecutor(16))
+# the gateway's call signature travels on (nodes serve only calls their gateway signed)
+signed = lambda ctx: [(k, v) for k, v in ctx.invocation_metadata() if k.startswith("x-hyperinfer-")]
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hyperinfer.v1.Worker", {
-    "Infer": grpc.unary_unary_rpc_method_handler(lambda req, ctx: forward(req, timeout=30),
+    "Infer": grpc.unary_unary_rpc_method_handler(lambda req, ctx: forward(req, timeout=30, metadata=signed(ctx)),
                                                  request_deserializer=ident, response_serializer=ident)}),))
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
@@ -231,6 +233,7 @@ class Bench:
                  300, "every node to load its models")
         status = self.pool.Status(pool_pb2.StatusRequest(), timeout=5)
         self.node_addresses = [n.address for n in status.nodes if n.state == "healthy"]
+        self.node_ids = {n.address: n.node_id for n in status.nodes if n.state == "healthy"}
 
     def ready_nodes(self, model: str = "mlp") -> int:
         status = self.pool.Status(pool_pb2.StatusRequest(), timeout=5)
@@ -296,14 +299,22 @@ class Bench:
         return times
 
     def direct(self, n: int, address: str | None = None, model: str = "mlp") -> list[float]:
+        from hyperinfer.identity import load_key
+        from hyperinfer.verify.operators import infer_fields, sign_call
+
         stub = pool_pb2_grpc.WorkerStub(channel(address or self.node_addresses[0]))
         x = self.x if model == "mlp" else self.det_x
         req = pool_pb2.InferRequest(model_name=model, model_version=1, inputs=tensors.many_to_proto({"x": x}))
+        key = self.__dict__.setdefault("gateway_key", load_key(self.tmp / "gateway.key"))
+        node_id = self.node_ids[address or self.node_addresses[0]] if address in self.node_ids or address is None \
+            else self.node_ids[self.node_addresses[0]]  # through the proxy: its node
         times = []
         for _ in range(n):
             req.request_id = uuid.uuid4().hex  # as the gateway does
+            # signed as the gateway signs its Worker calls (nodes serve only those), before the clock starts
+            metadata = sign_call(key, "Infer", node_id, infer_fields(req.request_id, model, 1))
             t0 = time.perf_counter()
-            stub.Infer(req, timeout=30)
+            stub.Infer(req, timeout=30, metadata=metadata)
             times.append(time.perf_counter() - t0)
         return times
 
@@ -359,6 +370,7 @@ class Bench:
         from hyperinfer.verify.attestation import Attestation, verify_attestation
         from hyperinfer.verify.digest import tensors_digest
         from hyperinfer.verify.receipt import Receipt, receipt_to_json, sign_receipt
+        from hyperinfer.verify.operators import infer_fields, sign_call
         from hyperinfer.verify.signing import key_id, public_bytes
 
         m = ModelPackage.open(self.tmp / "repo" / "mlp" / "1").manifest
@@ -382,6 +394,8 @@ class Bench:
             ("decode + check the OIP request", decode),
             ("input digest (sha256)", lambda: tensors_digest(["x"], {"x": self.x})),
             ("pool request/response tensors", lambda: tensors.many_from_proto(tensors.many_to_proto(y))),
+            ("sign the Worker call (Ed25519)", lambda: sign_call(gw, "Infer", key_id(node),
+                                                                infer_fields(att.request_id, "mlp", 1))),
             ("verify the attestation (Ed25519)", lambda: verify_attestation(pub, data, sig)),
             ("sign the receipt (Ed25519 + JSON)", lambda: sign_receipt(gw, receipt, gw_id)),
             ("receipt to JSON", lambda: receipt_to_json(receipt)),

@@ -75,6 +75,9 @@ def gateway(
     admin_key: list[str] = typer.Option([], "--admin-key", envvar="HYPERINFER_GATEWAY_ADMIN_KEY",
                                         help="Admin public key (hex or key file; repeatable): may read pool "
                                              "status and call admin-only RPCs."),
+    open_model_control: bool = typer.Option(
+        False, "--open-model-control", help="Let anyone load/unload models even with --admin-key (a local "
+                                            "development pool). Default: admin-only once there is an admin key."),
     audit_rate: Optional[float] = typer.Option(
         None, "--audit-rate", help="Share of requests the gateway re-runs itself with ONNX Runtime (0..1). "
                                    "Default 0.02."),
@@ -124,7 +127,8 @@ def gateway(
                            max_concurrent_rpcs=max_concurrent_rpcs, max_artifact_streams=max_artifact_streams,
                            max_pending_checks=max_pending_checks, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
                            http_listen=http_listen, metrics_listen=metrics_listen, workers=workers,
-                           open_pool=open_pool, admin_keys=list(admin_key), audit_rate=audit_rate)
+                           open_pool=open_pool, admin_keys=list(admin_key), audit_rate=audit_rate,
+                           open_model_control=open_model_control)
 
     def ready(gw: Gateway) -> None:
         if gw.key_created:

@@ -34,6 +34,8 @@ def up(
     trust_publisher: list[str] = typer.Option(
         [], "--trust-publisher", help="Publisher key (hex or file) the nodes trust besides <state>/publisher.key."),
     allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Let the nodes load unsigned packages."),
+    open_model_control: bool = typer.Option(False, "--open-model-control",
+                                            help="Anyone may load/unload models (else only with <state>/admin.key)."),
     node_target: list[str] = typer.Option(
         [], "--node-target", metavar="TARGET",
         help="Pin the nodes to these artifacts in turn (repeatable), e.g. --node-target cpu-x86_64 "
@@ -62,6 +64,7 @@ def up(
                                metrics_port=metrics_port, sample_rate=sample_rate,
                                threads=threads, model_timeout=model_timeout, heartbeat_interval=heartbeat_interval,
                                trust_publishers=list(trust_publisher), allow_unsigned=allow_unsigned,
+                               open_model_control=open_model_control,
                                node_targets=list(node_target), tls=tls),
                      say=ui.say, stop_event=stop)
     o = pool.options

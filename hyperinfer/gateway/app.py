@@ -75,6 +75,10 @@ class Gateway:
                                  open_pool=config.open_pool, **kwargs)
         self.access = Access(self.registry, self.gateway_id, [load_public_key(k) for k in config.admin_keys],
                              open_pool=config.open_pool)
+        if config.workers > 1:  # signed calls single use across the worker processes too
+            from hyperinfer.gateway.replay import SharedReplayGuard
+
+            self.access._replay = SharedReplayGuard(self.store, self.access, self.registry)
         # TLS on the gateway's port, and (mutual) TLS on its calls to nodes
         self.tls = TLSFiles.load(config.tls_cert, config.tls_key, config.tls_ca)
         if self.tls is not None and not self.tls.can_serve:
@@ -125,7 +129,10 @@ class Gateway:
 
     def authorize_admin(self, metadata: Any, method: str = "admin") -> None:
         """Hook for admin-only RPCs (e.g. model control): raises PermissionDenied/Unauthenticated
-        unless the call is signed by a ``--admin-key`` (a no-op while the gateway has none)."""
+        unless the call is signed by a ``--admin-key`` (a no-op while the gateway has none, or
+        with ``--open-model-control``)."""
+        if self.config.open_model_control:
+            return
         self.access.authorize_admin(metadata, method)
 
     def pool_gateway_keys(self) -> list[bytes]:
@@ -285,7 +292,8 @@ def start_workers(config: GatewayConfig) -> tuple[GatewayConfig, list[Any], Any]
     marks, channels to nodes, the ledger summary cache. Per process, as between gateways:
     probation state (seeded from the ledger when a process first sees a node, so a node on
     probation may hold one job per process) and ModelStatistics (each process counts what it
-    served; REST and metrics are served by worker 0 only)."""
+    served; REST and metrics are served by worker 0 only). Signed calls stay single use
+    across the processes (gateway.replay claims them in the store)."""
     import multiprocessing
     import socket
     from dataclasses import replace

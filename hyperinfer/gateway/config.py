@@ -140,6 +140,10 @@ class GatewayConfig:
     audit_rate: float | None = None
     """Share of requests the gateway re-runs itself with ONNX Runtime (a floor no collusion of
     nodes can fool), in [0, 1]. Default 0.02."""
+
+    open_model_control: bool = False
+    """Let anyone call RepositoryModelLoad/Unload even when the gateway has admin keys (a local
+    development pool, as Triton's default); otherwise they are admin-only once there is one."""
     timeout_slash: float | None = None
     """Stake taken from a node for each call that ran past ``node_timeout`` (default 1)."""
 

@@ -228,6 +228,7 @@ class Registry:
         # With one gateway per store it is always current; on a shared store other gateways
         # write too, so it is re-read when older than cache_ttl (monotonic seconds).
         self._records: dict[str, NodeRecord] = {}
+        self._infos: dict[str, tuple[NodeRecord, NodeInfo]] = {}  # node id -> (record, its NodeInfo)
         self._secret: bytes | None = None  # HMAC key of join challenges (pool_secrets), read once
         self.shared = bool(getattr(store, "shared", False))
         self.cache_ttl = float(cache_ttl)
@@ -529,13 +530,21 @@ class Registry:
         state = rec.state
         if state == HEALTHY and rec.last_heartbeat_ms < self._now_ms() - int(self.stale_after * 1000):
             state = STALE
-        return NodeInfo(
+        failed = rec.node_id in self._failed
+        # the scheduler reads every node on every request: reuse the (frozen) NodeInfo while its
+        # record, liveness and failure mark are unchanged (a heartbeat replaces the record)
+        hit = self._infos.get(rec.node_id)
+        if hit is not None and hit[0] is rec and hit[1].state == state and hit[1].failed == failed:
+            return hit[1]
+        info = NodeInfo(
             node_id=rec.node_id, public_key=rec.public_key, operator=rec.operator, address=rec.address,
             targets=rec.targets, loaded={(n, v): (t, s) for n, v, t, s in rec.loaded},
             outstanding=rec.outstanding, capacity=rec.capacity, state=state,
             last_heartbeat=rec.last_heartbeat_ms / 1000, joined_at=rec.joined_at_ms / 1000,
-            devices=rec.devices, failed=rec.node_id in self._failed, software_version=rec.software_version,
+            devices=rec.devices, failed=failed, software_version=rec.software_version,
         )
+        self._infos[rec.node_id] = (rec, info)
+        return info
 
     def get(self, node_id: str) -> NodeInfo:
         self._refresh()

@@ -138,7 +138,8 @@ class Node:
         if self.tls is not None and (not self.tls.can_serve or self.tls.ca is None):
             raise InvalidArgument("a node's TLS is mutual: give --tls-cert, --tls-key and --tls-ca together")
         # a node works only for its gateway(s): Worker calls must be signed by a pinned key
-        self.gatekeeper = Gatekeeper(self.dataplane.node_id, load_public_key(c.gateway_key) if c.gateway_key else None)
+        self.gatekeeper = Gatekeeper(self.dataplane.node_id, load_public_key(c.gateway_key) if c.gateway_key else None,
+                                     pin_file=self.cache.root / "gateway-key.pin")
         self.server = WorkerServer(self.dataplane, self.info, c.listen,
                                    credentials=self.tls.server_credentials(require_client_cert=True)
                                    if self.tls else None, authorize=self.gatekeeper.check)

@@ -17,7 +17,9 @@ any model runs and before ``Info`` says anything.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from hyperinfer.errors import PermissionDenied, Unauthenticated
@@ -28,9 +30,19 @@ log = logging.getLogger("hyperinfer.node")
 
 
 class Gatekeeper:
-    def __init__(self, node_id: str, pinned: bytes | None = None):
+    """``pin_file``: where the pinned key is kept (in the node's cache), so a restarted node
+    still refuses a gateway with another key; ``pinned`` (``--gateway-key``) overrides it."""
+
+    def __init__(self, node_id: str, pinned: bytes | None = None, pin_file: "os.PathLike | str | None" = None):
         self.node_id = node_id
-        self._pinned: bytes | None = bytes(pinned) if pinned else None
+        self.pin_file = Path(pin_file) if pin_file is not None else None
+        if not pinned and self.pin_file is not None and self.pin_file.is_file():
+            try:
+                pinned = bytes.fromhex(self.pin_file.read_text().strip())
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable %s", self.pin_file)
+                pinned = None
+        self._pinned: bytes | None = bytes(pinned) if pinned and len(pinned) == 32 else None
         self._pool: set[bytes] = set()
         self._lock = threading.Lock()
         self._replay = ReplayGuard()
@@ -51,8 +63,15 @@ class Gatekeeper:
                 raise Unauthenticated(
                     f"the gateway now presents key {fingerprint(key)[:12]}, not the pinned "
                     f"{fingerprint(self._pinned)[:12]}; refusing to join it (restart the node with --gateway-key to "
-                    "trust another gateway)")
+                    "trust another gateway" + (f", or remove {self.pin_file}" if self.pin_file else "") + ")")
             self._pinned = key
+        if self.pin_file is not None:
+            try:
+                if not (self.pin_file.is_file() and self.pin_file.read_text().strip() == key.hex()):
+                    self.pin_file.parent.mkdir(parents=True, exist_ok=True)
+                    self.pin_file.write_text(key.hex() + "\n")
+            except OSError as e:
+                log.warning("could not keep the pinned gateway key in %s: %s", self.pin_file, e)
 
     def announce(self, keys: Iterable[bytes]) -> None:
         """The pinned gateway's list of its pool's gateways (replaces the previous list)."""

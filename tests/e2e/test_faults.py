@@ -98,8 +98,10 @@ class Pool:
         self.gateway = Child(f"gateway{self.starts}", [
             "gateway", "--repository", str(self.repo), "--listen", self.address, "--db", str(self.tmp / "gw.db"),
             "--key", str(self.tmp / "gw.key"), "--heartbeat-interval", "0.3", "--node-timeout", str(NODE_TIMEOUT),
-            "--quarantine-after-timeouts", "2", "--quarantine-after", "2", "--probation-jobs", "0",
-            "--sample-rate", "1", "--open-pool", "--audit-rate", "0",
+            "--quarantine-after-timeouts", "2", "--quarantine-after", "2", "--probation-jobs", "3",
+            # every answer checked; probation holds a new (or faulted) node's answers until checked, so a
+            # check skipped for want of a free validator never lets the cheater's answer through
+            "--sample-rate", "1", "--open-pool", "--audit-rate", "0", "--http-listen", "off", "--metrics-listen", "off",
             "--max-attempts", "4"], self.tmp)
         self.gateway.find(r"listening on", 60)
 
@@ -163,22 +165,29 @@ def pool(compiled_small, tmp_path_factory):
 
 def test_hanging_slow_and_cheating_nodes(pool):
     """Every request answered right: the hanging node's calls time out and go elsewhere, the slow
-    node answers inside the timeout, the cheater's answers are caught before they are returned.
-    The hanging node pays 1 per timeout and is quarantined after 2; the cheater 10 per fault."""
-    results = pool.burst(40)
+    node answers inside the timeout, the cheater's answers are held and caught before they are
+    returned. The hanging node pays 1 per timeout and is quarantined after 2; the cheater 10 per
+    fault, quarantined after 2. (Probation gives a suspect node one job at a time: a few rounds.)"""
+    stall, slow, cheat = (pool.nodes[k].node_id for k in ("stall", "slow", "noise"))
+    states = lambda: {n["node_id"]: n["state"] for n in pool.status()["nodes"]}  # noqa: E731
+    results: list[tuple[str, str]] = []
+    for round_ in range(10):
+        results += pool.burst(20, base=100 * round_)
+        if states()[stall] == states()[cheat] == "quarantined":
+            break
     assert all(r[0] == "ok" for r in results), [r for r in results if r[0] != "ok"]
     served = {r[1] for r in results}
-    stall, slow, cheat = (pool.nodes[k].node_id for k in ("stall", "slow", "noise"))
     assert stall not in served and cheat not in served and slow in served
-    states = lambda: {n["node_id"]: n["state"] for n in pool.status()["nodes"]}  # noqa: E731
-    wait_for(lambda: states()[stall] == "quarantined" and states()[cheat] == "quarantined", 20,
-             "the hanging node and the cheater quarantined")
+    assert states()[stall] == states()[cheat] == "quarantined", pool.status()["nodes"]
     import sqlite3
 
     with sqlite3.connect(pool.tmp / "gw.db") as conn:
-        kinds = dict(conn.execute("SELECT node_id, group_concat(DISTINCT kind) FROM faults GROUP BY node_id"))
+        kinds = {}
+        for node_id, kind in conn.execute("SELECT node_id, kind FROM faults"):
+            kinds.setdefault(node_id, set()).add(kind)
         slashed = dict(conn.execute("SELECT node_id, slashed FROM ledger"))
-    assert kinds == {stall: "timeout", cheat: "dispute"}, kinds  # no honest node has any fault
+    assert set(kinds) == {stall, cheat}, kinds  # no honest (or slow) node has any fault
+    assert kinds[stall] == {"timeout"} and "timeout" not in kinds[cheat]
     assert 2 <= slashed[stall] < 10 and slashed[cheat] >= 20
 
 
@@ -205,7 +214,16 @@ def test_gateway_restart_loses_nothing_and_keeps_the_ledger(pool):
     def load(k: int) -> None:
         i = 0
         while not stop.is_set():
-            results.append(pool.request(5000 + 100 * k + i, timeout=10))
+            t0 = time.monotonic()
+            try:
+                results.append(pool.request(5000 + 100 * k + i, timeout=10))
+            except AssertionError as e:
+                # the gateway's grace on SIGTERM is 5 s; a call still retrying across busy nodes then
+                # (up to --max-attempts x --node-timeout = 6 s here) is ended with CANCELLED
+                if "CANCELLED" not in str(e):
+                    results.append(("failed", f"{e} after {time.monotonic() - t0:.1f} s"))
+                else:
+                    results.append(("CANCELLED", f"after {time.monotonic() - t0:.1f} s"))
             i += 1
 
     threads = [threading.Thread(target=load, args=(k,)) for k in range(3)]
@@ -222,7 +240,9 @@ def test_gateway_restart_loses_nothing_and_keeps_the_ledger(pool):
         t.join(60)
     assert not any(t.is_alive() for t in threads), "a request never came back"
     codes = {r[0] for r in results}
-    assert "ok" in codes and codes <= {"ok", "UNAVAILABLE"}, codes
+    assert "ok" in codes and codes <= {"ok", "UNAVAILABLE", "CANCELLED"}, [r for r in results if r[0] != "ok"]
+    # only calls in flight when the gateway stopped can be cancelled: at most one per client thread
+    assert sum(r[0] == "CANCELLED" for r in results) <= len(threads)
     after = {n["node_id"]: n for n in pool.status()["nodes"]}
     for node_id, n in before.items():  # the ledger survived: nothing went backwards
         assert after[node_id]["jobs"] >= n["jobs"] and after[node_id]["slashed"] == n["slashed"]

@@ -79,7 +79,8 @@ def pool(compiled_small, tmp_path_factory):
     port = free_port()
     up = Up(["--repository", str(repo), "--nodes", "1", "--port", str(port), "--state", str(tmp / "state"),
              "--http-port", "0", "--metrics-port", "0",
-             "--allow-unsigned", "--threads", "1", "--heartbeat-interval", "0.2", "--model-timeout", "240"],
+             "--allow-unsigned", "--threads", "1", "--heartbeat-interval", "0.2", "--model-timeout", "240",
+             "--open-model-control"],  # Triton's own examples call load/unload without credentials
             cwd=tmp)
     try:
         up.find(r"^ready in [\d.]+ s", 300)

@@ -63,8 +63,9 @@ def test_idle_artifact_streams_do_not_starve_health_or_inference(gateway):
     channels = [grpc.insecure_channel(gateway.address) for _ in range(20)]
     try:
         streams = []
-        for ch in channels:  # one connection each, as 20 attackers would; nobody reads
-            s = pool_pb2_grpc.PoolStub(ch).FetchArtifact(fetch_request(), timeout=60, metadata=signed(gateway))
+        mds = [signed(gateway) for _ in channels]  # signed up front: the streams open within a moment
+        for ch, md in zip(channels, mds):  # one connection each, as 20 attackers would; nobody reads
+            s = pool_pb2_grpc.PoolStub(ch).FetchArtifact(fetch_request(), timeout=60, metadata=md)
             streams.append(s)
         wait_for(lambda: gateway.artifact_streams.active == 4, 10, "4 admitted streams")
         with grpc.insecure_channel(gateway.address) as ch:

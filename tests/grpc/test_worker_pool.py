@@ -297,6 +297,10 @@ def test_node_refuses_a_gateway_with_another_key(tmp_path, publisher, onnx_path)
         server, _ = start_pool(impostor, f"127.0.0.1:{port}")
         time.sleep(1.5)
         assert impostor.joins == [] and node.gatekeeper.pinned == public_bytes(fake.gw_key)
+        node.stop()
+        node = make_node(tmp_path, port, publisher, onnx_path).start()  # restarted: the pin is kept in its cache
+        time.sleep(1.5)
+        assert impostor.joins == [] and node.gatekeeper.pinned == public_bytes(fake.gw_key)
     finally:
         node.stop()
         server.stop(0)
