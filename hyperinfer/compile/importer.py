@@ -95,7 +95,42 @@ def import_onnx(model):
         mod = relax.transform.DecomposeOpsForInference()(mod)
     except Exception as e:  # noqa: BLE001
         raise FailedPrecondition(f"{STEP}: decomposing inference ops failed ({_first_line(e)})") from None
-    return mod
+    return safe_gather_pass()(mod)
+
+
+def safe_gather_pass():
+    """Relax pass: ``take`` with run-time indices (token ids into an embedding) in ``wrap`` mode.
+
+    The importer emits ``mode="fast"``, which reads out of bounds for an index
+    outside ``[0, n)``: a request with token id -1 (valid ONNX: the last row) or
+    one past the vocabulary would read memory outside the weight. ``wrap`` gives
+    ONNX's meaning to negative indices and keeps every read in bounds (one modulo
+    per index). Constant indices (shape arithmetic) are folded and left alone.
+    """
+    import tvm
+    from tvm import relax
+
+    op_take = tvm.ir.Op.get("relax.take")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = super().visit_call_(call)
+            if (not isinstance(call, relax.Call) or not call.op.same_as(op_take)
+                    or str(call.attrs.mode) != "fast" or isinstance(call.args[1], tvm.ir.expr.Constant)):
+                return call
+            axis = call.attrs.axis
+            return relax.op.take(call.args[0], call.args[1], None if axis is None else int(axis), mode="wrap")
+
+    @tvm.transform.module_pass(opt_level=0, name="HyperinferSafeGather")
+    def apply(mod, _ctx):
+        rw = Rewriter(mod)
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return rw.builder_.get()
+
+    return apply
 
 
 def _tvm_version() -> str:

@@ -78,3 +78,28 @@ def test_unsupported_architecture_is_one_clear_error(name, tmp_path):
     proc = run_cli("compile", str(src), "--name", "m", "--out", str(tmp_path / "repo"), "--target", "native")
     assert_one_line_error(proc, "import into TVM Relax", *UNSUPPORTED[name])
     assert "internal error" not in proc.stderr
+
+
+def test_token_ids_outside_the_vocabulary_stay_in_bounds(tmp_path):
+    """Negative token ids mean what ONNX says (-1: the last row, as ONNX Runtime computes), and an
+    id past the vocabulary reads inside the embedding (TVM's default ``take`` would read outside)."""
+    import onnx
+
+    from hyperinfer.compile import build, cleanup, importer, targets
+    from hyperinfer.runtime import ORTRunner, TVMRunner
+
+    m = zoo_arch.build("transformer", seq=8, vocab=50, hidden=16, heads=2, layers=1)
+    clean = cleanup.clean(m, {}, threads=2)
+    mod = importer.import_onnx(clean.model)
+    assert 'mode="fast"' not in mod["main"].script() and "wrap" in mod["main"].script()
+    target = targets.resolve(["native"])[0]
+    build.build_artifact(mod, target, tmp_path / "t.so")
+    onnx.save(clean.model, str(tmp_path / "t.onnx"))
+    tvm = TVMRunner(tmp_path / "t.so", clean.inputs, clean.outputs, threads=2)
+    ort = ORTRunner(tmp_path / "t.onnx", clean.inputs, [o.name for o in clean.outputs], threads=2)
+    neg = {"input_ids": np.array([[-1, -50, 0, 1, 2, 3, 4, 49]], np.int64)}
+    np.testing.assert_allclose(tvm.run(neg)["last_hidden_state"], ort.run(neg)["last_hidden_state"],
+                               rtol=1e-4, atol=1e-4)
+    past = {"input_ids": np.array([[50, 51, 0, 1, 2, 3, 4, 10**9]], np.int64)}
+    wrapped = {"input_ids": np.array([[0, 1, 0, 1, 2, 3, 4, 10**9 % 50]], np.int64)}
+    np.testing.assert_array_equal(tvm.run(past)["last_hidden_state"], tvm.run(wrapped)["last_hidden_state"])
