@@ -339,7 +339,8 @@ class Bench:
                 except grpc.RpcError:
                     status = None
                 for n in status.nodes if status else ():
-                    if n.operator == operator and n.state == "healthy":
+                    # by node id: a warm restart keeps the key, and the pool keeps the operator it first saw
+                    if n.node_id == getattr(child, "node_id", None) and n.state == "healthy":
                         marks.setdefault("joined", now - t0)
                         if {m.name for m in n.loaded} >= want:
                             marks["ready"] = now - t0
@@ -440,11 +441,13 @@ class Bench:
         from hyperinfer.node.dataplane import DataPlane
         from hyperinfer.node.pool_client import JoinSpec, PoolClient
         from hyperinfer.proto.v1 import pool_pb2
+        from hyperinfer.verify.operators import fetch_fields, sign_call
 
         reps = self.args.fetches
         log(f"\n2. artifact download over Pool.FetchArtifact, {reps} fetches each (raw stream, node code path)")
         key = Ed25519PrivateKey.generate()
         client = PoolClient(self.address, key, DataPlane(key, 4), JoinSpec("bench-fetch", "127.0.0.1:9", [TARGET]))
+        client.join()  # the pool API is closed: only a joined node's signed calls get artifacts
         order = sorted(self.packages, key=lambda n: -self.packages[n].manifest.artifacts[TARGET].size)
         rows = []
         try:
@@ -456,7 +459,10 @@ class Bench:
 
                 def raw() -> None:
                     got = chunks = 0
-                    for c in client.stub.FetchArtifact(req, timeout=300):
+                    # signed as the node signs it (single use, so once per stream; ~0.1 ms)
+                    md = sign_call(key, "FetchArtifact", client.gateway_id,
+                                   fetch_fields(name, m.version, TARGET, info.sha256, 0))
+                    for c in client.stub.FetchArtifact(req, timeout=300, metadata=md):
                         got += len(c.data)
                         chunks += 1
                     if got != info.size:
@@ -502,15 +508,18 @@ class Bench:
     def bench_infer(self) -> None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+        from hyperinfer.identity import load_key
         from hyperinfer.node.dataplane import DataPlane, LoadedModel
         from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
         from hyperinfer.runtime import ORTRunner, TVMRunner, configure_threads
+        from hyperinfer.verify.operators import infer_fields, sign_call
         from hyperinfer.transport import tensors
         from hyperinfer.transport.server import channel
 
         a = self.args
         configure_threads(a.threads)
         stub = pool_pb2_grpc.WorkerStub(channel(self.node.address))
+        gateway_key = load_key(self.tmp / "gateway.key")
         key = Ed25519PrivateKey.generate()
         rows, notes = [], []
         log(f"\n3. inference: node Worker/Infer vs in-process, {a.threads} thread(s) each")
@@ -528,7 +537,9 @@ class Bench:
 
             def node_call():
                 req.request_id = uuid.uuid4().hex  # as the gateway does
-                resp = stub.Infer(req, timeout=60)
+                # nodes serve only their gateway's signed calls: signed here as the gateway signs (~0.1 ms)
+                md = sign_call(gateway_key, "Infer", self.node.node_id, infer_fields(req.request_id, name, m.version))
+                resp = stub.Infer(req, timeout=60, metadata=md)
                 return tensors.many_from_proto(resp.outputs), resp
 
             # same artifact, same input: the node's answer must be bit-identical to ours

@@ -183,8 +183,24 @@ def test_curl_infers_ppocr_with_json(pool, tmp_path):
     check(pool, outs, x, resp["parameters"][RECEIPT_PARAMETER])
 
 
+def quiet_metrics(address: str, timeout: float = 60.0) -> dict:
+    """A scrape once earlier requests' checks and write-behind ledger rows have all landed
+    (every success verified, the ledger's job count unchanged over half a second)."""
+    deadline = time.monotonic() + timeout
+    before = scrape(address)
+    while True:
+        time.sleep(0.5)
+        now = scrape(address)
+        verified = total(now, "hyperinfer_verification_duration_seconds_count") >= total(
+            now, "nv_inference_request_success_total")
+        if verified and total(now, "hyperinfer_node_jobs_total") == total(before, "hyperinfer_node_jobs_total"):
+            return now
+        assert time.monotonic() < deadline, "earlier requests' checks did not settle within 60 s"
+        before = now
+
+
 def test_metrics_after_a_load_run_match_what_was_sent(pool):
-    g0, n0 = scrape(pool["metrics"]), scrape(pool["node0_metrics"])
+    g0, n0 = quiet_metrics(pool["metrics"]), scrape(pool["node0_metrics"])
     n = 8
     x = page(4)
     for k in range(n):
