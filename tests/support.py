@@ -32,3 +32,20 @@ def assert_one_line_error(proc, *needles: str) -> None:
     assert len(errors) == 1, proc.stderr
     for n in needles:
         assert n in errors[0], errors[0]
+
+
+def parse_metrics(text: str) -> dict[str, dict[tuple, float]]:
+    """Prometheus text parsed with prometheus_client's own parser: {sample name: {labels: value}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[tuple, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def metric_total(metrics: dict, name: str, **labels) -> float:
+    """The sum of a sample over every label set that includes ``labels``."""
+    want = set(labels.items())
+    return sum(v for k, v in metrics.get(name, {}).items() if want <= set(k))

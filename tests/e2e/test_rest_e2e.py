@@ -34,7 +34,7 @@ try:
     import tritonclient.http as tclient
 except ImportError:
     pytest.skip("tritonclient[http] is not installed", allow_module_level=True)
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from support import metric_total, parse_metrics  # noqa: E402
 
 HYPERINFER = [sys.executable, "-c", "from hyperinfer.cli import entrypoint; entrypoint()"]
 MODEL = "ppocr-cls"
@@ -122,17 +122,10 @@ def pool(tmp_path_factory, ppocr_paths):
 
 
 def scrape(address: str) -> dict[str, dict[tuple, float]]:
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
-    out: dict[str, dict[tuple, float]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
+    return parse_metrics(urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode())
 
 
-def total(metrics, name: str, **labels) -> float:
-    want = set(labels.items())
-    return sum(v for k, v in metrics.get(name, {}).items() if want <= set(k))
+total = metric_total
 
 
 def page(seed: int) -> np.ndarray:

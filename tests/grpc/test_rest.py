@@ -34,7 +34,7 @@ try:
     tgrpc = import_tritonclient_grpc()
 except ImportError:
     pytest.skip("tritonclient[http,grpc] is not installed", allow_module_level=True)
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from support import metric_total, parse_metrics  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -294,16 +294,10 @@ def test_tritonclient_http_sees_the_error(pool):
 def scrape(pool) -> dict[str, dict[tuple, float]]:
     status, headers, data = call(pool, "GET", "/metrics", where="metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
-    out: dict[str, dict[tuple, float]] = {}
-    for fam in text_string_to_metric_families(data.decode()):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
+    return parse_metrics(data.decode())
 
 
-def total(metrics, name: str, **labels) -> float:
-    want = set(labels.items())
-    return sum(v for k, v in metrics.get(name, {}).items() if want <= set(k))
+total = metric_total
 
 
 def test_metrics_count_what_was_sent(pool):
