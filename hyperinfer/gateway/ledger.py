@@ -154,8 +154,10 @@ class Ledger:
     def __init__(self, store: Any, config: LedgerConfig | None = None,
                  on_quarantine: Callable[[str], None] | None = None, *, operators: Any = None,
                  operator_of: Callable[[str], str | None] | None = None,
-                 on_operator_quarantine: Callable[[str], None] | None = None):
+                 on_operator_quarantine: Callable[[str], None] | None = None,
+                 on_stale_view: Callable[[], None] | None = None):
         self.store = store
+        self.on_stale_view = on_stale_view
         self.config = config or LedgerConfig()
         self.on_quarantine = on_quarantine
         self.operators = operators
@@ -196,10 +198,12 @@ class Ledger:
             return None
 
     def _fault(self, c: Any, node_id: str, kind: str, request_id: str, dispute_id: str,
-               reason: str, now: int, forfeit_reward: bool, operators_out: list[str] | None = None) -> bool:
+               reason: str, now: int, forfeit_reward: bool, operators_out: list[str] | None = None,
+               already_out: list[str] | None = None) -> bool:
         """Count a fault, slash, maybe revoke the job's reward; True if it newly quarantines the node.
         The node's operator gets the fault and the slash too; an operator it newly quarantines
-        is appended to ``operators_out``."""
+        is appended to ``operators_out``. A node the ledger had already quarantined (on a shared
+        store: another gateway did) is appended to ``already_out``."""
         self._ensure(c, node_id, now)  # lock order: node rows, then operator rows
         op_id = self._operator_id(node_id)
         if op_id is not None and self.operators.fault_in(c, op_id, float(self.config.slash_per_fault),
@@ -212,6 +216,8 @@ class Ledger:
         faults = int(row[1]) + 1
         n = self.config.quarantine_after
         quarantine = bool(n) and faults >= n and not row[2]
+        if row[2] and already_out is not None:
+            already_out.append(node_id)
         c.execute(
             """UPDATE ledger SET faults = faults + 1, stake = stake - ?, slashed = slashed + ?,
                credits = credits - ?, quarantined = CASE WHEN ? = 1 THEN 1 ELSE quarantined END, updated = ?
@@ -222,7 +228,16 @@ class Ledger:
                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (node_id, kind, request_id, dispute_id, reason, slash, now))
         return quarantine
 
-    def _after_quarantine(self, node_ids: Iterable[str], operator_ids: Iterable[str] = ()) -> list[str]:
+    def _after_quarantine(self, node_ids: Iterable[str], operator_ids: Iterable[str] = (),
+                          already: Iterable[str] = ()) -> list[str]:
+        # a fault for a node the ledger had quarantined (another gateway of a shared store did):
+        # this gateway's registry may still hold it as healthy (its cache is up to cache_ttl old),
+        # so have it re-read the store now, or it keeps scheduling the node and counting faults
+        if self.on_stale_view is not None and list(already):
+            try:
+                self.on_stale_view()
+            except Exception:  # noqa: BLE001
+                log.exception("on_stale_view failed")
         for op_id in operator_ids:
             log.warning("operator %s quarantined after %d faults of its nodes", op_id, self.config.quarantine_after)
             if self.on_operator_quarantine is not None:
@@ -260,9 +275,11 @@ class Ledger:
         """A rejected result (bad signature, replay, mismatch). True if the node is now quarantined."""
         now = _now_ms()
         ops: list[str] = []
+        already: list[str] = []
         with self.store.transaction() as c:
-            q = self._fault(c, node_id, kind, request_id, "", reason, now, forfeit_reward=False, operators_out=ops)
-        return bool(self._after_quarantine([node_id] if q else [], ops))
+            q = self._fault(c, node_id, kind, request_id, "", reason, now, forfeit_reward=False, operators_out=ops,
+                            already_out=already)
+        return bool(self._after_quarantine([node_id] if q else [], ops, already))
 
     def record_timeout(self, node_id: str, reason: str, request_id: str = "") -> bool:
         """A node call that ran past the gateway's node timeout (a stalling node): a ``timeout``
@@ -311,6 +328,7 @@ class Ledger:
         v = dispute.verdict
         quarantined = []
         ops: list[str] = []
+        already: list[str] = []
         with self.store.transaction() as c:
             c.execute(
                 """INSERT INTO evidence (dispute_id, created, model_name, model_version, primary_node,
@@ -332,9 +350,9 @@ class Ledger:
                 if e.node_id in v.faults:
                     request_id = e.parsed.request_id
                     if self._fault(c, e.node_id, "dispute", request_id, dispute.dispute_id, v.reason, now,
-                                   forfeit_reward=True, operators_out=ops):
+                                   forfeit_reward=True, operators_out=ops, already_out=already):
                         quarantined.append(e.node_id)
-        return self._after_quarantine(quarantined, ops)
+        return self._after_quarantine(quarantined, ops, already)
 
     def store_receipt(self, receipt: Receipt) -> None:
         with self.store.transaction() as c:
@@ -511,7 +529,8 @@ def install(gateway: Any) -> Ledger:
 
     ledger = Ledger(gateway.store, config_from(gateway.config), on_quarantine=quarantine,
                     operators=getattr(gateway, "operators", None), operator_of=operator_of,
-                    on_operator_quarantine=quarantine_operator)
+                    on_operator_quarantine=quarantine_operator,
+                    on_stale_view=lambda: gateway.registry.reload())
     gateway.ledger = ledger
     c = ledger.config
     log.info("ledger: reward %g per job, stake %g, slash %g per fault, quarantine after %s faults, "

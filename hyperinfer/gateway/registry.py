@@ -273,6 +273,11 @@ class Registry:
         for node_id, old, new in changed:
             self._changed(node_id, old, new, "seen in the shared store")
 
+    def reload(self) -> None:
+        """Re-read the nodes table now (shared store): the ledger calls this when it finds a node
+        it faults already quarantined by another gateway."""
+        self._refresh(force=True)
+
     def on_state_change(self, listener: Callable[[str, str, str], None]) -> None:
         """Call ``listener(node_id, old_state, new_state)`` after each state change."""
         self._listeners.append(listener)

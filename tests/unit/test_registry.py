@@ -397,3 +397,29 @@ def test_challenge_from_one_gateway_is_single_use_across_both(two_gateways):
     nonce = a.challenge(public_bytes(key)).nonce
     b.join(join_req(b, key, nonce=nonce, gateway_id=GW2))
     assert a.get(fingerprint(public_bytes(key))).state == "healthy"
+
+
+def test_a_fault_for_a_node_quarantined_elsewhere_refreshes_this_gateways_view(postgresql_url, clock):
+    """B reads the nodes table through a long cache; A's ledger quarantines the node. The next
+    fault B's ledger records for it finds it already quarantined and makes B re-read the store
+    at once, so B stops scheduling it then, not when its cache expires."""
+    from hyperinfer.gateway.ledger import Ledger, LedgerConfig
+
+    sa, sb = open_store(postgresql_url), open_store(postgresql_url)
+    try:
+        a = Registry(sa, gateway_id=GW, catalog=FakeCatalog(), clock=clock, cache_ttl=0)
+        key = Ed25519PrivateKey.generate()
+        node = a.join(join_req(a, key))
+        a.heartbeat(hb(key, clock))
+        b = Registry(sb, gateway_id=GW2, catalog=FakeCatalog(), clock=clock, cache_ttl=3600)
+        cfg = LedgerConfig(quarantine_after=2)
+        la = Ledger(sa, cfg, on_quarantine=lambda n: a.set_state(n, "quarantined"), on_stale_view=a.reload)
+        lb = Ledger(sb, cfg, on_quarantine=lambda n: b.set_state(n, "quarantined"), on_stale_view=b.reload)
+        assert not la.record_fault(node.node_id, "bad 1") and la.record_fault(node.node_id, "bad 2")
+        assert a.schedulable_nodes("m", 1) == []
+        assert [n.node_id for n in b.schedulable_nodes("m", 1)] == [node.node_id]  # B's cache is old
+        assert not lb.record_fault(node.node_id, "bad 3")  # not newly quarantined: A did it
+        assert b.schedulable_nodes("m", 1) == [] and b.get(node.node_id).state == "quarantined"
+    finally:
+        sa.close()
+        sb.close()
