@@ -51,7 +51,7 @@ class Gatekeeper:
         self._pool: set[bytes] = set()
         self._lock = threading.Lock()
         self._replay = ReplayGuard()
-        # Worker-call sessions: session id -> (gateway key, session); one per gateway key
+        # the Worker-call session: session id -> (gateway key, session); at most one
         self._sessions: dict[str, tuple[bytes, Session]] = {}
         self.accepted = {"session": 0, "signed": 0}  # Worker calls let through, by proof
 
@@ -96,7 +96,8 @@ class Gatekeeper:
     def establish(self, gateway_key: bytes, gateway_kx_public_key: bytes, gateway_kx_signature: bytes,
                   node_kx: Any, node_kx_public_key: bytes) -> Session:
         """The session with the gateway ``gateway_key`` (pinned or announced) after a join: its X25519
-        key must carry its signature. Replaces that gateway's previous session (a re-join rotates)."""
+        key must carry its signature. It replaces any previous session: the node holds one, with the
+        gateway it joined last (the store keeps only that join's key), so a re-join rotates it."""
         key = bytes(gateway_key)
         if key not in self.allowed():
             raise Unauthenticated(f"gateway {fingerprint(key)[:12]} is not pinned or announced; no session with it")
@@ -105,17 +106,14 @@ class Gatekeeper:
                                  node_id=self.node_id, node_kx_public_key=bytes(node_kx_public_key),
                                  gateway_kx_public_key=bytes(gateway_kx_public_key))
         with self._lock:
-            sessions = {sid: v for sid, v in self._sessions.items() if v[0] != key}
-            sessions[session.session_id] = (key, session)
-            self._sessions = sessions
+            self._sessions = {session.session_id: (key, session)}
         log.info("worker-call session with gateway %s established", fingerprint(key)[:12])
         return session
 
-    def forget_sessions(self, gateway_key: bytes) -> None:
-        """Drop the session with this gateway (it re-joined us without agreeing a new one)."""
-        key = bytes(gateway_key)
+    def forget_sessions(self) -> None:
+        """Drop the session (the node re-joined a gateway that agreed none: it signs its calls)."""
         with self._lock:
-            self._sessions = {sid: v for sid, v in self._sessions.items() if v[0] != key}
+            self._sessions = {}
 
     def session_count(self) -> int:
         return len(self._sessions)

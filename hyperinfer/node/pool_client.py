@@ -163,7 +163,7 @@ class PoolClient:
                 return
             except HyperinferError as e:
                 log.warning("no worker-call session with gateway %s: %s", fingerprint(gateway_key)[:12], e)
-        self.gatekeeper.forget_sessions(gateway_key)
+        self.gatekeeper.forget_sessions()
 
     def heartbeat(self) -> pool_pb2.HeartbeatResponse:
         dp = self.dataplane

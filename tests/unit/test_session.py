@@ -124,7 +124,7 @@ def test_wrong_key_other_node_and_rotation_are_refused(pool):
     with pytest.raises(Unauthenticated, match="unknown worker-call session"):
         gk.check(mac_call(session, "Infer", fields), "Infer", fields)
     gk.check(mac_call(new_session, "Infer", fields), "Infer", fields)
-    gk.forget_sessions(public_bytes(gw))  # re-joined a gateway that agreed none
+    gk.forget_sessions()  # re-joined a gateway that agreed none
     with pytest.raises(Unauthenticated, match="unknown worker-call session"):
         gk.check(mac_call(new_session, "Infer", fields), "Infer", fields)
 
@@ -139,6 +139,11 @@ def test_session_of_a_gateway_that_left_the_pool_is_refused():
     session, _ = _join(second, node, gk)
     fields = infer_fields("r1", "mlp", 1)
     gk.check(mac_call(session, "Infer", fields), "Infer", fields)
+    # joining another gateway replaces the session: one at a time, the last join's
+    _join(pinned, node, gk)
+    with pytest.raises(Unauthenticated, match="unknown worker-call session"):
+        gk.check(mac_call(session, "Infer", fields), "Infer", fields)
+    session, _ = _join(second, node, gk)
     gk.announce([])  # the pinned gateway stopped announcing it
     with pytest.raises(PermissionDenied, match="not a gateway of this node's pool"):
         gk.check(mac_call(session, "Infer", fields), "Infer", fields)
