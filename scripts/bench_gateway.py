@@ -20,7 +20,8 @@ then prints, in one run:
 4. throughput (requests/s, several client threads) with 4, 2 and 1 nodes, with one gateway
    process and with ``--workers`` processes on the same port and store;
 5. what the gateway's own steps cost, timed in this process (where the added
-   latency goes: an extra gRPC hop, one Ed25519 verify, one Ed25519 signature);
+   latency goes: an extra gRPC hop, one Ed25519 verify, one Ed25519 signature, the Worker
+   call's session HMAC);
 6. with ``--batching``: dynamic batching on PP-OCR rec and cls (scripts/bench_batching.py).
 
 The client is hyperinfer's own OIP stub (the same messages tritonclient sends,
@@ -120,7 +121,7 @@ ident = lambda b: b
 node = grpc.insecure_channel(sys.argv[1])
 forward = node.unary_unary("/hyperinfer.v1.Worker/Infer", request_serializer=ident, response_deserializer=ident)
 server = grpc.server(futures.ThreadPoolExecutor(16))
-# the gateway's call signature travels on (nodes serve only calls their gateway signed)
+# the gateway's call proof (session MAC or signature) travels on (nodes serve only their gateways)
 signed = lambda ctx: [(k, v) for k, v in ctx.invocation_metadata() if k.startswith("x-hyperinfer-")]
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hyperinfer.v1.Worker", {
     "Infer": grpc.unary_unary_rpc_method_handler(lambda req, ctx: forward(req, timeout=30, metadata=signed(ctx)),
@@ -298,21 +299,51 @@ class Bench:
             times.append(time.perf_counter() - t0)
         return times
 
+    def worker_auth(self, node_id: str):
+        """``fields -> metadata`` for a Worker call to ``node_id``, authenticated as the gateway does:
+        an HMAC with the session the node agreed at join (read from the gateway's store), else an
+        Ed25519 signature (a gateway without sessions). The node checks either way: the direct and
+        proxy rows pay the node's check as the gateway's calls do."""
+        cache = self.__dict__.setdefault("auth", {})
+        if node_id not in cache:
+            import sqlite3
+
+            from hyperinfer.identity import load_key
+            from hyperinfer.verify.operators import sign_call
+            from hyperinfer.verify.signing import key_id
+
+            key = load_key(self.tmp / "gateway.key")
+            db = sqlite3.connect(f"file:{self.tmp / 'gateway.db'}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT kx_public_key, kx_gateway FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+            except sqlite3.OperationalError:  # a gateway without Worker-call sessions (no such columns)
+                row = None
+            db.close()
+            if row and row[0] and row[1] == key_id(key):
+                from hyperinfer.verify.session import derive_session, gateway_kx_key, kx_public, mac_call
+
+                kx = gateway_kx_key(key)
+                session = derive_session(kx, bytes(row[0]), gateway_id=key_id(key), node_id=node_id,
+                                         node_kx_public_key=bytes(row[0]), gateway_kx_public_key=kx_public(kx))
+                cache[node_id] = ("session HMAC", lambda fields: mac_call(session, "Infer", fields))
+            else:
+                cache[node_id] = ("Ed25519 signature", lambda fields: sign_call(key, "Infer", node_id, fields))
+        return cache[node_id]
+
     def direct(self, n: int, address: str | None = None, model: str = "mlp") -> list[float]:
-        from hyperinfer.identity import load_key
-        from hyperinfer.verify.operators import infer_fields, sign_call
+        from hyperinfer.verify.operators import infer_fields
 
         stub = pool_pb2_grpc.WorkerStub(channel(address or self.node_addresses[0]))
         x = self.x if model == "mlp" else self.det_x
         req = pool_pb2.InferRequest(model_name=model, model_version=1, inputs=tensors.many_to_proto({"x": x}))
-        key = self.__dict__.setdefault("gateway_key", load_key(self.tmp / "gateway.key"))
         node_id = self.node_ids[address or self.node_addresses[0]] if address in self.node_ids or address is None \
             else self.node_ids[self.node_addresses[0]]  # through the proxy: its node
+        auth = self.worker_auth(node_id)[1]
         times = []
         for _ in range(n):
             req.request_id = uuid.uuid4().hex  # as the gateway does
-            # signed as the gateway signs its Worker calls (nodes serve only those), before the clock starts
-            metadata = sign_call(key, "Infer", node_id, infer_fields(req.request_id, model, 1))
+            # authenticated as the gateway's Worker calls are (nodes serve only those), before the clock starts
+            metadata = auth(infer_fields(req.request_id, model, 1))
             t0 = time.perf_counter()
             stub.Infer(req, timeout=30, metadata=metadata)
             times.append(time.perf_counter() - t0)
@@ -371,6 +402,7 @@ class Bench:
         from hyperinfer.verify.digest import tensors_digest
         from hyperinfer.verify.receipt import Receipt, receipt_to_json, sign_receipt
         from hyperinfer.verify.operators import infer_fields, sign_call
+        from hyperinfer.verify.session import Session, mac_call
         from hyperinfer.verify.signing import key_id, public_bytes
 
         m = ModelPackage.open(self.tmp / "repo" / "mlp" / "1").manifest
@@ -383,6 +415,7 @@ class Bench:
         gw_id = key_id(gw)  # the gateway computes its id once
         receipt = sign_receipt(gw, Receipt(att.request_id, "mlp", 1, key_id(node), pub, data, sig, "unchecked", "",
                                            int(time.time() * 1000)))
+        session = Session("00" * 16, gw_id, key_id(node), os.urandom(32))
         req = self.oip_request("auto")
         resp = InferResponse("mlp", "1", "", [OutputTensor("probs", "FP32", y["probs"])],
                              {"hyperinfer.receipt": receipt_to_json(receipt)})
@@ -394,8 +427,10 @@ class Bench:
             ("decode + check the OIP request", decode),
             ("input digest (sha256)", lambda: tensors_digest(["x"], {"x": self.x})),
             ("pool request/response tensors", lambda: tensors.many_from_proto(tensors.many_to_proto(y))),
-            ("sign the Worker call (Ed25519)", lambda: sign_call(gw, "Infer", key_id(node),
+            ("sign the Worker call (Ed25519: fallback)", lambda: sign_call(gw, "Infer", key_id(node),
                                                                 infer_fields(att.request_id, "mlp", 1))),
+            ("MAC the Worker call (session HMAC)", lambda: mac_call(session, "Infer",
+                                                                   infer_fields(att.request_id, "mlp", 1))),
             ("verify the attestation (Ed25519)", lambda: verify_attestation(pub, data, sig)),
             ("sign the receipt (Ed25519 + JSON)", lambda: sign_receipt(gw, receipt, gw_id)),
             ("receipt to JSON", lambda: receipt_to_json(receipt)),
@@ -408,9 +443,10 @@ class Bench:
             for _ in range(n):
                 fn()
             us = (time.perf_counter() - t0) / n * 1e6
-            total += us
-            print(f"   {label:36s} {us:8.1f} us")
-        print(f"   {'sum':36s} {total:8.1f} us  (plus a Python gRPC server hop and a client call to the node)")
+            total += 0.0 if "fallback" in label else us
+            print(f"   {label:41s} {us:8.1f} us")
+        print(f"   {'sum (without the fallback)':41s} {total:8.1f} us  (plus a Python gRPC server hop and a client "
+              "call to the node)")
 
     def jobs(self) -> int:
         status = self.pool.Status(pool_pb2.StatusRequest(), timeout=5)
@@ -432,6 +468,7 @@ class Bench:
               f"(MLP 1x64 -> 1x10, sample rate {a.rate})")
         proxy = self.start_proxy()
         self.direct(50, proxy)
+        print(f"   Worker calls (gateway, and direct/proxy rows alike): {self.worker_auth(self.node_ids[self.node_addresses[0]])[0]}")
         calls = {"direct to node": self.direct, "zero-logic proxy": lambda k: self.direct(k, proxy),
                  **{f"gateway verify={m}": (lambda k, m=m: self.via_gateway(m, k)) for m in ("auto", "sync", "always")}}
         lat = self.interleaved(calls, n)

@@ -40,6 +40,7 @@ from hyperinfer.package import ModelRepository
 from hyperinfer.proto.v1 import pool_pb2_grpc
 from hyperinfer.transport.limits import StreamLimiter
 from hyperinfer.transport.tls import TLSFiles
+from hyperinfer.verify.session import gateway_kx_offer
 from hyperinfer.verify.signing import key_id, public_bytes
 
 log = logging.getLogger("hyperinfer.gateway")
@@ -93,7 +94,8 @@ class Gateway:
                                               what="artifact streams")
         self.pool = PoolServicer(self.registry, self.catalog, gateway_id=self.gateway_id,
                                  gateway_public_key=self.public_key, artifact_streams=self.artifact_streams,
-                                 access=self.access, pool_gateway_keys=self.pool_gateway_keys)
+                                 access=self.access, pool_gateway_keys=self.pool_gateway_keys,
+                                 gateway_kx=gateway_kx_offer(self.key))
         self._pool_keys: tuple[float, list[bytes]] = (0.0, [])
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)

@@ -54,7 +54,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         self, registry: Registry, catalog: Catalog, *, gateway_id: str, gateway_public_key: bytes,
         ledger: Any = None, sample_rate: Callable[[str, int], float] | None = None,
         access: Any = None, pool_gateway_keys: Callable[[], list[bytes]] | None = None,
-        artifact_streams: StreamLimiter | None = None,
+        artifact_streams: StreamLimiter | None = None, gateway_kx: tuple[bytes, bytes] | None = None,
     ):
         self.registry = registry
         self.catalog = catalog
@@ -68,6 +68,8 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         self.pool_gateway_keys = pool_gateway_keys or (lambda: [gateway_public_key])
         self.audit_rate: Callable[[str, int], float] | None = None
         self.artifact_streams = artifact_streams or StreamLimiter(what="artifact streams")
+        # (X25519 public key, Ed25519 signature over it): Worker-call sessions (verify.session)
+        self.gateway_kx = gateway_kx
 
     def _interval_ms(self) -> int:
         return int(self.registry.heartbeat_interval * 1000)
@@ -88,10 +90,15 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
             operator=request.operator, listen_address=request.listen_address, targets=list(request.targets),
             max_concurrency=request.max_concurrency, devices=[device_to_dict(d) for d in request.devices],
             software_version=request.software_version, operator_cert=bytes(request.operator_cert),
+            kx_public_key=bytes(request.kx_public_key) if self.gateway_kx else b"",
+            kx_signature=bytes(request.kx_signature) if self.gateway_kx else b"",
         ))
-        return pool_pb2.JoinResponse(node_id=node.node_id, heartbeat_interval_ms=self._interval_ms(),
+        resp = pool_pb2.JoinResponse(node_id=node.node_id, heartbeat_interval_ms=self._interval_ms(),
                                      models=self._offers(), gateway_id=self.gateway_id,
                                      pool_gateway_keys=self.pool_gateway_keys())
+        if self.gateway_kx and node.kx_public_key:  # the node agreed a session: answer with our half
+            resp.gateway_kx_public_key, resp.gateway_kx_signature = self.gateway_kx
+        return resp
 
     def Heartbeat(self, request: pool_pb2.HeartbeatRequest, context) -> pool_pb2.HeartbeatResponse:
         self.registry.heartbeat(Heartbeat(

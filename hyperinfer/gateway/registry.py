@@ -104,6 +104,8 @@ class NodeInfo:
     devices: tuple[dict[str, Any], ...] = ()
     failed: bool = False  # reported failed by the scheduler since its last heartbeat
     software_version: str = ""
+    kx_public_key: bytes = b""  # X25519 key of its last join (verify.session)
+    kx_gateway: str = ""  # the gateway that agreed a Worker-call session with it ("" none)
 
     @property
     def schedulable(self) -> bool:
@@ -131,6 +133,8 @@ class JoinRequest:
     devices: Sequence[dict[str, Any]] = field(default_factory=tuple)
     software_version: str = ""
     operator_cert: bytes = b""  # hyperinfer.verify.operators certificate (closed pools need one)
+    kx_public_key: bytes = b""  # X25519 key for the Worker-call session (verify.session); b"": none
+    kx_signature: bytes = b""  # the node key's signature over verify.session.node_kx_payload
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,11 @@ class Registry:
                 "join signature does not verify with public_key (it must sign "
                 "verify.payloads.join_payload over this nonce, gateway id and declaration)"
             )
+        if req.kx_public_key or req.kx_signature:
+            from hyperinfer.verify.session import check_node_kx
+
+            check_node_kx(req.public_key, bytes(req.kx_public_key), bytes(req.kx_signature), nonce=req.nonce,
+                          gateway_id=self.gateway_id)
         self._consume_nonce(req.nonce, req.public_key)
         op, operator_id = None, operator
         if self.operators is not None:
@@ -365,6 +374,8 @@ class Registry:
                 state=state, joined_at_ms=now_ms, last_heartbeat_ms=now_ms,
                 heartbeat_ts_ms=old.heartbeat_ts_ms if old is not None else 0,
                 outstanding=0, loaded=(), software_version=software_version,
+                # a re-join replaces the session key (none if this join brought no X25519 key)
+                kx_public_key=bytes(req.kx_public_key), kx_gateway=self.gateway_id if req.kx_public_key else "",
             )
             stored = self.store.put_node(rec, keep_quarantine=True)
             if stored != state:  # quarantined by another gateway meanwhile
@@ -547,6 +558,7 @@ class Registry:
             outstanding=rec.outstanding, capacity=rec.capacity, state=state,
             last_heartbeat=rec.last_heartbeat_ms / 1000, joined_at=rec.joined_at_ms / 1000,
             devices=rec.devices, failed=failed, software_version=rec.software_version,
+            kx_public_key=rec.kx_public_key, kx_gateway=rec.kx_gateway,
         )
         self._infos[rec.node_id] = (rec, info)
         return info

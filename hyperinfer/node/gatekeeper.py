@@ -7,11 +7,15 @@ nothing. The pinned gateway vouches for the other gateways of its pool (several
 share a PostgreSQL store): their keys come in the Join and Heartbeat answers and
 are accepted too, while the pinned gateway keeps announcing them.
 
-Every Worker call must carry a signature by one of these keys over
+Every Worker call must carry a proof over
 :func:`hyperinfer.verify.operators.call_payload` (method, this node's id, the
-request id and model), fresh and used once. Strangers get UNAUTHENTICATED (no
-or bad signature) or PERMISSION_DENIED (a key that is not the pool's), before
-any model runs and before ``Info`` says anything.
+request id and model), fresh and used once: an HMAC with the session key agreed
+at join (:mod:`hyperinfer.verify.session`, the fast path), or an Ed25519
+signature by one of these keys (gateways without a session with this node). A
+session call counts only while its gateway's key is still pinned or announced.
+Strangers get UNAUTHENTICATED (no, bad or unknown-session proof) or
+PERMISSION_DENIED (a key that is not the pool's), before any model runs and
+before ``Info`` says anything.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Iterable, Mapping
 
 from hyperinfer.errors import PermissionDenied, Unauthenticated
 from hyperinfer.verify.operators import ReplayGuard, caller_from_metadata, check_call, infer_fields  # noqa: F401
+from hyperinfer.verify.session import Session, check_gateway_kx, check_mac, derive_session, mac_caller_from_metadata
 from hyperinfer.verify.signing import fingerprint
 
 log = logging.getLogger("hyperinfer.node")
@@ -46,6 +51,9 @@ class Gatekeeper:
         self._pool: set[bytes] = set()
         self._lock = threading.Lock()
         self._replay = ReplayGuard()
+        # the Worker-call session: session id -> (gateway key, session); at most one
+        self._sessions: dict[str, tuple[bytes, Session]] = {}
+        self.accepted = {"session": 0, "signed": 0}  # Worker calls let through, by proof
 
     @property
     def pinned(self) -> bytes | None:
@@ -85,8 +93,47 @@ class Gatekeeper:
         with self._lock:
             return ({self._pinned} if self._pinned else set()) | self._pool
 
+    def establish(self, gateway_key: bytes, gateway_kx_public_key: bytes, gateway_kx_signature: bytes,
+                  node_kx: Any, node_kx_public_key: bytes) -> Session:
+        """The session with the gateway ``gateway_key`` (pinned or announced) after a join: its X25519
+        key must carry its signature. It replaces any previous session: the node holds one, with the
+        gateway it joined last (the store keeps only that join's key), so a re-join rotates it."""
+        key = bytes(gateway_key)
+        if key not in self.allowed():
+            raise Unauthenticated(f"gateway {fingerprint(key)[:12]} is not pinned or announced; no session with it")
+        check_gateway_kx(key, bytes(gateway_kx_public_key), bytes(gateway_kx_signature))
+        session = derive_session(node_kx, bytes(gateway_kx_public_key), gateway_id=fingerprint(key),
+                                 node_id=self.node_id, node_kx_public_key=bytes(node_kx_public_key),
+                                 gateway_kx_public_key=bytes(gateway_kx_public_key))
+        with self._lock:
+            self._sessions = {session.session_id: (key, session)}
+        log.info("worker-call session with gateway %s established", fingerprint(key)[:12])
+        return session
+
+    def forget_sessions(self) -> None:
+        """Drop the session (the node re-joined a gateway that agreed none: it signs its calls)."""
+        with self._lock:
+            self._sessions = {}
+
+    def session_count(self) -> int:
+        return len(self._sessions)
+
     def check(self, metadata: Any, method: str, fields: Mapping[str, Any] | None = None) -> None:
-        """Raise unless one of the pool's gateways signed this call."""
+        """Raise unless one of the pool's gateways made this call (session HMAC or signature)."""
+        mac_caller = mac_caller_from_metadata(metadata)
+        if mac_caller is not None:
+            entry = self._sessions.get(mac_caller.session_id)  # dict read is atomic; replaced, never mutated
+            if entry is None:
+                raise Unauthenticated(f"{method}: unknown worker-call session (the node re-joined or restarted; "
+                                      "sign the call instead)")
+            if entry[0] not in self.allowed():
+                raise PermissionDenied(f"{method}: key {fingerprint(entry[0])[:12]} is not a gateway of this "
+                                       "node's pool")
+            check_mac(mac_caller, entry[1], method, fields)
+            self._replay.check(mac_caller)  # type: ignore[arg-type] - keyed on the MAC bytes
+            with self._lock:
+                self.accepted["session"] += 1
+            return
         caller = caller_from_metadata(metadata)
         if caller is None:
             raise Unauthenticated(f"{method}: this node serves only its pool's gateways (unsigned call)")
@@ -97,3 +144,5 @@ class Gatekeeper:
             raise PermissionDenied(f"{method}: key {caller.key_id[:12]} is not a gateway of this node's pool")
         check_call(caller, method, self.node_id, fields)
         self._replay.check(caller)
+        with self._lock:
+            self.accepted["signed"] += 1

@@ -4,8 +4,10 @@ Protocol (design §7):
 
 1. ``Challenge(public_key)`` -> a single-use nonce and the gateway's id.
 2. ``Join``: the node signs ``payloads.join_payload`` (nonce, gateway id, node id,
-   operator, listen address, targets, max concurrency). The answer carries the
-   heartbeat interval and the models on offer.
+   operator, listen address, targets, max concurrency). With a gatekeeper it also
+   sends a fresh X25519 key, signed (``verify.session``); the answer carries the
+   gateway's signed X25519 key, and both sides derive the Worker-call session key.
+   The answer carries the heartbeat interval and the models on offer.
 3. ``Heartbeat`` every interval, signed (``payloads.heartbeat_payload``), with the
    load and the models loaded; the answer carries the current offers.
    NOT_FOUND / UNAUTHENTICATED (the gateway forgot us, e.g. it restarted without
@@ -39,7 +41,7 @@ from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
 from hyperinfer.transport.errors import error_from_rpc
 from hyperinfer.transport.server import channel as make_channel
 from hyperinfer.transport.tls import TLSFiles
-from hyperinfer.verify import payloads
+from hyperinfer.verify import payloads, session
 from hyperinfer.verify.signing import fingerprint, sign
 
 log = logging.getLogger("hyperinfer.node")
@@ -125,14 +127,22 @@ class PoolClient:
             nonce=bytes(ch.nonce), gateway_id=ch.gateway_id, node_id=self.node_id, operator=spec.operator,
             listen_address=spec.listen_address, targets=spec.targets, max_concurrency=self.dataplane.capacity,
         )
+        kx = kx_pub = None
+        if self.gatekeeper is not None:  # a fresh key per join: a re-join rotates the session
+            kx = session.new_kx_key()
+            kx_pub = session.kx_public(kx)
         resp = self._call(self.stub.Join, pool_pb2.JoinRequest(
             public_key=pub, nonce=ch.nonce, signature=sign(self._key, payload), operator=spec.operator,
             listen_address=spec.listen_address, targets=spec.targets,
             devices=[device_to_proto(d) for d in spec.devices], max_concurrency=self.dataplane.capacity,
             software_version=hyperinfer.__version__, operator_cert=self.operator_cert,
+            kx_public_key=kx_pub or b"",
+            kx_signature=session.sign_node_kx(self._key, kx_pub, nonce=bytes(ch.nonce), gateway_id=ch.gateway_id)
+            if kx_pub else b"",
         ))
         if self.gatekeeper is not None:
             self.gatekeeper.announce(resp.pool_gateway_keys)
+            self._agree_session(bytes(ch.gateway_public_key), resp, kx, kx_pub)
         if resp.node_id and resp.node_id != self.node_id:
             log.warning("gateway calls this node %s, its key says %s", resp.node_id, self.node_id)
         self.gateway_id = resp.gateway_id or ch.gateway_id
@@ -142,6 +152,18 @@ class PoolClient:
         self.on_joined(resp)
         self.on_offers(offers_from_proto(resp.models))
         return resp
+
+    def _agree_session(self, gateway_key: bytes, resp: pool_pb2.JoinResponse, kx: Any, kx_pub: bytes | None) -> None:
+        """The Worker-call session with the gateway just joined; without one (an older gateway, or
+        its X25519 key does not carry its signature) its calls must be signed with Ed25519."""
+        if kx is not None and resp.gateway_kx_public_key:
+            try:
+                self.gatekeeper.establish(gateway_key, bytes(resp.gateway_kx_public_key),
+                                          bytes(resp.gateway_kx_signature), kx, kx_pub)
+                return
+            except HyperinferError as e:
+                log.warning("no worker-call session with gateway %s: %s", fingerprint(gateway_key)[:12], e)
+        self.gatekeeper.forget_sessions()
 
     def heartbeat(self) -> pool_pb2.HeartbeatResponse:
         dp = self.dataplane

@@ -77,3 +77,76 @@ def test_node_joins_loads_serves_and_leaves(tmp_path, repo):
         wait_for(lambda: gw.registry.get(node.node_id).state == "left", timeout=5, what="left")
     finally:
         gw.stop(0)
+
+
+def test_gateway_calls_node_with_a_session_mac_and_forgeries_are_refused(tmp_path, repo):
+    """The join agrees a Worker-call session: the real gateway client then authenticates calls
+    with an HMAC (no Ed25519 signature), the node refuses a forged, replayed or tampered MAC
+    with UNAUTHENTICATED, and after a re-join (new key) a stale session falls back to a signature."""
+    import grpc
+
+    from hyperinfer.gateway.worker_client import GrpcWorkerClient
+    from hyperinfer.proto.v1 import pool_pb2_grpc
+    from hyperinfer.transport.tensors import many_to_proto
+    from hyperinfer.verify.operators import infer_fields
+    from hyperinfer.verify.session import Session, derive_session, gateway_kx_key, kx_public, mac_call, new_kx_key
+
+    repo_dir, publisher_hex = repo
+    gw = start_gateway(tmp_path, repo_dir)
+    node = Node(NodeConfig(gateway=gw.address, key_path=tmp_path / "node.key", operator="op-a",
+                           cache_dir=tmp_path / "cache", trust_publishers=[publisher_hex], threads=1, grace_s=2),
+                hardware=detect("cpu"))
+    node.start()
+    client = GrpcWorkerClient(signer=gw.key)
+    try:
+        wait_for(lambda: gw.registry.schedulable_nodes("two-inputs", 1), what="node schedulable")
+        info = gw.registry.get(node.node_id)
+        assert len(info.kx_public_key) == 32 and info.kx_gateway == gw.gateway_id
+        x = {"a": np.ones((2, 16), np.float32), "b": np.full((2, 16), 2, np.float32)}
+        res = client.infer(info, "r1", "two-inputs", 1, x)
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(repo_dir / "two-inputs" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, x)))
+        for name, value in want.items():
+            np.testing.assert_allclose(res.outputs[name], value, rtol=1e-5, atol=1e-5)
+        assert node.gatekeeper.accepted == {"session": 1, "signed": 0}
+
+        # what the gateway holds, recomputed from its key and the node's stored X25519 key
+        session = derive_session(gateway_kx_key(gw.key), info.kx_public_key, gateway_id=gw.gateway_id,
+                                 node_id=node.node_id, node_kx_public_key=info.kx_public_key,
+                                 gateway_kx_public_key=kx_public(gateway_kx_key(gw.key)))
+        stranger = new_kx_key()  # someone who read the node's public X25519 key but has no gateway key
+        guessed = derive_session(stranger, info.kx_public_key, gateway_id=gw.gateway_id, node_id=node.node_id,
+                                 node_kx_public_key=info.kx_public_key, gateway_kx_public_key=kx_public(stranger))
+        req = pool_pb2.InferRequest(request_id="r2", model_name="two-inputs", model_version=1,
+                                    inputs=many_to_proto(x))
+        good = mac_call(session, "Infer", infer_fields("r2", "two-inputs", 1))
+        with grpc.insecure_channel(node.address) as ch:
+            stub = pool_pb2_grpc.WorkerStub(ch)
+            for md, words in (
+                (mac_call(Session(session.session_id, gw.gateway_id, node.node_id, guessed.key), "Infer",
+                          infer_fields("r2", "two-inputs", 1)), "MAC does not verify"),
+                (mac_call(guessed, "Infer", infer_fields("r2", "two-inputs", 1)), "unknown worker-call session"),
+                (mac_call(session, "Infer", infer_fields("other", "two-inputs", 1)), "MAC does not verify"),
+            ):
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.Infer(req, timeout=10, metadata=md)
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and words in e.value.details()
+            assert stub.Infer(req, timeout=10, metadata=good).attestation
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Infer(req, timeout=10, metadata=good)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "replayed" in e.value.details()
+        assert node.gatekeeper.accepted == {"session": 2, "signed": 0}
+
+        # a re-join rotates the key: a call on the stale session is refused, then sent signed
+        node.pool.join()
+        assert gw.registry.get(node.node_id).kx_public_key != info.kx_public_key
+        client.infer(info, "r3", "two-inputs", 1, x)  # `info` still names the old key
+        assert node.gatekeeper.accepted == {"session": 2, "signed": 1}
+        client.infer(gw.registry.get(node.node_id), "r4", "two-inputs", 1, x)
+        assert node.gatekeeper.accepted == {"session": 3, "signed": 1}
+    finally:
+        client.close()
+        node.stop()
+        gw.stop(0)

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from hyperinfer.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from hyperinfer.gateway.store import NodeRecord, SQLiteStore, Store, is_database_url, open_store
+from hyperinfer.gateway.store import MIGRATIONS, NodeRecord, SQLiteStore, Store, is_database_url, open_store
 
 
 def _node(node_id: str = "n1", **kw) -> NodeRecord:
@@ -27,7 +27,7 @@ def _node(node_id: str = "n1", **kw) -> NodeRecord:
 def test_backend_follows_db(db_location):
     s = open_store(db_location)
     try:
-        assert isinstance(s, Store) and s.schema_version("registry") == 1
+        assert isinstance(s, Store) and s.schema_version("registry") == len(MIGRATIONS)
         assert s.shared == is_database_url(db_location)  # PostgreSQL: several gateways may write
         assert isinstance(s, SQLiteStore) != s.shared
     finally:
@@ -37,7 +37,7 @@ def test_backend_follows_db(db_location):
 def test_wal_and_schema_version(tmp_path):
     s = open_store(tmp_path / "gw.db")
     assert s.journal_mode == "wal"
-    assert s.schema_version("registry") == 1
+    assert s.schema_version("registry") == len(MIGRATIONS)
     s.close()
 
 
@@ -55,7 +55,7 @@ def test_persists_across_reopen(db_location, tmp_path):
     assert s.count_challenges() == 1
     assert not s.claim_nonce(b"\x02" * 32, b"\x01" * 32, 99_000)  # used stays used
     assert s.pool_secret("join-challenge") == secret and len(secret) == 32
-    assert s.schema_version("registry") == 1  # migrating again is a no-op
+    assert s.schema_version("registry") == len(MIGRATIONS)  # migrating again is a no-op
     s.close()
 
 
@@ -151,12 +151,37 @@ def test_transaction_rolls_back_and_nests(db_location):
     # a second component's migrations extend its own version only
     assert s.migrate("ledger", [["CREATE TABLE ledger (node_id TEXT PRIMARY KEY, credits REAL NOT NULL)"],
                                 ["ALTER TABLE ledger ADD COLUMN stake REAL NOT NULL DEFAULT 0"]]) == 2
-    assert s.schema_version("ledger") == 2 and s.schema_version("registry") == 1
+    assert s.schema_version("ledger") == 2 and s.schema_version("registry") == len(MIGRATIONS)
     # another connection (another process, e.g. an audit command) sees committed rows
     other = s.connect()
     assert other.execute("SELECT COUNT(*) FROM ledger").fetchone()[0] == 2
     other.close()
     s.close()
+
+
+def test_session_columns_migrate_and_rotate(tmp_path):
+    """A version-1 database (before Worker-call sessions) gains the columns; old rows read as
+    'no session'; a re-join (put_node) replaces or clears the node's X25519 key."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    for sql in MIGRATIONS[0]:
+        conn.execute(sql)
+    conn.execute("INSERT INTO schema_version VALUES ('registry', 1)")
+    conn.execute("INSERT INTO nodes VALUES ('old', ?, 'a', '127.0.0.1:1', '[]', '[]', 1, 'healthy', 1, 1, 1, 0, "
+                 "'[]', '')", (b"\x01" * 32,))
+    conn.commit()
+    conn.close()
+    s = open_store(path)
+    try:
+        old = s.get_node("old")
+        assert old is not None and old.kx_public_key == b"" and old.kx_gateway == ""
+        s.put_node(_node(kx_public_key=b"\x07" * 32, kx_gateway="gw1"))
+        assert s.get_node("n1").kx_public_key == b"\x07" * 32 and s.get_node("n1").kx_gateway == "gw1"
+        s.put_node(_node())  # re-joined without a session
+        assert s.get_node("n1").kx_public_key == b"" and s.get_node("n1").kx_gateway == ""
+    finally:
+        s.close()
 
 
 def test_newer_schema_is_refused(db_location):

@@ -21,7 +21,10 @@ Tables owned by the store (component ``"registry"``, :mod:`.base`):
     ``last_heartbeat`` (gateway clock, unix ms), ``heartbeat_ts`` (the node's
     own timestamp of its last signed heartbeat/leave, unix ms, used to reject
     replays), ``outstanding``, ``loaded`` (JSON list of
-    ``[name, version, target_id, artifact_sha256]``), ``software_version``.
+    ``[name, version, target_id, artifact_sha256]``), ``software_version``,
+    ``kx_public_key`` (the node's X25519 key of its last join, NULL if none) and
+    ``kx_gateway`` (the gateway id it agreed its Worker-call session with, or
+    ''; see :mod:`hyperinfer.verify.session`).
 ``challenges``
     join nonces that a join used: ``nonce`` (PK, raw bytes), ``public_key``,
     ``expires`` (unix ms), ``used`` (1). Challenges themselves are stateless

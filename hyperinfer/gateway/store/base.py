@@ -43,6 +43,12 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX challenges_expires ON challenges (expires)",
     ],
+    [
+        # Worker-call session (verify.session): the node's X25519 key of its last join and the
+        # gateway it agreed the session with ('' / NULL: none, that gateway signs calls)
+        "ALTER TABLE nodes ADD COLUMN kx_public_key BLOB",
+        "ALTER TABLE nodes ADD COLUMN kx_gateway TEXT NOT NULL DEFAULT ''",
+    ],
 ]
 
 # the gateways that use this database (component "gateways"): one row per gateway key, so
@@ -75,7 +81,8 @@ SECRETS_MIGRATIONS: list[list[str]] = [
 
 QUARANTINED = "quarantined"
 _NODE_COLUMNS = ("node_id", "public_key", "operator", "address", "targets", "devices", "capacity", "state",
-                 "joined_at", "last_heartbeat", "heartbeat_ts", "outstanding", "loaded", "software_version")
+                 "joined_at", "last_heartbeat", "heartbeat_ts", "outstanding", "loaded", "software_version",
+                 "kx_public_key", "kx_gateway")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,8 @@ class NodeRecord:
     outstanding: int = 0
     loaded: tuple[tuple[str, int, str, str], ...] = field(default_factory=tuple)
     software_version: str = ""
+    kx_public_key: bytes = b""  # the node's X25519 key of its last join (verify.session); b"": none
+    kx_gateway: str = ""  # the gateway id that agreed a Worker-call session with it
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,8 @@ def node_from_row(row: Any) -> NodeRecord:
         outstanding=int(row["outstanding"]),
         loaded=tuple((str(n), int(v), str(t), str(s)) for n, v, t, s in json.loads(row["loaded"])),
         software_version=row["software_version"],
+        kx_public_key=bytes(row["kx_public_key"] or b""),
+        kx_gateway=row["kx_gateway"] or "",
     )
 
 
@@ -270,7 +281,7 @@ class SQLStore(Store):
             node.node_id, node.public_key, node.operator, node.address, json.dumps(list(node.targets)),
             json.dumps(list(node.devices)), node.capacity, node.state, node.joined_at_ms,
             node.last_heartbeat_ms, node.heartbeat_ts_ms, node.outstanding, loaded_json(node.loaded),
-            node.software_version,
+            node.software_version, node.kx_public_key or None, node.kx_gateway,
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _NODE_COLUMNS[1:] if c != "state")
         state = ("CASE WHEN nodes.state = ? THEN nodes.state ELSE excluded.state END" if keep_quarantine

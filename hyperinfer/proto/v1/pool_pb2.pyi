@@ -51,7 +51,7 @@ class Device(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., arch: _Optional[str] = ..., count: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("public_key", "nonce", "signature", "operator", "listen_address", "targets", "devices", "max_concurrency", "software_version", "operator_cert")
+    __slots__ = ("public_key", "nonce", "signature", "operator", "listen_address", "targets", "devices", "max_concurrency", "software_version", "operator_cert", "kx_public_key", "kx_signature")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class JoinRequest(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     OPERATOR_CERT_FIELD_NUMBER: _ClassVar[int]
+    KX_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KX_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     nonce: bytes
     signature: bytes
@@ -72,7 +74,9 @@ class JoinRequest(_message.Message):
     max_concurrency: int
     software_version: str
     operator_cert: bytes
-    def __init__(self, public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., operator: _Optional[str] = ..., listen_address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., software_version: _Optional[str] = ..., operator_cert: _Optional[bytes] = ...) -> None: ...
+    kx_public_key: bytes
+    kx_signature: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., operator: _Optional[str] = ..., listen_address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., max_concurrency: _Optional[int] = ..., software_version: _Optional[str] = ..., operator_cert: _Optional[bytes] = ..., kx_public_key: _Optional[bytes] = ..., kx_signature: _Optional[bytes] = ...) -> None: ...
 
 class ModelOffer(_message.Message):
     __slots__ = ("name", "version", "manifest", "manifest_signature")
@@ -87,18 +91,22 @@ class ModelOffer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node_id", "heartbeat_interval_ms", "models", "gateway_id", "pool_gateway_keys")
+    __slots__ = ("node_id", "heartbeat_interval_ms", "models", "gateway_id", "pool_gateway_keys", "gateway_kx_public_key", "gateway_kx_signature")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_GATEWAY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_KX_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_KX_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     heartbeat_interval_ms: int
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
     gateway_id: str
     pool_gateway_keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., gateway_id: _Optional[str] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    gateway_kx_public_key: bytes
+    gateway_kx_signature: bytes
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., gateway_id: _Optional[str] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ..., gateway_kx_public_key: _Optional[bytes] = ..., gateway_kx_signature: _Optional[bytes] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
     __slots__ = ("name", "version", "target_id", "artifact_sha256")

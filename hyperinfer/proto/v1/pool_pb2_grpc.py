@@ -330,8 +330,9 @@ class Pool:
 class WorkerStub:
     """---------------------------------------------------------------- worker
 
-    Every call is signed by one of the node's pool gateways (x-hyperinfer-* metadata);
-    others get UNAUTHENTICATED / PERMISSION_DENIED.
+    Every call is made by one of the node's pool gateways: an HMAC with the session key agreed
+    at join (x-hyperinfer-session/-ts/-nonce/-mac metadata) or an Ed25519 signature
+    (x-hyperinfer-key/-ts/-nonce/-sig); others get UNAUTHENTICATED / PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -355,8 +356,9 @@ class WorkerStub:
 class WorkerServicer:
     """---------------------------------------------------------------- worker
 
-    Every call is signed by one of the node's pool gateways (x-hyperinfer-* metadata);
-    others get UNAUTHENTICATED / PERMISSION_DENIED.
+    Every call is made by one of the node's pool gateways: an HMAC with the session key agreed
+    at join (x-hyperinfer-session/-ts/-nonce/-mac metadata) or an Ed25519 signature
+    (x-hyperinfer-key/-ts/-nonce/-sig); others get UNAUTHENTICATED / PERMISSION_DENIED.
     """
 
     def Infer(self, request, context):
@@ -397,8 +399,9 @@ def add_WorkerServicer_to_server(servicer, server):
 class Worker:
     """---------------------------------------------------------------- worker
 
-    Every call is signed by one of the node's pool gateways (x-hyperinfer-* metadata);
-    others get UNAUTHENTICATED / PERMISSION_DENIED.
+    Every call is made by one of the node's pool gateways: an HMAC with the session key agreed
+    at join (x-hyperinfer-session/-ts/-nonce/-mac metadata) or an Ed25519 signature
+    (x-hyperinfer-key/-ts/-nonce/-sig); others get UNAUTHENTICATED / PERMISSION_DENIED.
     """
 
     @staticmethod
