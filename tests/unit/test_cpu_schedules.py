@@ -340,3 +340,28 @@ def test_large_1x1_conv_walks_pixels_outside_channel_blocks(tmp_path):
     epi = next(i for i, ln in enumerate(lines) if 'T.sblock("compute")' in ln)
     assert "T.vectorized" in lines[epi - 1], lines[epi - 1]
     _build_and_compare(tmp_path, "conv1x1", clean)
+
+
+def test_gemm_head_weight_padded_at_compile_time(tmp_path):
+    """A classifier Gemm (transB=1, imported as matmul by a transposed constant) to 200 classes
+    (whole 8-lane but not 16-lane vectors, like ResNet's 1000) reads a weight padded to 208 at
+    compile time: no copy of the whole weight per call; same numbers as ONNX Runtime."""
+    from onnx import TensorProto, helper
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(4)
+    y = g.gemm("x", 96, 200)
+    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 96])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 200])], g.inits)
+    clean = _clean(_finish(graph, tmp_path / "head.onnx"), {})
+    target = targets.get(_target_id())
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    mm = next(f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint)
+    assert [int(d) for d in mm.params[1].shape] == [96, 208]
+    assert "_pad" not in cpu_sched.schedule_function(mm, target, 2).script()
+    _build_and_compare(tmp_path, "head", clean)

@@ -139,6 +139,7 @@ def matmul_pad_pass():
     from tvm import relax
 
     op_matmul = tvm.ir.Op.get("relax.matmul")
+    op_permute = tvm.ir.Op.get("relax.permute_dims")
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
@@ -153,8 +154,15 @@ def matmul_pad_pass():
                 log.debug("matmul left as it is: %s", e)
                 return call
 
-        def _rewrite(self, call):
-            x, w = call.args
+        def _weight(self, w):
+            """The constant ``w`` as numpy, also through a transpose (a Gemm with transB=1
+            imports as ``matmul(x, permute_dims(W))``); None if not constant."""
+            transpose = False
+            if isinstance(w, relax.Var):
+                bound = self.lookup_binding(w)
+                if (isinstance(bound, relax.Call) and bound.op.same_as(op_permute)
+                        and bound.attrs.axes is not None and [int(a) for a in bound.attrs.axes] == [1, 0]):
+                    w, transpose = bound.args[0], True
             if not isinstance(w, tvm.ir.expr.Constant):
                 return None
             data = getattr(w, "data", None)
@@ -163,11 +171,16 @@ def matmul_pad_pass():
             if data is None or not hasattr(data, "numpy"):
                 return None
             wnp = data.numpy()
-            if wnp.ndim != 2 or wnp.dtype != np.float32:
+            return np.ascontiguousarray(wnp.T) if transpose and wnp.ndim == 2 else wnp
+
+        def _rewrite(self, call):
+            x, w = call.args
+            wnp = self._weight(w)
+            if wnp is None or wnp.ndim != 2 or wnp.dtype != np.float32:
                 return None
             k, n = wnp.shape
-            if n % 8 == 0 or n < 4 * _PAD_TO:
-                return None  # whole 8-lane vectors already (the schedules split 16-lane ones to suit)
+            if n % _PAD_TO == 0 or n < 4 * _PAD_TO:
+                return None  # whole vectors already (a 1000-class head is not: 16-lane AVX-512 pads it)
             info = x.ty if hasattr(x, "ty") else x.struct_info
             if str(getattr(info, "dtype", "")) != "float32" or getattr(info, "ndim", -1) < 1:
                 return None
