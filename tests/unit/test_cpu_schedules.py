@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -298,3 +300,43 @@ def test_constant_weights_repacked_at_compile_time(tmp_path):
     assert report.count().get("tiled-channels-packed", 0) >= 3, report.count()
     assert "weight_prepack" not in mod["main"].script()  # folded at compile time
     _build_and_compare(tmp_path, "resnet-packed", clean)
+
+
+def test_large_1x1_conv_walks_pixels_outside_channel_blocks(tmp_path):
+    """A 1x1 conv whose input outgrows L2 (128x50x50, 1.3 MB) runs its output-channel blocks
+    innermost of the parallel loop (each input tile stays in L1 across them), writes its
+    epilogue (bias, residual, relu) with vector stores, and matches ONNX Runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.zoo import _finish
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((32, 128, 1, 1)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1]),
+         helper.make_node("Add", ["y", "r"], ["s"]),
+         helper.make_node("Relu", ["s"], ["z"])],
+        "conv1x1",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 50, 50]),
+         helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 32, 50, 50])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32, 50, 50])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    clean = _clean(_finish(g, tmp_path / "conv1x1.onnx"), {})
+    mod = tune.fused_module(build.import_onnx(clean.model), targets.get(_target_id()))
+    name, func = next((gv.name_hint, f) for gv, f in mod.functions_items()
+                      if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    report = cpu_sched.CpuScheduleReport()
+    out = cpu_sched.schedule_function(func, targets.get(_target_id()), 2, report, name)
+    assert report.rules[name].startswith("tiled-channels"), (report.rules, report.fallbacks)
+    lines = out.script().splitlines()
+    par = [re.search(r"for (\w+) in T.parallel", ln).group(1) for ln in lines if "T.parallel" in ln]
+    # TOPI names the conv's loops nn, ff, yy, xx: the channel blocks are fused in last
+    assert any(p.startswith("nn_yy_xx") and p.endswith("ff_0_fused") for p in par), par
+    epi = next(i for i, ln in enumerate(lines) if 'T.sblock("compute")' in ln)
+    assert "T.vectorized" in lines[epi - 1], lines[epi - 1]
+    _build_and_compare(tmp_path, "conv1x1", clean)
