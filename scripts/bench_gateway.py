@@ -14,6 +14,8 @@ then prints, in one run:
    vs a zero-logic gRPC proxy vs through the gateway (OIP ModelInfer, raw
    contents) in auto/sync/always, and the gateway's own cost (gateway - proxy,
    target <= 0.5 ms at p50 in auto);
+   1b. the same gateway with session HMACs and with Ed25519 signatures on its Worker calls,
+   in alternating blocks (what the session saves end to end);
 2. the same on PP-OCR det: gateway / direct at p50 (target <= 1.03);
 3. verification compute vs sample rate: node CPU per request, gateway CPU per
    request and validator runs per request, for several rates (mode auto);
@@ -77,6 +79,11 @@ config = GatewayConfig(repository=repo, listen="127.0.0.1:0", db=tmp / "gateway.
                        heartbeat_interval=0.5, sample_rate=rate, workers=most, http_listen="off",
                        metrics_listen="off", open_pool=True, audit_rate=0.0)
 gw = Gateway(config)
+# `auth signed` / `auth session`: the A/B row makes the gateway sign its Worker calls (the fallback)
+# or MAC them with the node's session (the default), without restarting anything
+from hyperinfer.gateway.worker_client import GrpcWorkerClient
+auth, session_of = ["session"], GrpcWorkerClient._session
+GrpcWorkerClient._session = lambda self, node: session_of(self, node) if auth[0] == "session" else None
 # alone, it runs as a default gateway (rows 1-3); shared-store reads only while others run
 gw.store.shared = gw.registry.shared = False
 install_extensions(gw, tuple(e for e in EXTENSIONS if "oip_servicer" not in e))
@@ -91,6 +98,9 @@ for line in sys.stdin:
     cmd = line.split()
     if cmd and cmd[0] == "rate":
         policy.default_rate = float(cmd[1])
+        print("OK", flush=True)
+    elif cmd and cmd[0] == "auth":
+        auth[0] = cmd[1]
         print("OK", flush=True)
     elif cmd and cmd[0] == "workers":
         stop_workers(workers)
@@ -261,6 +271,13 @@ class Bench:
         self.gateway.proc.stdin.flush()
         if read_line(self.gateway.proc, 10) != "OK":
             raise SystemExit("gateway did not take the new rate")
+
+    def set_auth(self, mode: str) -> None:
+        """How the gateway authenticates its Worker calls: ``session`` (HMAC) or ``signed`` (Ed25519)."""
+        self.gateway.proc.stdin.write(f"auth {mode}\n")
+        self.gateway.proc.stdin.flush()
+        if read_line(self.gateway.proc, 10) != "OK":
+            raise SystemExit("gateway did not take the auth mode")
 
     def set_workers(self, k: int) -> None:
         """k gateway processes on the gateway's port (1: the launcher's own only)."""
@@ -487,6 +504,22 @@ class Bench:
               f"does nothing adds {hop:.3f} ms here, the gateway's own work {own:.3f} ms "
               f"({'within' if own <= 0.5 else 'ABOVE'} the 0.5 ms target over the proxy)")
 
+        if a.ab_blocks:
+            blocks, size = a.ab_blocks, 50
+            print(f"\n1b. Worker-call authentication, A/B: gateway verify=auto with session HMACs vs with "
+                  f"Ed25519 signatures (the fallback), alternating blocks of {size}, {blocks} blocks each")
+            ab: dict[str, list[float]] = {"session HMAC": [], "Ed25519 signature": []}
+            for _ in range(blocks):
+                for mode, name in (("session", "session HMAC"), ("signed", "Ed25519 signature")):
+                    self.set_auth(mode)
+                    ab[name] += self.via_gateway("auto", size)
+            self.set_auth("session")
+            for name, xs in ab.items():
+                print(f"   {name:22s}  {fmt_ms(xs)}")
+            print(f"   signed - HMAC at p50: {(pct(ab['Ed25519 signature'], 50) - pct(ab['session HMAC'], 50)) * 1e3:.3f} ms, "
+                  f"in the mean: {(statistics.fmean(ab['Ed25519 signature']) - statistics.fmean(ab['session HMAC'])) * 1e3:.3f} ms "
+                  "(the gateway's signature and the node's check of it, against the two HMACs)")
+
         if a.det_requests:
             k = a.det_requests
             print(f"\n2. PP-OCRv4 det (1x3x640x640), sequential, {k} requests each, called in turn")
@@ -562,6 +595,8 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=4, help="nodes at the start (throughput is measured at 4, 2, 1)")
     p.add_argument("--workers", type=int, default=2,
                    help="throughput also with this many gateway processes (`hyperinfer gateway --workers N`); 1: not")
+    p.add_argument("--ab-blocks", type=int, default=10,
+                   help="blocks of 50 requests per side in the Worker-call authentication A/B row (0: skip)")
     p.add_argument("--det-requests", type=int, default=40, help="sequential PP-OCR det requests per row (0: skip)")
     p.add_argument("--batching", action="store_true",
                    help="also run scripts/bench_batching.py (PP-OCR rec and cls, 1/4/16 clients)")
