@@ -31,7 +31,7 @@ from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
 from hyperinfer.transport.server import channel as make_channel
 from hyperinfer.transport.tls import TLSFiles
 from hyperinfer.verify.operators import infer_fields, sign_call
-from hyperinfer.verify.session import Session, derive_session, gateway_kx_key, kx_public, mac_call
+from hyperinfer.verify.session import Session, gateway_kx_key, gateway_session, mac_call
 from hyperinfer.verify.signing import key_id
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -54,7 +54,6 @@ class GrpcWorkerClient:
         if signer is not None:
             self.gateway_id = key_id(signer)
             self._kx = gateway_kx_key(signer)
-            self._kx_public = kx_public(self._kx)
 
     def _session(self, node: Any) -> Session | None:
         """The session with ``node`` if it agreed one with this gateway at its last join."""
@@ -65,9 +64,7 @@ class GrpcWorkerClient:
         if entry is not None and entry[0] == kx:
             return entry[1]
         try:  # once per node join: X25519 + HKDF, ~0.1 ms
-            session: Session | None = derive_session(
-                self._kx, kx, gateway_id=self.gateway_id, node_id=node.node_id, node_kx_public_key=kx,
-                gateway_kx_public_key=self._kx_public)
+            session: Session | None = gateway_session(self.signer, node.node_id, kx, self._kx)
         except HyperinferError:
             session = None
         self._sessions[node.node_id] = (kx, session)

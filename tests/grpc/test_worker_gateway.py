@@ -89,7 +89,7 @@ def test_gateway_calls_node_with_a_session_mac_and_forgeries_are_refused(tmp_pat
     from hyperinfer.proto.v1 import pool_pb2_grpc
     from hyperinfer.transport.tensors import many_to_proto
     from hyperinfer.verify.operators import infer_fields
-    from hyperinfer.verify.session import Session, derive_session, gateway_kx_key, kx_public, mac_call, new_kx_key
+    from hyperinfer.verify.session import Session, derive_session, gateway_session, kx_public, mac_call, new_kx_key
 
     repo_dir, publisher_hex = repo
     gw = start_gateway(tmp_path, repo_dir)
@@ -113,9 +113,7 @@ def test_gateway_calls_node_with_a_session_mac_and_forgeries_are_refused(tmp_pat
         assert node.gatekeeper.accepted == {"session": 1, "signed": 0}
 
         # what the gateway holds, recomputed from its key and the node's stored X25519 key
-        session = derive_session(gateway_kx_key(gw.key), info.kx_public_key, gateway_id=gw.gateway_id,
-                                 node_id=node.node_id, node_kx_public_key=info.kx_public_key,
-                                 gateway_kx_public_key=kx_public(gateway_kx_key(gw.key)))
+        session = gateway_session(gw.key, node.node_id, info.kx_public_key)
         stranger = new_kx_key()  # someone who read the node's public X25519 key but has no gateway key
         guessed = derive_session(stranger, info.kx_public_key, gateway_id=gw.gateway_id, node_id=node.node_id,
                                  node_kx_public_key=info.kx_public_key, gateway_kx_public_key=kx_public(stranger))
