@@ -337,11 +337,9 @@ class Bench:
                 row = None
             db.close()
             if row and row[0] and row[1] == key_id(key):
-                from hyperinfer.verify.session import derive_session, gateway_kx_key, kx_public, mac_call
+                from hyperinfer.verify.session import gateway_session, mac_call
 
-                kx = gateway_kx_key(key)
-                session = derive_session(kx, bytes(row[0]), gateway_id=key_id(key), node_id=node_id,
-                                         node_kx_public_key=bytes(row[0]), gateway_kx_public_key=kx_public(kx))
+                session = gateway_session(key, node_id, bytes(row[0]))
                 cache[node_id] = ("session HMAC", lambda fields: mac_call(session, "Infer", fields))
             else:
                 cache[node_id] = ("Ed25519 signature", lambda fields: sign_call(key, "Infer", node_id, fields))

@@ -505,6 +505,25 @@ class Bench:
 
     # ------------------------------------------------------------ 3. inference
 
+    def worker_auth(self, gateway_key):
+        """``fields -> metadata`` for Worker calls to the node as the gateway makes them: a session
+        HMAC when the node agreed one at its last join (its X25519 key in the gateway's store), else
+        an Ed25519 signature."""
+        import sqlite3
+
+        from hyperinfer.verify.operators import sign_call
+        from hyperinfer.verify.session import gateway_session, mac_call
+        from hyperinfer.verify.signing import key_id
+
+        node_id = self.node.node_id
+        db = sqlite3.connect(f"file:{self.tmp / 'gateway.db'}?mode=ro", uri=True)
+        row = db.execute("SELECT kx_public_key, kx_gateway FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        db.close()
+        if row and row[0] and row[1] == key_id(gateway_key):
+            session = gateway_session(gateway_key, node_id, bytes(row[0]))
+            return lambda fields: mac_call(session, "Infer", fields)
+        return lambda fields: sign_call(gateway_key, "Infer", node_id, fields)
+
     def bench_infer(self) -> None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -512,7 +531,7 @@ class Bench:
         from hyperinfer.node.dataplane import DataPlane, LoadedModel
         from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
         from hyperinfer.runtime import ORTRunner, TVMRunner, configure_threads
-        from hyperinfer.verify.operators import infer_fields, sign_call
+        from hyperinfer.verify.operators import infer_fields
         from hyperinfer.transport import tensors
         from hyperinfer.transport.server import channel
 
@@ -520,6 +539,7 @@ class Bench:
         configure_threads(a.threads)
         stub = pool_pb2_grpc.WorkerStub(channel(self.node.address))
         gateway_key = load_key(self.tmp / "gateway.key")
+        auth = self.worker_auth(gateway_key)
         key = Ed25519PrivateKey.generate()
         rows, notes = [], []
         log(f"\n3. inference: node Worker/Infer vs in-process, {a.threads} thread(s) each")
@@ -537,8 +557,8 @@ class Bench:
 
             def node_call():
                 req.request_id = uuid.uuid4().hex  # as the gateway does
-                # nodes serve only their gateway's signed calls: signed here as the gateway signs (~0.1 ms)
-                md = sign_call(gateway_key, "Infer", self.node.node_id, infer_fields(req.request_id, name, m.version))
+                # nodes serve only their gateway's calls: authenticated here as the gateway does (session HMAC)
+                md = auth(infer_fields(req.request_id, name, m.version))
                 resp = stub.Infer(req, timeout=60, metadata=md)
                 return tensors.many_from_proto(resp.outputs), resp
 

@@ -60,6 +60,8 @@ class Gateway:
         self.key, self.key_created = load_or_create_key(config.key)
         self.public_key: bytes = public_bytes(self.key)
         self.gateway_id: str = key_id(self.key)
+        # X25519 key for Worker-call sessions (derived from the key) and this key's signature over it
+        self.kx_offer: tuple[bytes, bytes] = gateway_kx_offer(self.key)
         self.store: Store = store if store is not None else open_store(config.db)
         if config.workers > 1:
             # the other worker processes write the same database: read nodes back from it and
@@ -95,8 +97,8 @@ class Gateway:
         self.pool = PoolServicer(self.registry, self.catalog, gateway_id=self.gateway_id,
                                  gateway_public_key=self.public_key, artifact_streams=self.artifact_streams,
                                  access=self.access, pool_gateway_keys=self.pool_gateway_keys,
-                                 gateway_kx=gateway_kx_offer(self.key))
-        self._pool_keys: tuple[float, list[bytes]] = (0.0, [])
+                                 gateway_kx=self.kx_offer, pool_gateway_kx=self.pool_gateway_kx)
+        self._pool_keys: tuple[float, list[bytes], list[tuple[bytes, bytes, bytes]]] = (0.0, [], [])
         self.server.add_servicer(pool_pb2_grpc.add_PoolServicer_to_server, self.pool, POOL_SERVICE)
         # the data plane every front door shares (hyperinfer.gateway.assembly.dataplane_for)
         self.dataplane: Any = None
@@ -137,19 +139,33 @@ class Gateway:
             return
         self.access.authorize_admin(metadata, method)
 
-    def pool_gateway_keys(self) -> list[bytes]:
-        """This gateway's key and those of the other gateways on the same store (cached 5 s):
-        nodes accept Worker calls signed by any of them."""
-        at, keys = self._pool_keys
+    def _pool_gateways(self) -> tuple[list[bytes], list[tuple[bytes, bytes, bytes]]]:
+        """This gateway and the other gateways on the same store (cached 5 s): their keys, and
+        their signed X25519 keys (Ed25519 key, X25519 key, signature) where they have one."""
+        at, keys, kx = self._pool_keys
         if time.monotonic() - at > 5.0 or not keys:
-            keys = [self.public_key]
+            keys, kx = [self.public_key], [(self.public_key, *self.kx_offer)]
             if getattr(self.store, "shared", False):
                 try:
-                    keys += [bytes(g.public_key) for g in self.store.list_gateways() if bytes(g.public_key) not in keys]
+                    for g in self.store.list_gateways():
+                        pub = bytes(g.public_key)
+                        if pub not in keys:
+                            keys.append(pub)
+                            if g.kx_public_key and g.kx_signature:
+                                kx.append((pub, g.kx_public_key, g.kx_signature))
                 except Exception:  # noqa: BLE001 - announce at least this gateway
                     log.exception("listing the pool's gateways failed")
-            self._pool_keys = (time.monotonic(), keys)
-        return keys
+            self._pool_keys = (time.monotonic(), keys, kx)
+        return keys, kx
+
+    def pool_gateway_keys(self) -> list[bytes]:
+        """Keys of this gateway and the others on the same store: nodes accept Worker calls from
+        any of them."""
+        return self._pool_gateways()[0]
+
+    def pool_gateway_kx(self) -> list[tuple[bytes, bytes, bytes]]:
+        """Their signed X25519 keys: a node agrees a Worker-call session with each."""
+        return self._pool_gateways()[1]
 
     def add_servicer(self, add_fn: Callable[[Any, Any], None], servicer: Any, service_full_name: str) -> None:
         """Serve another gRPC service on the gateway's port (before :meth:`start`)."""
@@ -174,7 +190,8 @@ class Gateway:
         for fn in self._start_hooks:
             fn()
         # which gateways use this database, with their keys (several, on a shared PostgreSQL store)
-        self.store.register_gateway(self.gateway_id, self.public_key, self.address, int(time.time() * 1000))
+        self.store.register_gateway(self.gateway_id, self.public_key, self.address, int(time.time() * 1000),
+                                    kx=self.kx_offer)
         self._sweeper = threading.Thread(target=self._sweep_loop, name="gateway-sweeper", daemon=True)
         self._sweeper.start()
         return port
@@ -186,7 +203,8 @@ class Gateway:
             try:
                 if time.monotonic() - last_seen >= 30:
                     last_seen = time.monotonic()
-                    self.store.register_gateway(self.gateway_id, self.public_key, "", int(time.time() * 1000))
+                    self.store.register_gateway(self.gateway_id, self.public_key, "", int(time.time() * 1000),
+                                                kx=self.kx_offer)
                 self.registry.sweep()
             except Exception:  # noqa: BLE001 - liveness bookkeeping must not die
                 log.exception("registry sweep failed")

@@ -55,6 +55,7 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         ledger: Any = None, sample_rate: Callable[[str, int], float] | None = None,
         access: Any = None, pool_gateway_keys: Callable[[], list[bytes]] | None = None,
         artifact_streams: StreamLimiter | None = None, gateway_kx: tuple[bytes, bytes] | None = None,
+        pool_gateway_kx: Callable[[], list[tuple[bytes, bytes, bytes]]] | None = None,
     ):
         self.registry = registry
         self.catalog = catalog
@@ -70,6 +71,9 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
         self.artifact_streams = artifact_streams or StreamLimiter(what="artifact streams")
         # (X25519 public key, Ed25519 signature over it): Worker-call sessions (verify.session)
         self.gateway_kx = gateway_kx
+        # the pool's gateways' signed X25519 keys (Ed25519 key, X25519 key, signature), announced
+        self.pool_gateway_kx = pool_gateway_kx or (
+            lambda: [(gateway_public_key, *gateway_kx)] if gateway_kx else [])
 
     def _interval_ms(self) -> int:
         return int(self.registry.heartbeat_interval * 1000)
@@ -98,17 +102,23 @@ class PoolServicer(pool_pb2_grpc.PoolServicer):
                                      pool_gateway_keys=self.pool_gateway_keys())
         if self.gateway_kx and node.kx_public_key:  # the node agreed a session: answer with our half
             resp.gateway_kx_public_key, resp.gateway_kx_signature = self.gateway_kx
+            resp.pool_gateway_kx.extend(self._kx_to_proto())
         return resp
 
+    def _kx_to_proto(self) -> list[pool_pb2.GatewayKx]:
+        return [pool_pb2.GatewayKx(gateway_public_key=k, kx_public_key=x, signature=sig)
+                for k, x, sig in self.pool_gateway_kx()]
+
     def Heartbeat(self, request: pool_pb2.HeartbeatRequest, context) -> pool_pb2.HeartbeatResponse:
-        self.registry.heartbeat(Heartbeat(
+        node = self.registry.heartbeat(Heartbeat(
             node_id=request.node_id, timestamp_ms=request.timestamp_ms, outstanding=request.outstanding,
             capacity=request.capacity,
             loaded=[(m.name, m.version, m.target_id, m.artifact_sha256) for m in request.loaded],
             signature=request.signature,
         ))
         return pool_pb2.HeartbeatResponse(heartbeat_interval_ms=self._interval_ms(), models=self._offers(),
-                                          pool_gateway_keys=self.pool_gateway_keys())
+                                          pool_gateway_keys=self.pool_gateway_keys(),
+                                          pool_gateway_kx=self._kx_to_proto() if node.kx_public_key else [])
 
     def Leave(self, request: pool_pb2.LeaveRequest, context) -> pool_pb2.LeaveResponse:
         self.registry.leave(request.node_id, request.timestamp_ms, request.signature)

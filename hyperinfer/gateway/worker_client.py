@@ -6,17 +6,20 @@ than the call). Every call has a deadline. gRPC errors come back as
 :class:`HyperinferError` with the node's status code, so the scheduler can
 decide what to retry without knowing about gRPC.
 
-Caller authentication: a call to a node that agreed a session with this gateway
-at join carries an HMAC with the session key (:mod:`hyperinfer.verify.session`,
-microseconds); any other call an Ed25519 signature (``sign_call``, ~0.1 ms here
-and ~0.3 ms on the node). A node that no longer knows the session (it re-joined
-a moment ago, restarted, or re-joined another gateway) answers UNAUTHENTICATED
-before running anything; the call is then sent once more, signed.
+Caller authentication: a call to a node that sent an X25519 key at its last join
+(stored with the node) carries an HMAC with the session key this gateway derives
+from it (:mod:`hyperinfer.verify.session`, microseconds); any other call an
+Ed25519 signature (``sign_call``, ~0.1 ms here and ~0.3 ms on the node). A node
+without that session (it re-joined a moment ago or restarted; or it has not yet
+heard this gateway's X25519 key, announced by the gateway it joined) answers
+UNAUTHENTICATED before running anything; the call is then sent once more,
+signed, and calls to that node are signed for :data:`SESSION_RETRY_S`.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Mapping
 
 import grpc
@@ -31,10 +34,13 @@ from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
 from hyperinfer.transport.server import channel as make_channel
 from hyperinfer.transport.tls import TLSFiles
 from hyperinfer.verify.operators import infer_fields, sign_call
-from hyperinfer.verify.session import Session, derive_session, gateway_kx_key, kx_public, mac_call
+from hyperinfer.verify.session import Session, gateway_kx_key, gateway_session, mac_call
 from hyperinfer.verify.signing import key_id
 
 DEFAULT_TIMEOUT_S = 30.0
+# after a node refused a session: sign calls to it for this long, then try the session again (the
+# node learns other gateways' X25519 keys with its next heartbeat)
+SESSION_RETRY_S = 10.0
 
 
 class GrpcWorkerClient:
@@ -49,29 +55,31 @@ class GrpcWorkerClient:
         self.max_message_bytes = max_message_bytes
         self._lock = threading.Lock()
         self._stubs: dict[str, tuple[grpc.Channel, pool_pb2_grpc.WorkerStub]] = {}
-        # Worker-call sessions: node id -> (its X25519 key, the session or None if it refused it)
-        self._sessions: dict[str, tuple[bytes, Session | None]] = {}
+        # Worker-call sessions: node id -> (its X25519 key, the session, monotonic time before which
+        # calls are signed instead because the node refused the session)
+        self._sessions: dict[str, tuple[bytes, Session | None, float]] = {}
         if signer is not None:
             self.gateway_id = key_id(signer)
             self._kx = gateway_kx_key(signer)
-            self._kx_public = kx_public(self._kx)
 
     def _session(self, node: Any) -> Session | None:
-        """The session with ``node`` if it agreed one with this gateway at its last join."""
+        """The session with ``node`` if it sent an X25519 key at its last join (and has not just
+        refused the session)."""
         kx = getattr(node, "kx_public_key", b"")
-        if not kx or getattr(node, "kx_gateway", "") != self.gateway_id:
+        if not kx:
             return None
         entry = self._sessions.get(node.node_id)
         if entry is not None and entry[0] == kx:
-            return entry[1]
+            return entry[1] if entry[2] <= time.monotonic() else None
         try:  # once per node join: X25519 + HKDF, ~0.1 ms
-            session: Session | None = derive_session(
-                self._kx, kx, gateway_id=self.gateway_id, node_id=node.node_id, node_kx_public_key=kx,
-                gateway_kx_public_key=self._kx_public)
+            session: Session | None = gateway_session(self.signer, node.node_id, kx, self._kx)
         except HyperinferError:
             session = None
-        self._sessions[node.node_id] = (kx, session)
+        self._sessions[node.node_id] = (kx, session, 0.0)
         return session
+
+    def _refused(self, node: Any, session: Session) -> None:
+        self._sessions[node.node_id] = (node.kx_public_key, session, time.monotonic() + SESSION_RETRY_S)
 
     def _stub(self, address: str) -> pool_pb2_grpc.WorkerStub:
         entry = self._stubs.get(address)  # dict read is atomic: no lock on the hot path
@@ -119,9 +127,9 @@ class GrpcWorkerClient:
             err = error_from_rpc(e)
             if session is None or err.code != Code.UNAUTHENTICATED:
                 raise HyperinferError(f"node {node.node_id} at {node.address}: {err}", err.code) from None
-            # the node refused the session before running anything: sign from now on (until it
-            # joins again with a new key) and send this call once more
-            self._sessions[node.node_id] = (node.kx_public_key, None)
+            # the node refused the session before running anything: sign for a while (a new join
+            # key starts over at once) and send this call once more
+            self._refused(node, session)
             try:
                 response = self._stub(node.address).Infer(
                     request, timeout=deadline, wait_for_ready=False,

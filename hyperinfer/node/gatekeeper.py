@@ -9,10 +9,13 @@ are accepted too, while the pinned gateway keeps announcing them.
 
 Every Worker call must carry a proof over
 :func:`hyperinfer.verify.operators.call_payload` (method, this node's id, the
-request id and model), fresh and used once: an HMAC with the session key agreed
-at join (:mod:`hyperinfer.verify.session`, the fast path), or an Ed25519
-signature by one of these keys (gateways without a session with this node). A
-session call counts only while its gateway's key is still pinned or announced.
+request id and model), fresh and used once: an HMAC with a session key
+(:mod:`hyperinfer.verify.session`, the fast path), or an Ed25519 signature by
+one of these keys (gateways without a session with this node). Sessions are
+agreed from the X25519 key the node sent in its last join: with the joined
+gateway at once, with the pool's other gateways when the pinned gateway
+announces their signed X25519 keys. A session call counts only while its
+gateway's key is still pinned or announced.
 Strangers get UNAUTHENTICATED (no, bad or unknown-session proof) or
 PERMISSION_DENIED (a key that is not the pool's), before any model runs and
 before ``Info`` says anything.
@@ -26,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from hyperinfer.errors import PermissionDenied, Unauthenticated
+from hyperinfer.errors import HyperinferError, PermissionDenied, Unauthenticated
 from hyperinfer.verify.operators import ReplayGuard, caller_from_metadata, check_call, infer_fields  # noqa: F401
 from hyperinfer.verify.session import Session, check_gateway_kx, check_mac, derive_session, mac_caller_from_metadata
 from hyperinfer.verify.signing import fingerprint
@@ -51,8 +54,11 @@ class Gatekeeper:
         self._pool: set[bytes] = set()
         self._lock = threading.Lock()
         self._replay = ReplayGuard()
-        # the Worker-call session: session id -> (gateway key, session); at most one
+        # Worker-call sessions, all made with the X25519 key of the node's last join:
+        # session id -> (gateway key, session), one per gateway; gateway key -> its X25519 key
         self._sessions: dict[str, tuple[bytes, Session]] = {}
+        self._kx_seen: dict[bytes, bytes] = {}
+        self._node_kx: tuple[Any, bytes] | None = None
         self.accepted = {"session": 0, "signed": 0}  # Worker calls let through, by proof
 
     @property
@@ -95,9 +101,9 @@ class Gatekeeper:
 
     def establish(self, gateway_key: bytes, gateway_kx_public_key: bytes, gateway_kx_signature: bytes,
                   node_kx: Any, node_kx_public_key: bytes) -> Session:
-        """The session with the gateway ``gateway_key`` (pinned or announced) after a join: its X25519
-        key must carry its signature. It replaces any previous session: the node holds one, with the
-        gateway it joined last (the store keeps only that join's key), so a re-join rotates it."""
+        """After a join: the node's new X25519 key (``node_kx``) replaces the old one and every session
+        made with it (a re-join rotates them all), and the joined gateway's X25519 key, which must
+        carry its signature, gives the first session. Other gateways' come with :meth:`learn`."""
         key = bytes(gateway_key)
         if key not in self.allowed():
             raise Unauthenticated(f"gateway {fingerprint(key)[:12]} is not pinned or announced; no session with it")
@@ -106,14 +112,49 @@ class Gatekeeper:
                                  node_id=self.node_id, node_kx_public_key=bytes(node_kx_public_key),
                                  gateway_kx_public_key=bytes(gateway_kx_public_key))
         with self._lock:
+            self._node_kx = (node_kx, bytes(node_kx_public_key))
             self._sessions = {session.session_id: (key, session)}
+            self._kx_seen = {key: bytes(gateway_kx_public_key)}
         log.info("worker-call session with gateway %s established", fingerprint(key)[:12])
         return session
 
-    def forget_sessions(self) -> None:
-        """Drop the session (the node re-joined a gateway that agreed none: it signs its calls)."""
+    def learn(self, entries: Iterable[tuple[bytes, bytes, bytes]]) -> int:
+        """Sessions with the pool's other gateways: ``entries`` are (Ed25519 key, X25519 key, signature)
+        as the pinned gateway announces them (from the shared store). One whose key is not pinned or
+        announced, or whose X25519 key does not carry its signature, is skipped. Returns how many
+        sessions were added."""
         with self._lock:
-            self._sessions = {}
+            node_kx, seen = self._node_kx, dict(self._kx_seen)
+        if node_kx is None:
+            return 0
+        allowed, added = self.allowed(), []
+        for gateway_key, kx_pub, sig in entries:
+            key, kx_pub = bytes(gateway_key), bytes(kx_pub)
+            if key not in allowed or seen.get(key) == kx_pub:
+                continue
+            try:
+                check_gateway_kx(key, kx_pub, bytes(sig))
+                session = derive_session(node_kx[0], kx_pub, gateway_id=fingerprint(key), node_id=self.node_id,
+                                         node_kx_public_key=node_kx[1], gateway_kx_public_key=kx_pub)
+            except HyperinferError as e:
+                log.warning("no worker-call session with gateway %s: %s", fingerprint(key)[:12], e)
+                continue
+            seen[key] = kx_pub
+            added.append((key, session))
+        if added:
+            with self._lock:
+                if self._node_kx is not node_kx:
+                    return 0  # re-joined meanwhile: these belong to the old key
+                sessions = {sid: v for sid, v in self._sessions.items() if v[0] not in {k for k, _ in added}}
+                sessions.update({s.session_id: (k, s) for k, s in added})
+                self._sessions, self._kx_seen = sessions, seen
+            log.info("worker-call sessions with gateways %s", ", ".join(fingerprint(k)[:12] for k, _ in added))
+        return len(added)
+
+    def forget_sessions(self) -> None:
+        """Drop every session (the node re-joined a gateway that agreed none: it signs its calls)."""
+        with self._lock:
+            self._sessions, self._kx_seen, self._node_kx = {}, {}, None
 
     def session_count(self) -> int:
         return len(self._sessions)

@@ -6,10 +6,12 @@ Protocol (design §7):
 2. ``Join``: the node signs ``payloads.join_payload`` (nonce, gateway id, node id,
    operator, listen address, targets, max concurrency). With a gatekeeper it also
    sends a fresh X25519 key, signed (``verify.session``); the answer carries the
-   gateway's signed X25519 key, and both sides derive the Worker-call session key.
+   gateway's signed X25519 key (and those of the pool's other gateways), and both
+   sides derive the Worker-call session key.
    The answer carries the heartbeat interval and the models on offer.
 3. ``Heartbeat`` every interval, signed (``payloads.heartbeat_payload``), with the
-   load and the models loaded; the answer carries the current offers.
+   load and the models loaded; the answer carries the current offers (and the
+   pool's gateways, with their signed X25519 keys: sessions with new ones).
    NOT_FOUND / UNAUTHENTICATED (the gateway forgot us, e.g. it restarted without
    its store) -> join again with the same key, hence the same node id.
    UNAVAILABLE / DEADLINE_EXCEEDED -> keep trying with capped backoff.
@@ -55,6 +57,10 @@ _REJOIN = {Code.NOT_FOUND, Code.UNAUTHENTICATED}
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _kx_entries(entries: Sequence[pool_pb2.GatewayKx]) -> list[tuple[bytes, bytes, bytes]]:
+    return [(bytes(e.gateway_public_key), bytes(e.kx_public_key), bytes(e.signature)) for e in entries]
 
 
 @dataclass
@@ -160,6 +166,7 @@ class PoolClient:
             try:
                 self.gatekeeper.establish(gateway_key, bytes(resp.gateway_kx_public_key),
                                           bytes(resp.gateway_kx_signature), kx, kx_pub)
+                self.gatekeeper.learn(_kx_entries(resp.pool_gateway_kx))  # the pool's other gateways
                 return
             except HyperinferError as e:
                 log.warning("no worker-call session with gateway %s: %s", fingerprint(gateway_key)[:12], e)
@@ -177,6 +184,8 @@ class PoolClient:
         self._set_interval(resp.heartbeat_interval_ms)
         if self.gatekeeper is not None and resp.pool_gateway_keys:
             self.gatekeeper.announce(resp.pool_gateway_keys)
+            if resp.pool_gateway_kx:  # gateways that joined the pool since: sessions with them too
+                self.gatekeeper.learn(_kx_entries(resp.pool_gateway_kx))
         self.on_offers(offers_from_proto(resp.models))
         return resp
 

@@ -147,6 +147,16 @@ def derive_session(own: X25519PrivateKey, peer_public_key: bytes, *, gateway_id:
     return Session(okm[32:].hex(), gateway_id, node_id, okm[:32])
 
 
+def gateway_session(signing_key: Ed25519PrivateKey, node_id: str, node_kx_public_key: bytes,
+                    kx: X25519PrivateKey | None = None) -> Session:
+    """The gateway's side of the session with a node, from the node's stored X25519 key (``kx``: the
+    gateway's X25519 key if already derived)."""
+    kx = kx or gateway_kx_key(signing_key)
+    return derive_session(kx, node_kx_public_key, gateway_id=fingerprint(public_bytes(signing_key)),
+                          node_id=node_id, node_kx_public_key=node_kx_public_key,
+                          gateway_kx_public_key=kx_public(kx))
+
+
 # ----------------------------------------------------------------- MAC'd calls
 
 def mac_call(session: Session, method: str, fields: Mapping[str, Any] | None = None,

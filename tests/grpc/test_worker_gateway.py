@@ -89,7 +89,7 @@ def test_gateway_calls_node_with_a_session_mac_and_forgeries_are_refused(tmp_pat
     from hyperinfer.proto.v1 import pool_pb2_grpc
     from hyperinfer.transport.tensors import many_to_proto
     from hyperinfer.verify.operators import infer_fields
-    from hyperinfer.verify.session import Session, derive_session, gateway_kx_key, kx_public, mac_call, new_kx_key
+    from hyperinfer.verify.session import Session, derive_session, gateway_session, kx_public, mac_call, new_kx_key
 
     repo_dir, publisher_hex = repo
     gw = start_gateway(tmp_path, repo_dir)
@@ -113,9 +113,7 @@ def test_gateway_calls_node_with_a_session_mac_and_forgeries_are_refused(tmp_pat
         assert node.gatekeeper.accepted == {"session": 1, "signed": 0}
 
         # what the gateway holds, recomputed from its key and the node's stored X25519 key
-        session = derive_session(gateway_kx_key(gw.key), info.kx_public_key, gateway_id=gw.gateway_id,
-                                 node_id=node.node_id, node_kx_public_key=info.kx_public_key,
-                                 gateway_kx_public_key=kx_public(gateway_kx_key(gw.key)))
+        session = gateway_session(gw.key, node.node_id, info.kx_public_key)
         stranger = new_kx_key()  # someone who read the node's public X25519 key but has no gateway key
         guessed = derive_session(stranger, info.kx_public_key, gateway_id=gw.gateway_id, node_id=node.node_id,
                                  node_kx_public_key=info.kx_public_key, gateway_kx_public_key=kx_public(stranger))
@@ -150,3 +148,42 @@ def test_gateway_calls_node_with_a_session_mac_and_forgeries_are_refused(tmp_pat
         client.close()
         node.stop()
         gw.stop(0)
+
+
+def test_every_gateway_of_a_shared_store_gets_a_session(tmp_path, repo):
+    """Two gateways (two keys) on one store: the node joins A, learns B's signed X25519 key from
+    A's answer, and B's calls carry a session HMAC too (no Ed25519 signature on either)."""
+    from hyperinfer.gateway.store import open_store
+    from hyperinfer.gateway.worker_client import GrpcWorkerClient
+
+    repo_dir, publisher_hex = repo
+    gateways = []
+    for name in ("a", "b"):
+        store = open_store(tmp_path / "pool.db")
+        store.shared = True  # as on PostgreSQL: each re-reads what the other wrote
+        gw = gateway_app.Gateway(GatewayConfig(repository=repo_dir, listen="127.0.0.1:0", db=tmp_path / "pool.db",
+                                               key=tmp_path / f"{name}.key", heartbeat_interval=0.2,
+                                               grace_seconds=1, open_pool=True), store=store)
+        gw.start()
+        gateways.append(gw)
+    a, b = gateways
+    node = Node(NodeConfig(gateway=a.address, key_path=tmp_path / "node.key", operator="op-a",
+                           cache_dir=tmp_path / "cache", trust_publishers=[publisher_hex], threads=1, grace_s=2),
+                hardware=detect("cpu"))
+    node.start()
+    clients = [GrpcWorkerClient(signer=gw.key) for gw in gateways]
+    try:
+        wait_for(lambda: b.registry.schedulable_nodes("two-inputs", 1), what="node schedulable at gateway b")
+        wait_for(lambda: node.gatekeeper.session_count() == 2, what="a session with each gateway")
+        x = {"a": np.ones((2, 16), np.float32), "b": np.full((2, 16), 2, np.float32)}
+        for i, (gw, client) in enumerate(zip(gateways, clients)):
+            info = gw.registry.get(node.node_id)
+            assert info.kx_gateway == a.gateway_id  # joined a; b derives its own session from the same key
+            client.infer(info, f"r{i}", "two-inputs", 1, x)
+        assert node.gatekeeper.accepted == {"session": 2, "signed": 0}
+    finally:
+        for client in clients:
+            client.close()
+        node.stop()
+        for gw in gateways:
+            gw.stop(0)

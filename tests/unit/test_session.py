@@ -13,8 +13,8 @@ from hyperinfer.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from hyperinfer.node.gatekeeper import Gatekeeper
 from hyperinfer.verify.operators import infer_fields, sign_call
 from hyperinfer.verify.session import (
-    MAC_HEADER, check_gateway_kx, check_node_kx, derive_session, gateway_kx_key, gateway_kx_offer, kx_public, mac_call,
-    new_kx_key, sign_node_kx,
+    MAC_HEADER, check_gateway_kx, check_node_kx, derive_session, gateway_kx_key, gateway_kx_offer, gateway_session,
+    kx_public, mac_call, new_kx_key, sign_node_kx,
 )
 from hyperinfer.verify.signing import key_id, public_bytes
 
@@ -147,3 +147,24 @@ def test_session_of_a_gateway_that_left_the_pool_is_refused():
     gk.announce([])  # the pinned gateway stopped announcing it
     with pytest.raises(PermissionDenied, match="not a gateway of this node's pool"):
         gk.check(mac_call(session, "Infer", fields), "Infer", fields)
+
+
+def test_sessions_with_the_pools_other_gateways_are_learned_from_signed_announcements(pool):
+    gw, node, gk, session = pool
+    other, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    fields = infer_fields("r1", "mlp", 1)
+    other_kx = gateway_kx_offer(other)
+    entry = (public_bytes(other), *other_kx)
+    assert gk.learn([entry]) == 0  # not announced by the pinned gateway: no session
+    gk.announce([public_bytes(other), public_bytes(stranger)])
+    forged = (public_bytes(stranger), other_kx[0], other_kx[1])  # someone else's X25519 key and signature
+    assert gk.learn([forged, (public_bytes(gw), *gateway_kx_offer(gw))]) == 0  # forged; gw's already known
+    assert gk.learn([entry]) == 1 and gk.learn([entry]) == 0 and gk.session_count() == 2
+    # the other gateway derives its side from the node's stored X25519 key, as the worker client does
+    theirs = gateway_session(other, key_id(node), gk._node_kx[1])  # the node's key as the store has it
+    gk.check(mac_call(theirs, "Infer", fields), "Infer", fields)
+    gk.check(mac_call(session, "Infer", fields), "Infer", fields)
+    _join(gw, node, gk)  # a re-join: a new node key, every old session goes
+    assert gk.session_count() == 1
+    with pytest.raises(Unauthenticated, match="unknown worker-call session"):
+        gk.check(mac_call(theirs, "Infer", fields), "Infer", fields)

@@ -11,6 +11,7 @@ import pytest
 
 from hyperinfer.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from hyperinfer.gateway.store import MIGRATIONS, NodeRecord, SQLiteStore, Store, is_database_url, open_store
+from hyperinfer.gateway.store.base import GATEWAYS_MIGRATIONS
 
 
 def _node(node_id: str = "n1", **kw) -> NodeRecord:
@@ -305,11 +306,15 @@ def test_gateways_using_the_database_are_registered(db_location):
     try:
         a.register_gateway("ga", b"\x0a" * 32, "127.0.0.1:8001", 1000)
         b.register_gateway("gb", b"\x0b" * 32, "127.0.0.1:8002", 1100)
-        a.register_gateway("ga", b"\x0a" * 32, "", 5000)  # still alive; address kept
+        a.register_gateway("ga", b"\x0a" * 32, "", 5000, kx=(b"\x0c" * 32, b"\x0d" * 64))  # still alive
+        b.register_gateway("gb", b"\x0b" * 32, "", 6000)  # no kx given: the stored one (none) is kept
         got = b.list_gateways()
         assert [(g.gateway_id, g.public_key, g.address, g.started_ms, g.last_seen_ms) for g in got] == [
-            ("ga", b"\x0a" * 32, "127.0.0.1:8001", 1000, 5000), ("gb", b"\x0b" * 32, "127.0.0.1:8002", 1100, 1100)]
-        assert a.schema_version("gateways") == 1
+            ("ga", b"\x0a" * 32, "127.0.0.1:8001", 1000, 5000), ("gb", b"\x0b" * 32, "127.0.0.1:8002", 1100, 6000)]
+        assert [(g.kx_public_key, g.kx_signature) for g in got] == [(b"\x0c" * 32, b"\x0d" * 64), (b"", b"")]
+        a.register_gateway("ga", b"\x0a" * 32, "", 7000)  # the sweeper's refresh keeps the kx
+        assert b.list_gateways()[0].kx_public_key == b"\x0c" * 32
+        assert a.schema_version("gateways") == len(GATEWAYS_MIGRATIONS)
     finally:
         a.close()
         b.close()

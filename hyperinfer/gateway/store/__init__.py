@@ -37,8 +37,9 @@ Tables owned by the store (component ``"registry"``, :mod:`.base`):
 ``gateways`` (component ``"gateways"``)
     every gateway that used the database: ``gateway_id`` (PK, fingerprint of
     its key), ``public_key``, ``address`` (where it listens), ``started`` and
-    ``last_seen`` (unix ms). ``audit verify --db`` finds the key that must
-    have signed a receipt here.
+    ``last_seen`` (unix ms), ``kx_public_key`` and ``kx_signature`` (its X25519
+    key for Worker-call sessions, signed by its key; announced to nodes). ``audit
+    verify --db`` finds the key that must have signed a receipt here.
 
 Other components add their own tables to the same database (the ledger keeps
 ledger, attestations, faults, evidence and receipts there). Two entry points:

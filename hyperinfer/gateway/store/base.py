@@ -64,6 +64,12 @@ GATEWAYS_MIGRATIONS: list[list[str]] = [
             last_seen BIGINT NOT NULL
         )""",
     ],
+    [
+        # its X25519 key for Worker-call sessions and its Ed25519 signature over it (verify.session),
+        # announced to nodes by every gateway of the pool
+        "ALTER TABLE gateways ADD COLUMN kx_public_key BLOB",
+        "ALTER TABLE gateways ADD COLUMN kx_signature BLOB",
+    ],
 ]
 
 # pool-wide secrets (component "pool_secrets"): e.g. the HMAC key of join challenges, one per
@@ -116,6 +122,8 @@ class GatewayRecord:
     address: str
     started_ms: int
     last_seen_ms: int
+    kx_public_key: bytes = b""  # X25519 key for Worker-call sessions (verify.session); b"": none
+    kx_signature: bytes = b""  # the gateway key's signature over it
 
 
 @dataclass(frozen=True)
@@ -185,8 +193,10 @@ class Store(abc.ABC):
     def count_challenges(self) -> int: ...
 
     @abc.abstractmethod
-    def register_gateway(self, gateway_id: str, public_key: bytes, address: str, now_ms: int) -> None:
-        """Record (or refresh) a gateway using this database; ``address`` "" keeps the stored one."""
+    def register_gateway(self, gateway_id: str, public_key: bytes, address: str, now_ms: int,
+                         kx: tuple[bytes, bytes] | None = None) -> None:
+        """Record (or refresh) a gateway using this database; ``address`` "" keeps the stored one,
+        ``kx`` (X25519 key, signature) None too."""
 
     @abc.abstractmethod
     def list_gateways(self) -> list[GatewayRecord]: ...
@@ -340,18 +350,24 @@ class SQLStore(Store):
 
     # --------------------------------------------------------------- gateways
 
-    def register_gateway(self, gateway_id: str, public_key: bytes, address: str, now_ms: int) -> None:
+    def register_gateway(self, gateway_id: str, public_key: bytes, address: str, now_ms: int,
+                         kx: tuple[bytes, bytes] | None = None) -> None:
+        kx_pub, kx_sig = (bytes(kx[0]), bytes(kx[1])) if kx else (None, None)
         with self.transaction() as c:
-            c.execute("INSERT INTO gateways (gateway_id, public_key, address, started, last_seen) "
-                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET "
+            c.execute("INSERT INTO gateways (gateway_id, public_key, address, started, last_seen, kx_public_key, "
+                      "kx_signature) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET "
                       "address = CASE WHEN excluded.address = '' THEN gateways.address ELSE excluded.address END, "
-                      "last_seen = excluded.last_seen", (gateway_id, bytes(public_key), address, now_ms, now_ms))
+                      "last_seen = excluded.last_seen, "
+                      "kx_public_key = COALESCE(excluded.kx_public_key, gateways.kx_public_key), "
+                      "kx_signature = COALESCE(excluded.kx_signature, gateways.kx_signature)",
+                      (gateway_id, bytes(public_key), address, now_ms, now_ms, kx_pub, kx_sig))
 
     def list_gateways(self) -> list[GatewayRecord]:
         with self.transaction() as c:
-            rows = c.execute("SELECT gateway_id, public_key, address, started, last_seen FROM gateways "
-                             "ORDER BY gateway_id").fetchall()
-        return [GatewayRecord(r[0], bytes(r[1]), r[2], int(r[3]), int(r[4])) for r in rows]
+            rows = c.execute("SELECT gateway_id, public_key, address, started, last_seen, kx_public_key, kx_signature "
+                             "FROM gateways ORDER BY gateway_id").fetchall()
+        return [GatewayRecord(r[0], bytes(r[1]), r[2], int(r[3]), int(r[4]), bytes(r[5] or b""), bytes(r[6] or b""))
+                for r in rows]
 
     # ------------------------------------------------------------- secrets
 

@@ -91,7 +91,7 @@ class ModelOffer(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., manifest: _Optional[bytes] = ..., manifest_signature: _Optional[bytes] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node_id", "heartbeat_interval_ms", "models", "gateway_id", "pool_gateway_keys", "gateway_kx_public_key", "gateway_kx_signature")
+    __slots__ = ("node_id", "heartbeat_interval_ms", "models", "gateway_id", "pool_gateway_keys", "gateway_kx_public_key", "gateway_kx_signature", "pool_gateway_kx")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class JoinResponse(_message.Message):
     POOL_GATEWAY_KEYS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_KX_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_KX_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    POOL_GATEWAY_KX_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     heartbeat_interval_ms: int
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
@@ -106,7 +107,18 @@ class JoinResponse(_message.Message):
     pool_gateway_keys: _containers.RepeatedScalarFieldContainer[bytes]
     gateway_kx_public_key: bytes
     gateway_kx_signature: bytes
-    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., gateway_id: _Optional[str] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ..., gateway_kx_public_key: _Optional[bytes] = ..., gateway_kx_signature: _Optional[bytes] = ...) -> None: ...
+    pool_gateway_kx: _containers.RepeatedCompositeFieldContainer[GatewayKx]
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., gateway_id: _Optional[str] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ..., gateway_kx_public_key: _Optional[bytes] = ..., gateway_kx_signature: _Optional[bytes] = ..., pool_gateway_kx: _Optional[_Iterable[_Union[GatewayKx, _Mapping]]] = ...) -> None: ...
+
+class GatewayKx(_message.Message):
+    __slots__ = ("gateway_public_key", "kx_public_key", "signature")
+    GATEWAY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    KX_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    gateway_public_key: bytes
+    kx_public_key: bytes
+    signature: bytes
+    def __init__(self, gateway_public_key: _Optional[bytes] = ..., kx_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class LoadedModel(_message.Message):
     __slots__ = ("name", "version", "target_id", "artifact_sha256")
@@ -137,14 +149,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., outstanding: _Optional[int] = ..., capacity: _Optional[int] = ..., loaded: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("heartbeat_interval_ms", "models", "pool_gateway_keys")
+    __slots__ = ("heartbeat_interval_ms", "models", "pool_gateway_keys", "pool_gateway_kx")
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     POOL_GATEWAY_KEYS_FIELD_NUMBER: _ClassVar[int]
+    POOL_GATEWAY_KX_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_ms: int
     models: _containers.RepeatedCompositeFieldContainer[ModelOffer]
     pool_gateway_keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    pool_gateway_kx: _containers.RepeatedCompositeFieldContainer[GatewayKx]
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelOffer, _Mapping]]] = ..., pool_gateway_keys: _Optional[_Iterable[bytes]] = ..., pool_gateway_kx: _Optional[_Iterable[_Union[GatewayKx, _Mapping]]] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("node_id", "timestamp_ms", "signature")
