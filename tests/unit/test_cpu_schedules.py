@@ -405,3 +405,27 @@ def test_1x1_convs_over_56x56_planes_are_gemms_over_the_flat_plane(tmp_path):
     assert order[32].startswith("ax0_ax1_0_ax2_0"), order
     if _can_run("cpu-x86_64-avx512"):
         _build_and_compare(tmp_path, "bottleneck", clean)
+
+
+def test_strided_1x1_conv_runs_on_a_sliced_input(tmp_path):
+    """ResNet's downsampling shortcut (1x1, stride 2, odd plane 15x15) becomes a strided slice
+    and a stride-1 1x1 conv on the quarter-size input; same numbers as ONNX Runtime."""
+    from onnx import TensorProto, helper
+
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(6)
+    y = g.op("Relu", [g.conv("x", 16, 32, k=1, stride=2, bias=True)])
+    graph = helper.make_graph(g.nodes, "shortcut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 15, 15])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 32, 8, 8])], g.inits)
+    clean = _clean(_finish(graph, tmp_path / "shortcut.onnx"), {})
+    mod = tune.fused_module(build.import_onnx(clean.model), targets.get(_target_id()))
+    funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    assert any("strided_slice" in n for n in funcs), list(funcs)
+    conv = next(f for n, f in funcs.items() if "conv2d" in n)
+    assert [int(d) for d in conv.params[0].shape] == [1, 16, 8, 8]
+    _build_and_compare(tmp_path, "shortcut", clean)

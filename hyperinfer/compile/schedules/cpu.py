@@ -817,7 +817,9 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     uf = _unroll_factor(n_ch, 16 // (vf // lanes))
     if uf < 2:
         raise ValueError("too few output channels")
-    pixels_outer = _pixels_outer(sch, reduce, loads, weights[0])
+    # 8-channel blocks: outermost, each would stream the whole input again, so an input over
+    # half an L2 (512->256 at 28x28: 1.6 MB, 1.8x slower so) walks the pixels outside them
+    pixels_outer = math.prod(int(v) for v in _buf(d).shape) * 4 > _L2_BYTES // 2
     epi = _epilogue_of(sch, block)
     if epi is None:
         sch.cache_write(block, 0, "local")

