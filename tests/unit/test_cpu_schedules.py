@@ -429,3 +429,35 @@ def test_strided_1x1_conv_runs_on_a_sliced_input(tmp_path):
     conv = next(f for n, f in funcs.items() if "conv2d" in n)
     assert [int(d) for d in conv.params[0].shape] == [1, 16, 8, 8]
     _build_and_compare(tmp_path, "shortcut", clean)
+
+
+def test_1x1_conv_with_a_large_weight_block_consumes_it_in_slices(tmp_path):
+    """256 -> 512 channels over 7x7 (ResNet-50's last stage): 256 input channels by 32 output
+    channels of packed weights (32 KB) outgrow half an L1, so the reduction is split and each
+    slice serves every pixel of the plane; same numbers as ONNX Runtime."""
+    from onnx import TensorProto, helper
+
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(8)
+    y = g.op("Relu", [g.op("Add", [g.conv("x", 256, 512, k=1, bias=True), "r"])])
+    graph = helper.make_graph(g.nodes, "last_stage",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 7, 7]),
+                               helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 512, 7, 7])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 512, 7, 7])], g.inits)
+    clean = _clean(_finish(graph, tmp_path / "last_stage.onnx"), {})
+    target = targets.get(_target_id())
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    name, func = next((gv.name_hint, f) for gv, f in mod.functions_items()
+                      if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    report = cpu_sched.CpuScheduleReport()
+    script = cpu_sched.schedule_function(func, target, 2, report, name).script()
+    assert report.rules[name].startswith("tiled-channels"), (report.rules, report.fallbacks)
+    if target.vector_lanes == 16:  # 2 x 16 output channels a block: 32 KB of weights per block
+        assert re.search(r"for rc_0, yy, .* in T.grid", script), script[:3000]
+    _build_and_compare(tmp_path, "last_stage", clean)

@@ -35,7 +35,8 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
    the flattened plane instead: pixels vectorized, output channels in
    registers. A 1x1 conv whose input outgrows L2 runs its channel blocks
    innermost of the parallel loop (each input tile stays in L1 across
-   them). Depthwise stride-2
+   them); one whose weight block outgrows L1 (over 192 input channels)
+   consumes it in slices over the whole plane. Depthwise stride-2
    convs and pooling fall back to strided vector loads. A matmul whose width
    has no vector-sized divisor (6625 classes) is padded to whole vectors
    (``pad_einsum``).
@@ -738,14 +739,26 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
         else:
             outer.append(lp)
     inner = ([x_i] if x_i is not None else []) + [c_i]
+    kblock = 0
     if _pixels_outer(sch, reduce, loads, w):
         outer = [lp for lp in outer if not lp.same_as(c_o)] + [c_o]
-    sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
-    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    elif (_ext(sch, c_o) or 0) >= 16:  # the channel blocks alone are the parallel loop: enough of them
+        kblock = _k_block(sch, reduce, vf)
+    if kblock:
+        at = next(i for i, lp in enumerate(outer) if lp.same_as(c_o)) + 1
+        par, rest = outer[:at], outer[at:]
+        rc_o, rc_i = sch.split(reduce[0][0], [None, kblock])
+        sch.reorder(*par, rc_o, *rest, rc_i, *[lp for lp, _ in reduce[1:]], *inner)
+        fused = sch.fuse(*par) if len(par) > 1 else par[0]
+        rloops = [rc_o]
+    else:
+        sch.reorder(*outer, *[lp for lp, _ in reduce], *inner)
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
     if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
         sch.parallel(fused)
-    rloops = list(sch.get_loops(block))[1:-len(inner)]
+    if not kblock:
+        rloops = list(sch.get_loops(block))[1:-len(inner)]
     for lp in rloops[1:]:
         e = _ext(sch, lp)
         if e is not None and 1 < e <= 7:
@@ -854,6 +867,21 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     sch.vectorize(p_i)
     _decompose(sch, block, rl[0])
     return "tiled-pixels" + ("-packed" if packed else "")
+
+
+def _k_block(sch, reduce, vf: int) -> int:
+    """Input channels per step of a 1x1 conv whose block of packed weights outgrows half an L1
+    (more than 192 input channels by 32 output channels): the whole plane's accumulators of
+    one channel block stay local while the weights are consumed in L1-sized slices, instead of
+    streaming the block from L2 once per row of pixels (5-7% on ResNet-50's 14x14 and 7x7
+    1x1 convs). 0: not."""
+    if any((_ext(sch, lp) or 1) > 1 for lp, _ in reduce[1:]):
+        return 0
+    cin = _ext(sch, reduce[0][0]) or 0
+    if cin * vf * 4 <= 24 << 10:
+        return 0
+    kb = _unroll_factor(cin, max(1, (16 << 10) // (vf * 4)))
+    return kb if kb > 1 and kb < cin else 0
 
 
 def _pixels_outer(sch, reduce, loads, weight) -> bool:
