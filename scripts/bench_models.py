@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """TVM artifacts vs ONNX Runtime on the PP-OCR models, public architectures and small models, in one process.
 
-    python scripts/bench_models.py [--threads 2] [--runs 30] [--markdown bench.md]
+    python scripts/bench_models.py [--threads 2] [--runs 30] [--rounds 1] [--markdown bench.md]
                                    [--models ppocr-det,resnet50,...] [--repository DIR]
                                    [--compat compat.md]
 
@@ -14,10 +14,20 @@ model that does not compile being a row with its error.
 For every model: ONNX Runtime (CPU provider) on the cleaned model, the TVM
 default build (rule-based schedules) and, when a tuning database exists, the
 TVM tuned build, all with the same thread count. Latency is the median of
-``--runs`` runs after warm-up; the runtimes are measured in interleaved rounds
-so that load from other processes hits them alike. Ratios are TVM / ONNX
-Runtime (below 1.0: TVM is faster). GFLOP/s counts conv, conv-transpose,
+``--runs`` runs after warm-up; the runtimes are measured in interleaved blocks
+so that load from other processes hits them alike, ``--rounds N`` times (the
+ratio is the median of the rounds' ratios). Ratios are TVM / ONNX Runtime
+(below 1.0: TVM is faster); "fastest runs" is the fastest TVM run over the
+fastest ONNX Runtime run, which load from other processes moves least; the
+load average is printed with each model. GFLOP/s counts conv, conv-transpose,
 matmul and gemm multiply-adds (x2) from the ONNX graph.
+
+``--target native`` (the default) builds for the best CPU target this machine
+runs (``cpu-x86_64-avx512`` on an AVX-512 host), the ISA ONNX Runtime's MLAS
+dispatches to on the same host: compare like with like. The speed goal on a
+ResNet-50-class net:
+
+    python scripts/bench_models.py --models resnet50,resnet18 --runs 12 --rounds 3
 
 ``--vulkan`` adds the vulkan artifact (TVM's WGSL kernels run by wgpu-native)
 on this machine's WebGPU adapter, timed on its own (``--vulkan-runs``, median).
@@ -68,14 +78,21 @@ class Row:
     vulkan_ms: float | None = None
     vulkan_err: float | None = None
     vulkan_note: str = ""
+    ratio_med: float | None = None  # median over rounds of (median TVM / median ORT) within the round
+    tuned_ratio_med: float | None = None
+    ratio_min: float | None = None  # fastest TVM run / fastest ORT run (other processes only slow runs down)
+    tuned_ratio_min: float | None = None
+    load: float | None = None  # 1-minute load average while this model was timed
 
     @property
     def ratio(self) -> float:
-        return self.tvm_ms / self.ort_ms
+        return self.ratio_med if self.ratio_med is not None else self.tvm_ms / self.ort_ms
 
     @property
     def tuned_ratio(self) -> float | None:
-        return None if self.tuned_ms is None else self.tuned_ms / self.ort_ms
+        if self.tuned_ms is None:
+            return None
+        return self.tuned_ratio_med if self.tuned_ratio_med is not None else self.tuned_ms / self.ort_ms
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -162,6 +179,11 @@ def interleaved(fns: dict[str, callable], runs: int, warmup: int, blocks: int = 
     Not call by call: ONNX Runtime's worker threads spin for a while after a
     run and would steal the cores from whatever runs right after it.
     """
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, runs, warmup, blocks).items()}
+
+
+def interleaved_samples(fns: dict[str, callable], runs: int, warmup: int, blocks: int = 3) -> dict[str, list[float]]:
+    """Every timed run (ms) per function, in the alternating blocks of :func:`interleaved`."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
     per_block = max(1, -(-runs // blocks))
     for _ in range(blocks):
@@ -172,7 +194,7 @@ def interleaved(fns: dict[str, callable], runs: int, warmup: int, blocks: int = 
                 t = time.perf_counter()
                 f()
                 samples[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
 
 
 def max_error(ref: dict, got: dict) -> float:
@@ -260,15 +282,33 @@ def bench(args) -> tuple[list[Row], list[tuple[str, str, str]]]:
         fns = {"ort": lambda: ort.run(x), "tvm": lambda: tvm_r.run(x)}
         if tuned_r:
             fns["tuned"] = lambda: tuned_r.run(x)
-        ms = interleaved(fns, args.runs, args.warmup)
+        # several rounds: the ratio is the median of the rounds' ratios (each round interleaves the
+        # runtimes, so load from other processes hits both), times are medians over all rounds
+        samples: dict[str, list[float]] = {k: [] for k in fns}
+        round_ratios: dict[str, list[float]] = {"tvm": [], "tuned": []}
+        for _ in range(max(1, args.rounds)):
+            got = interleaved_samples(fns, args.runs, args.warmup)
+            for k, v in got.items():
+                samples[k] += v
+            for k in round_ratios:
+                if k in got:
+                    round_ratios[k].append(statistics.median(got[k]) / statistics.median(got["ort"]))
+        ms = {k: statistics.median(v) for k, v in samples.items()}
         shape = ";".join("x".join(str(d) for d in s.shape) for s in clean.inputs)
         rules = ", ".join(f"{k} {v}" for k, v in sorted(report.count().items()))
         row = Row(name, shape, ms["ort"], ms["tvm"], ms.get("tuned"), err, tuned_err, gflop, compile_s, rules, ops)
+        row.ratio_med = statistics.median(round_ratios["tvm"])
+        row.tuned_ratio_med = statistics.median(round_ratios["tuned"]) if round_ratios["tuned"] else None
+        row.ratio_min = min(samples["tvm"]) / min(samples["ort"])
+        row.tuned_ratio_min = min(samples["tuned"]) / min(samples["ort"]) if "tuned" in samples else None
+        row.load = os.getloadavg()[0]
         if args.vulkan:
             row.vulkan_ms, row.vulkan_err, row.vulkan_note = bench_vulkan(name, mod, clean, work, x, ref, args)
         rows.append(row)
         print(f"{name:11s} ORT {row.ort_ms:8.2f} ms  TVM {row.tvm_ms:8.2f} ms  ratio {row.ratio:5.2f}"
-              + (f"  tuned {row.tuned_ms:8.2f} ms ({row.tuned_ratio:4.2f})" if row.tuned_ms else "")
+              f" (fastest runs {row.ratio_min:4.2f}, load {row.load:.1f})"
+              + (f"  tuned {row.tuned_ms:8.2f} ms ({row.tuned_ratio:4.2f}, fastest {row.tuned_ratio_min:4.2f})"
+                 if row.tuned_ms else "")
               + f"  max err {err:.1e}  compile {compile_s:5.1f} s  [{rules}]"
               + (f"  vulkan {row.vulkan_ms:9.2f} ms ({row.vulkan_ms / row.ort_ms:.0f}x ORT, err {row.vulkan_err:.1e})"
                  if row.vulkan_ms else (f"  vulkan: {row.vulkan_note}" if args.vulkan else "")), flush=True)
@@ -332,17 +372,20 @@ def table(rows: list[Row], threads: int, target: str) -> str:
 
 
 def compat_table(rows: list[Row], failed: list[tuple[str, str, str]], threads: int, target: str) -> str:
-    lines = ["| model | input | ops | compiles | max abs err | ratio vs ORT (default) | ratio vs ORT (tuned) |",
-             "|---|---|---|---|---:|---:|---:|"]
+    lines = ["| model | input | ops | compiles | max abs err | ratio vs ORT (default) | fastest runs | "
+             "ratio vs ORT (tuned) | load |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.model} | {r.shape} | {r.ops} | yes | {r.err:.1e} | {r.ratio:.2f} | "
-                     f"{_f(r.tuned_ratio, '.2f')} |")
+                     f"{_f(r.ratio_min, '.2f')} | {_f(r.tuned_ratio, '.2f')} | {_f(r.load, '.1f')} |")
     for name, ops, err in failed:
-        lines.append(f"| {name} | – | {ops} | no: {err.replace('|', '/')} | – | – | – |")
+        lines.append(f"| {name} | – | {ops} | no: {err.replace('|', '/')} | – | – | – | – | – |")
     load = os.getloadavg()
     lines.append("")
     lines.append(f"Target `{target}`, {threads} threads for both runtimes, ratio = TVM / ONNX Runtime "
-                 f"(below 1: TVM faster), load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
+                 f"(below 1: TVM faster): the median over rounds of each round's median ratio; fastest runs = "
+                 f"fastest TVM run / fastest ORT run; load = 1-minute load average while the model was timed "
+                 f"(at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}).")
     return "\n".join(lines)
 
 
@@ -351,6 +394,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30, help="timed runs per runtime (median)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the interleaved timing; the ratio is the median of the rounds' ratios")
     ap.add_argument("--models", default=",".join(PPOCR + SMALL), help=f"known: {','.join(PPOCR + ARCH + SMALL)}")
     ap.add_argument("--target", default="native")
     ap.add_argument("--repository", type=Path, default=None, help="packages from `hyperinfer compile` (tuning dbs)")

@@ -340,3 +340,92 @@ def test_large_1x1_conv_walks_pixels_outside_channel_blocks(tmp_path):
     epi = next(i for i, ln in enumerate(lines) if 'T.sblock("compute")' in ln)
     assert "T.vectorized" in lines[epi - 1], lines[epi - 1]
     _build_and_compare(tmp_path, "conv1x1", clean)
+
+
+def test_gemm_head_weight_padded_at_compile_time(tmp_path):
+    """A classifier Gemm (transB=1, imported as matmul by a transposed constant) to 200 classes
+    (whole 8-lane but not 16-lane vectors, like ResNet's 1000) reads a weight padded to 208 at
+    compile time: no copy of the whole weight per call; same numbers as ONNX Runtime."""
+    from onnx import TensorProto, helper
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(4)
+    y = g.gemm("x", 96, 200)
+    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 96])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 200])], g.inits)
+    clean = _clean(_finish(graph, tmp_path / "head.onnx"), {})
+    target = targets.get(_target_id())
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    mm = next(f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint)
+    assert [int(d) for d in mm.params[1].shape] == [96, 208]
+    assert "_pad" not in cpu_sched.schedule_function(mm, target, 2).script()
+    _build_and_compare(tmp_path, "head", clean)
+
+
+def test_1x1_convs_over_56x56_planes_are_gemms_over_the_flat_plane(tmp_path):
+    """With 16 lanes a 56-wide row is no whole vector but a 56x56 plane is: a 1x1 conv runs as
+    a GEMM over the flattened plane (pixels vectorized, output channels in registers), channel
+    blocks outermost for a small input (128 -> 32 channels' output feeds 32 -> 128) and
+    innermost for an input that outgrows L2 (1.6 MB); same numbers as ONNX Runtime."""
+    from onnx import TensorProto, helper
+
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(5)
+    a = g.op("Relu", [g.conv("x", 128, 32, k=1, bias=True)])
+    y = g.op("Relu", [g.op("Add", [g.conv(a, 32, 128, k=1, bias=True), "x"])])
+    graph = helper.make_graph(g.nodes, "bottleneck", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 56, 56])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 128, 56, 56])], g.inits)
+    clean = _clean(_finish(graph, tmp_path / "bottleneck.onnx"), {})
+    avx512 = targets.get("cpu-x86_64-avx512")
+    mod = tune.fused_module(build.import_onnx(clean.model), avx512)
+    convs = sorted((gv.name_hint, f) for gv, f in mod.functions_items()
+                   if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    assert len(convs) == 2
+    order = {}
+    for name, func in convs:
+        report = cpu_sched.CpuScheduleReport()
+        script = cpu_sched.schedule_function(func, avx512, 2, report, name).script()
+        assert report.rules[name] == "tiled-pixels-packed", (report.rules, report.fallbacks)
+        par = re.search(r"for (\w+) in T.parallel\(T.int64\((\d+)\)\):\n(?:.*\n){0,3}?.*T.unroll", script)
+        assert par, script[:2000]
+        order[int(func.params[0].shape[1])] = par.group(1)
+    # loops (n, c, pixel): ax0, ax1, ax2; 128 input channels at 56x56 walk the pixels outside
+    assert order[128].startswith("ax0_ax2_0_ax1_0"), order
+    assert order[32].startswith("ax0_ax1_0_ax2_0"), order
+    if _can_run("cpu-x86_64-avx512"):
+        _build_and_compare(tmp_path, "bottleneck", clean)
+
+
+def test_strided_1x1_conv_runs_on_a_sliced_input(tmp_path):
+    """ResNet's downsampling shortcut (1x1, stride 2, odd plane 15x15) becomes a strided slice
+    and a stride-1 1x1 conv on the quarter-size input; same numbers as ONNX Runtime."""
+    from onnx import TensorProto, helper
+
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(6)
+    y = g.op("Relu", [g.conv("x", 16, 32, k=1, stride=2, bias=True)])
+    graph = helper.make_graph(g.nodes, "shortcut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 15, 15])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 32, 8, 8])], g.inits)
+    clean = _clean(_finish(graph, tmp_path / "shortcut.onnx"), {})
+    mod = tune.fused_module(build.import_onnx(clean.model), targets.get(_target_id()))
+    funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    assert any("strided_slice" in n for n in funcs), list(funcs)
+    conv = next(f for n, f in funcs.items() if "conv2d" in n)
+    assert [int(d) for d in conv.params[0].shape] == [1, 16, 8, 8]
+    _build_and_compare(tmp_path, "shortcut", clean)

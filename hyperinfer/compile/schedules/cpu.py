@@ -30,9 +30,12 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
    lanes), the conv is vectorized over output channels instead, with the
    weights repacked to ``[O/V, I, KH, KW, V]`` (once per call) and the
    accumulator kept in the same channel-blocked layout; its epilogue writes
-   the tile back with vector stores along the row. A 1x1 conv whose input
-   outgrows L2 runs its channel blocks innermost of the parallel loop (each
-   input tile stays in L1 across them). Depthwise stride-2
+   the tile back with vector stores along the row. A 1x1 stride-1 conv whose
+   plane (not row) splits into vectors (56x56 with 16 lanes) is a GEMM over
+   the flattened plane instead: pixels vectorized, output channels in
+   registers. A 1x1 conv whose input outgrows L2 runs its channel blocks
+   innermost of the parallel loop (each input tile stays in L1 across
+   them). Depthwise stride-2
    convs and pooling fall back to strided vector loads. A matmul whose width
    has no vector-sized divisor (6625 classes) is padded to whole vectors
    (``pad_einsum``).
@@ -768,6 +771,91 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     return "tiled-channels"
 
 
+def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
+    """A 1x1 stride-1 conv whose rows do not split into vectors but whose planes do (56x56,
+    28x28 with 16 lanes): a GEMM over the flattened plane. The row and column loops are fused
+    into one pixel axis (``y * W + x`` is contiguous in the input and the output), vectorized,
+    with output channels as the register axis (weights repacked to ``[O/u, I, u]``); the
+    accumulator and the epilogue use the same flat pixel index.
+
+    Raises ValueError when the block does not fit (the next rule follows).
+    """
+    from tvm import tirx
+
+    blk = sch.get(block)
+    store = blk.body
+    if not isinstance(store, tirx.BufferStore) or len(store.indices) != 4:
+        raise ValueError("not a 2-d conv")
+    loops, ivs = _block_loops_vars(sch, block)
+    if any(iv is None for iv in ivs):
+        raise ValueError("loops are not a plain grid")
+    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    if len(spatial) != 4 or not reduce or any((_ext(sch, lp) or 0) != 1 for lp, _ in reduce[1:]):
+        raise ValueError("not a 1x1 conv")
+    n_iv, c_iv, y_iv, x_iv = [iv for _, iv in spatial]
+    if not all(_coef(ix, iv.var) == 1 for ix, iv in zip(store.indices, (n_iv, c_iv, y_iv, x_iv))):
+        raise ValueError("output not indexed [n, c, y, x]")
+    h, w = (int(d) for d in store.buffer.shape[2:])
+    if w % lanes == 0 or (h * w) % lanes:
+        raise ValueError("rows split into vectors, or planes do not")
+    loads = [ld for ld in _loads(store.value) if not _buf(ld).same_as(store.buffer)]
+    data = [ld for ld in loads if _uses(ld.indices[-1], x_iv.var)]
+    if len(data) != 1 or len(data[0].indices) != 4:
+        raise ValueError("no single input read along the row")
+    d = data[0]
+    dh, dw = (int(v) for v in _buf(d).shape[2:])
+    if (dh, dw) != (h, w) or _coef(d.indices[3], x_iv.var) != 1 or _coef(d.indices[2], y_iv.var) != 1 \
+            or any(_uses(d.indices[3], iv.var) for iv in (y_iv, c_iv)) or _uses(d.indices[2], x_iv.var):
+        raise ValueError("input plane not read one to one (stride, padding)")
+    weights = [ld for ld in loads if ld is not d]
+    if len(weights) != 1:
+        raise ValueError("not one weight")
+    # 16 accumulators: two vectors of pixels by 8 output channels
+    n_ch = int(store.buffer.shape[1])
+    vf = 2 * lanes if (h * w) % (2 * lanes) == 0 else lanes
+    uf = _unroll_factor(n_ch, 16 // (vf // lanes))
+    if uf < 2:
+        raise ValueError("too few output channels")
+    # 8-channel blocks: outermost, each would stream the whole input again, so an input over
+    # half an L2 (512->256 at 28x28: 1.6 MB, 1.8x slower so) walks the pixels outside them
+    pixels_outer = math.prod(int(v) for v in _buf(d).shape) * 4 > _L2_BYTES // 2
+    epi = _epilogue_of(sch, block)
+    if epi is None:
+        sch.cache_write(block, 0, "local")
+        epi = sch.get_consumers(block)[0]
+    else:
+        sch.set_scope(block, 0, "local")
+    # accumulator and epilogue over the flat pixel index
+    sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c, y * w + x))
+    sch.transform_block_layout(epi, lambda n, c, y, x: (n, c, y * w + x))
+    packed = _pack_register_operand(sch, block, loads, c_iv, uf, lanes)
+    if len(reduce) != 3:
+        raise ValueError("not an (rc, ry, rx) reduction")
+    sch.transform_block_layout(block, lambda n, c, y, x, rc, ry, rx: (n, c, y * w + x, rc, ry, rx))
+    loops = list(sch.get_loops(block))
+    ln, lc, p = loops[:3]
+    rl = loops[3:]
+    p_o, p_i = sch.split(p, [None, vf])
+    c_o, c_i = sch.split(lc, [None, uf])
+    if pixels_outer:  # a large input: each tile's input stays in L1 across the channel blocks
+        sch.reorder(ln, p_o, c_o, *rl, c_i, p_i)
+        fused = sch.fuse(ln, p_o, c_o)
+    else:
+        sch.reorder(ln, c_o, p_o, *rl, c_i, p_i)
+        fused = sch.fuse(ln, c_o, p_o)
+    sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
+    if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
+        sch.parallel(fused)
+    eloops = list(sch.get_loops(epi))[1:]
+    if eloops and (_ext(sch, eloops[-1]) or 0) > 1:
+        sch.vectorize(eloops[-1])
+    sch.unroll(c_i)
+    sch.vectorize(p_i)
+    _decompose(sch, block, rl[0])
+    return "tiled-pixels" + ("-packed" if packed else "")
+
+
 def _pixels_outer(sch, reduce, loads, weight) -> bool:
     """Should a 1x1 conv walk the pixels outside its output-channel blocks?
 
@@ -828,7 +916,7 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
                    for iv in blk.iter_vars):
                 rules = [_tile_channels, _tile_strided]
             elif int(store.buffer.shape[-1]) % lanes:
-                rules = [_tile_channels, _tile_reduction, _tile_strided]
+                rules = [_tile_pixels, _tile_channels, _tile_reduction, _tile_strided]
         elif sch.get(block).body is not None:
             rules = [_tile_reduction, _tile_strided]
         done = False
@@ -872,8 +960,8 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
         except Exception as e:  # noqa: BLE001
             if report is not None:
                 report.fallbacks.append(f"{name}/{blk.name_hint}: elementwise: {_short(e)}")
-    rule = next((u for u in ("tiled-packed", "tiled", "tiled-channels-packed", "tiled-channels", "tiled-strided-packed",
-                             "tiled-strided") if u in used),
+    rule = next((u for u in ("tiled-packed", "tiled", "tiled-pixels-packed", "tiled-pixels", "tiled-channels-packed",
+                             "tiled-channels", "tiled-strided-packed", "tiled-strided") if u in used),
                 used[0] if used else "none")
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), rule
 
