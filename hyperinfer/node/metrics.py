@@ -7,8 +7,11 @@ gateway, from a :class:`hyperinfer.statistics.Statistics` the node fills):
 ``nv_inference_request_duration_us``, ``nv_inference_compute_infer_duration_us``;
 and the node's own: ``hyperinfer_node_info`` (node id, operator, targets),
 ``hyperinfer_node_inflight`` / ``hyperinfer_node_capacity``,
-``hyperinfer_node_model_loaded`` (model, version, target), and
-``hyperinfer_node_rejected_requests`` for calls naming no loaded model (by code).
+``hyperinfer_node_model_loaded`` (model, version, target),
+``hyperinfer_node_rejected_requests`` for calls naming no loaded model (by code),
+``hyperinfer_node_worker_calls`` (label ``auth``: ``session`` HMAC or ``signed``
+Ed25519, the gateway's proof on the calls let in) and
+``hyperinfer_node_worker_sessions`` (gateways with a Worker-call session).
 
 The timer wraps the data plane's ``infer`` (the Worker servicer's one call):
 one ``perf_counter_ns`` pair and a locked counter update per request.
@@ -79,6 +82,15 @@ class NodeCollector(Collector):
         for code, n in sorted(dict(self.rejected).items()):
             rejected.add_metric([code], float(n))
         yield rejected
+        gatekeeper = getattr(node, "gatekeeper", None)
+        if gatekeeper is not None:
+            calls = CounterMetricFamily("hyperinfer_node_worker_calls", "Worker calls let in, by the gateway's proof: "
+                                        "session (HMAC, verify.session) or signed (Ed25519)", labels=["auth"])
+            for auth, n in sorted(dict(gatekeeper.accepted).items()):
+                calls.add_metric([auth], float(n))
+            yield calls
+            yield GaugeMetricFamily("hyperinfer_node_worker_sessions", "Gateways this node has a Worker-call session "
+                                    "with", value=gatekeeper.session_count())
 
 
 class NodeMetrics:

@@ -229,3 +229,8 @@ def test_metrics_after_a_load_run_match_what_was_sent(pool):
     assert d(n0, n1, "nv_inference_request_success_total", **model) == \
         d(g0, g1, "hyperinfer_node_jobs_total", node=node0) > 0
     assert total(n1, "hyperinfer_node_model_loaded", model=MODEL, target="cpu-x86_64") == 1
+    # the gateway proved itself on each of those calls with its session HMAC, never an Ed25519 signature
+    assert d(n0, n1, "hyperinfer_node_worker_calls_total", auth="session") == \
+        d(n0, n1, "nv_inference_request_success_total", **model)
+    assert total(n1, "hyperinfer_node_worker_calls_total", auth="signed") == 0
+    assert total(n1, "hyperinfer_node_worker_sessions") == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -74,7 +76,9 @@ def test_operator_book_admit_promote_fault_remove(book):
         book.add(public_bytes(k1), "acme", 50)
     with pytest.raises(InvalidArgument, match="--bond"):
         book.add(public_bytes(k2), "b", -1)
-    # an open operator (joined an --open-pool gateway) has no bond until it is admitted
+    # an open operator (joined an --open-pool gateway) has no bond until it is admitted; admitted a
+    # moment later (list() orders by admission time, then by id: same-millisecond ids are random)
+    time.sleep(0.005)
     o = book.add_open(key_id(k2), "walk-in", public_bytes(k2))
     assert (o.admission, o.bond) == (OPEN, 0)
     assert book.add_open(key_id(k2), "again").name == "walk-in"  # idempotent
