@@ -35,6 +35,9 @@ class StreamLimiter:
         self._next_id = 0
         self._watchdog: threading.Thread | None = None
         self.cancelled = 0  # streams the watchdog ended (for tests and logs)
+        self.admitted = 0  # streams ever admitted
+        self.refused = 0  # streams refused because max_streams were running
+        self.peak = 0  # most streams running at once
 
     @property
     def active(self) -> int:
@@ -46,11 +49,14 @@ class StreamLimiter:
         ``max_streams`` are already running."""
         with self._lock:
             if len(self._active) >= self.max_streams:
+                self.refused += 1
                 raise ResourceExhausted(f"{self.max_streams} {self.what} are already running; retry in a moment")
             sid = self._next_id
             self._next_id += 1
             entry = [context, time.monotonic()]
             self._active[sid] = entry
+            self.admitted += 1
+            self.peak = max(self.peak, len(self._active))
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, name="stream-watchdog", daemon=True)
                 self._watchdog.start()

@@ -59,19 +59,21 @@ def signed(gw) -> list[tuple[str, str]]:
                      fetch_fields(r.model_name, r.model_version, r.target_id, r.sha256, r.offset))
 
 
-# timing-bound (20 unread HTTP/2 streams against an idle watchdog): failed 2 of about 8 runs here
-# with a 1.5 s watchdog; one likely cause was counting refusals before their statuses reached
-# the client (now waited for, bounded); 5 s watchdog and one rerun kept for the loaded CI machine
-@pytest.mark.flaky(reruns=1)
 def test_idle_artifact_streams_do_not_starve_health_or_inference(gateway):
-    channels = [grpc.insecure_channel(gateway.address) for _ in range(20)]
+    # no BDP probing: with it gRPC grows a connection's receive window to megabytes, and a client
+    # that never reads could take the whole artifact into its buffers (the stream then ends, not idle)
+    channels = [grpc.insecure_channel(gateway.address, options=[("grpc.http2.bdp_probe", 0)]) for _ in range(20)]
     try:
         streams = []
         mds = [signed(gateway) for _ in channels]  # signed up front: the streams open within a moment
         for ch, md in zip(channels, mds):  # one connection each, as 20 attackers would; nobody reads
             s = pool_pb2_grpc.PoolStub(ch).FetchArtifact(fetch_request(), timeout=60, metadata=md)
             streams.append(s)
-        wait_for(lambda: gateway.artifact_streams.active == 4, 10, "4 admitted streams")
+        limiter = gateway.artifact_streams
+        # a slot taken is not given to another stream until the watchdog frees it; when the 20
+        # requests arrive over more than the idle time (a loaded machine) a freed slot may go to
+        # a late one, so what is asserted is that no more than 4 ever run at once
+        wait_for(lambda: limiter.peak == 4, 15, "4 streams admitted at once")
         with grpc.insecure_channel(gateway.address) as ch:
             oip = pb_grpc.GRPCInferenceServiceStub(ch)
             t0 = time.monotonic()
@@ -81,16 +83,18 @@ def test_idle_artifact_streams_do_not_starve_health_or_inference(gateway):
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             assert time.monotonic() - t0 < 10
-        # the 16 over the limit were refused at once, with a status that says retry (the client
-        # sees each refusal when its stream's status arrives: wait for that, bounded)
+
+        # every stream beyond the limit was refused with a status that says retry; the admitted
+        # ones (idle: nobody reads) are cancelled by the watchdog
         def refused() -> list:
             return [s for s in streams if s.done() and s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
 
-        wait_for(lambda: len(refused()) == 16, 10, "16 streams refused")
+        wait_for(lambda: limiter.admitted + limiter.refused == 20 and limiter.active == 0, 30,
+                 "all 20 streams refused or admitted and then cancelled")
+        wait_for(lambda: len(refused()) == limiter.refused, 10, "the refusals to reach the clients")
         assert all("artifact streams" in s.details() for s in refused())
-        # the watchdog cancels the 4 idle ones; then a real download completes
-        wait_for(lambda: gateway.artifact_streams.active == 0, 15, "idle streams cancelled")
-        assert gateway.artifact_streams.cancelled >= 4
+        assert limiter.peak == 4 and limiter.refused >= 12, (limiter.peak, limiter.refused)
+        assert limiter.cancelled == limiter.admitted
         with grpc.insecure_channel(gateway.address, options=[("grpc.max_receive_message_length", 4 << 20)]) as ch:
             data = b"".join(c.data for c in pool_pb2_grpc.PoolStub(ch).FetchArtifact(
                 fetch_request(), timeout=30, metadata=signed(gateway)))
@@ -109,7 +113,7 @@ def test_concurrent_rpcs_are_capped(tmp_path):
                                admin_keys=[public_bytes(ADMIN).hex()]))
     install(gw)
     gw.start()
-    chans = [grpc.insecure_channel(gw.address) for _ in range(3)]
+    chans = [grpc.insecure_channel(gw.address, options=[("grpc.http2.bdp_probe", 0)]) for _ in range(3)]  # see above
     try:
         held = [pool_pb2_grpc.PoolStub(c).FetchArtifact(fetch_request(), timeout=30, metadata=signed(gw))
                 for c in chans[:2]]
