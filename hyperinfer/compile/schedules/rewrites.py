@@ -29,57 +29,40 @@ def _ints(arr) -> list[int]:
     return [int(v) for v in arr]
 
 
-def conv_transpose_rewrite_pass():
-    """Relax function pass: stride == kernel ``conv2d_transpose`` -> 1x1 conv2d + reshape/permute."""
-    import numpy as np
+def _const_numpy(expr):
+    """A Relax constant's value as numpy; None if ``expr`` is not a constant."""
+    import tvm
+
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        return None
+    data = getattr(expr, "data", None)
+    if data is None:
+        data = getattr(expr, "value", None)  # TVM 0.27: GenericConst.value
+    return data.numpy() if data is not None and hasattr(data, "numpy") else None
+
+
+def _call_rewrite_pass(op_name: str, pass_name: str, rewrite):
+    """A Relax module pass that replaces each call of ``op_name`` by ``rewrite(mutator, call)``;
+    a None result, or any error (logged at debug level), leaves the call to TVM's own lowering."""
     import tvm
     from tvm import relax
 
-    op_ct = tvm.ir.Op.get("relax.nn.conv2d_transpose")
+    op = tvm.ir.Op.get(op_name)
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
         def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
             call = super().visit_call_(call)
-            if not isinstance(call, relax.Call) or not call.op.same_as(op_ct):
+            if not isinstance(call, relax.Call) or not call.op.same_as(op):
                 return call
             try:
-                new = self._rewrite(call)
-                return call if new is None else new
-            except Exception as e:  # noqa: BLE001 - leave anything unusual to TVM's own lowering
-                log.debug("conv2d_transpose left as it is: %s", e)
+                new = rewrite(self, call)
+            except Exception as e:  # noqa: BLE001 - leave anything unusual as it is
+                log.debug("%s left as it is (%s): %s", op_name, pass_name, e)
                 return call
+            return call if new is None else new
 
-        def _rewrite(self, call):
-            a = call.attrs
-            x, w = call.args
-            data = getattr(w, "data", None) if isinstance(w, tvm.ir.expr.Constant) else None
-            if data is None and isinstance(w, tvm.ir.expr.Constant):
-                data = getattr(w, "value", None)  # TVM 0.27: GenericConst.value
-            if data is None or not hasattr(data, "numpy"):
-                return None
-            if (a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or str(a.out_layout) not in ("NCHW", "")
-                    or int(a.groups) != 1):
-                return None
-            wnp = data.numpy()
-            cin, cout, kh, kw = wnp.shape
-            if (_ints(a.strides) != [kh, kw] or any(_ints(a.padding)) or any(_ints(a.output_padding))
-                    or _ints(a.dilation) != [1, 1]):
-                return None
-            info = x.ty if hasattr(x, "ty") else x.struct_info  # TVM 0.27: Expr.ty (TensorType)
-            shape = [int(d) for d in info.shape]
-            if len(shape) != 4 or shape[1] != cin:
-                return None
-            n, _, h, wd = shape
-            od = a.out_dtype
-            out_dtype = str(od) if od is not None and str(od) not in ("", "None", "void") else str(info.dtype)
-            w2 = np.ascontiguousarray(wnp.transpose(1, 2, 3, 0).reshape(cout * kh * kw, cin, 1, 1))
-            y = relax.op.nn.conv2d(x, relax.const(w2), out_dtype=out_dtype)
-            y = relax.op.reshape(y, [n, cout, kh, kw, h, wd])
-            y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
-            return relax.op.reshape(y, [n, cout, h * kh, wd * kw])
-
-    @tvm.transform.module_pass(opt_level=0, name="HyperinferConvTransposeRewrite")
+    @tvm.transform.module_pass(opt_level=0, name=pass_name)
     def apply(mod, _ctx):
         rw = Rewriter(mod)
         for gv, func in list(mod.functions_items()):
@@ -88,6 +71,40 @@ def conv_transpose_rewrite_pass():
         return rw.builder_.get()
 
     return apply
+
+
+def conv_transpose_rewrite_pass():
+    """Relax function pass: stride == kernel ``conv2d_transpose`` -> 1x1 conv2d + reshape/permute."""
+    import numpy as np
+    from tvm import relax
+
+    def rewrite(_rw, call):
+        a = call.attrs
+        x, w = call.args
+        wnp = _const_numpy(w)
+        if wnp is None:
+            return None
+        if (a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or str(a.out_layout) not in ("NCHW", "")
+                or int(a.groups) != 1):
+            return None
+        cin, cout, kh, kw = wnp.shape
+        if (_ints(a.strides) != [kh, kw] or any(_ints(a.padding)) or any(_ints(a.output_padding))
+                or _ints(a.dilation) != [1, 1]):
+            return None
+        info = x.ty if hasattr(x, "ty") else x.struct_info  # TVM 0.27: Expr.ty (TensorType)
+        shape = [int(d) for d in info.shape]
+        if len(shape) != 4 or shape[1] != cin:
+            return None
+        n, _, h, wd = shape
+        od = a.out_dtype
+        out_dtype = str(od) if od is not None and str(od) not in ("", "None", "void") else str(info.dtype)
+        w2 = np.ascontiguousarray(wnp.transpose(1, 2, 3, 0).reshape(cout * kh * kw, cin, 1, 1))
+        y = relax.op.nn.conv2d(x, relax.const(w2), out_dtype=out_dtype)
+        y = relax.op.reshape(y, [n, cout, kh, kw, h, wd])
+        y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
+        return relax.op.reshape(y, [n, cout, h * kh, wd * kw])
+
+    return _call_rewrite_pass("relax.nn.conv2d_transpose", "HyperinferConvTransposeRewrite", rewrite)
 
 
 def fast_softmax_pass():
@@ -97,31 +114,15 @@ def fast_softmax_pass():
     (a libm call per element: most of a 40x6625 softmax's time). ``fast_softmax``
     uses a vectorizable polynomial ``exp`` (relative error ~1e-7).
     """
-    import tvm
-    from tvm import relax, topi
+    from tvm import topi
 
-    op_softmax = tvm.ir.Op.get("relax.nn.softmax")
+    def rewrite(rw, call):
+        info = call.args[0].ty if hasattr(call.args[0], "ty") else call.args[0].struct_info
+        if str(getattr(info, "dtype", "")) != "float32":
+            return None
+        return rw.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis))
 
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
-            call = super().visit_call_(call)
-            if not isinstance(call, relax.Call) or not call.op.same_as(op_softmax):
-                return call
-            info = call.args[0].ty if hasattr(call.args[0], "ty") else call.args[0].struct_info
-            if str(getattr(info, "dtype", "")) != "float32":
-                return call
-            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis))
-
-    @tvm.transform.module_pass(opt_level=0, name="HyperinferFastSoftmax")
-    def apply(mod, _ctx):
-        rw = Rewriter(mod)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
-        return rw.builder_.get()
-
-    return apply
+    return _call_rewrite_pass("relax.nn.softmax", "HyperinferFastSoftmax", rewrite)
 
 
 _PAD_TO = 16  # float32 lanes of AVX-512; a multiple of every CPU target's vector width
@@ -138,67 +139,40 @@ def matmul_pad_pass():
     import tvm
     from tvm import relax
 
-    op_matmul = tvm.ir.Op.get("relax.matmul")
     op_permute = tvm.ir.Op.get("relax.permute_dims")
 
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
-            call = super().visit_call_(call)
-            if not isinstance(call, relax.Call) or not call.op.same_as(op_matmul):
-                return call
-            try:
-                new = self._rewrite(call)
-                return call if new is None else new
-            except Exception as e:  # noqa: BLE001 - leave anything unusual as it is
-                log.debug("matmul left as it is: %s", e)
-                return call
+    def weight(rw, w):
+        """The constant ``w`` as numpy, also through a transpose (a Gemm with transB=1
+        imports as ``matmul(x, permute_dims(W))``); None if not constant."""
+        transpose = False
+        if isinstance(w, relax.Var):
+            bound = rw.lookup_binding(w)
+            if (isinstance(bound, relax.Call) and bound.op.same_as(op_permute)
+                    and bound.attrs.axes is not None and [int(a) for a in bound.attrs.axes] == [1, 0]):
+                w, transpose = bound.args[0], True
+        wnp = _const_numpy(w)
+        if wnp is None:
+            return None
+        return np.ascontiguousarray(wnp.T) if transpose and wnp.ndim == 2 else wnp
 
-        def _weight(self, w):
-            """The constant ``w`` as numpy, also through a transpose (a Gemm with transB=1
-            imports as ``matmul(x, permute_dims(W))``); None if not constant."""
-            transpose = False
-            if isinstance(w, relax.Var):
-                bound = self.lookup_binding(w)
-                if (isinstance(bound, relax.Call) and bound.op.same_as(op_permute)
-                        and bound.attrs.axes is not None and [int(a) for a in bound.attrs.axes] == [1, 0]):
-                    w, transpose = bound.args[0], True
-            if not isinstance(w, tvm.ir.expr.Constant):
-                return None
-            data = getattr(w, "data", None)
-            if data is None:
-                data = getattr(w, "value", None)
-            if data is None or not hasattr(data, "numpy"):
-                return None
-            wnp = data.numpy()
-            return np.ascontiguousarray(wnp.T) if transpose and wnp.ndim == 2 else wnp
+    def rewrite(rw, call):
+        x, w = call.args
+        wnp = weight(rw, w)
+        if wnp is None or wnp.ndim != 2 or wnp.dtype != np.float32:
+            return None
+        k, n = wnp.shape
+        if n % _PAD_TO == 0 or n < 4 * _PAD_TO:
+            return None  # whole vectors already (a 1000-class head is not: 16-lane AVX-512 pads it)
+        info = x.ty if hasattr(x, "ty") else x.struct_info
+        if str(getattr(info, "dtype", "")) != "float32" or getattr(info, "ndim", -1) < 1:
+            return None
+        n2 = -(-n // _PAD_TO) * _PAD_TO
+        wp = np.zeros((k, n2), dtype=np.float32)
+        wp[:, :n] = wnp
+        y = relax.op.matmul(x, relax.const(wp))
+        return relax.op.strided_slice(y, axes=[-1 % (int(info.ndim))], begin=[0], end=[n])
 
-        def _rewrite(self, call):
-            x, w = call.args
-            wnp = self._weight(w)
-            if wnp is None or wnp.ndim != 2 or wnp.dtype != np.float32:
-                return None
-            k, n = wnp.shape
-            if n % _PAD_TO == 0 or n < 4 * _PAD_TO:
-                return None  # whole vectors already (a 1000-class head is not: 16-lane AVX-512 pads it)
-            info = x.ty if hasattr(x, "ty") else x.struct_info
-            if str(getattr(info, "dtype", "")) != "float32" or getattr(info, "ndim", -1) < 1:
-                return None
-            n2 = -(-n // _PAD_TO) * _PAD_TO
-            wp = np.zeros((k, n2), dtype=np.float32)
-            wp[:, :n] = wnp
-            y = relax.op.matmul(x, relax.const(wp))
-            return relax.op.strided_slice(y, axes=[-1 % (int(info.ndim))], begin=[0], end=[n])
-
-    @tvm.transform.module_pass(opt_level=0, name="HyperinferMatmulPad")
-    def apply(mod, _ctx):
-        rw = Rewriter(mod)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
-        return rw.builder_.get()
-
-    return apply
+    return _call_rewrite_pass("relax.matmul", "HyperinferMatmulPad", rewrite)
 
 
 def strided_1x1_conv_pass():
@@ -211,52 +185,28 @@ def strided_1x1_conv_pass():
     an input a quarter the size (stays in L2), with the stride-1 schedules (1.3-1.7x faster
     on ResNet-50's three shortcuts, the slice included).
     """
-    import tvm
     from tvm import relax
 
-    op_conv = tvm.ir.Op.get("relax.nn.conv2d")
+    def rewrite(_rw, call):
+        a = call.attrs
+        x, w = call.args
+        strides = _ints(a.strides)
+        if (a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or str(a.out_layout) not in ("NCHW", "")
+                or strides == [1, 1] or any(_ints(a.padding)) or _ints(a.dilation) != [1, 1]):
+            return None
+        winfo = w.ty if hasattr(w, "ty") else w.struct_info
+        xinfo = x.ty if hasattr(x, "ty") else x.struct_info
+        wshape = [int(d) for d in winfo.shape]
+        xshape = [int(d) for d in xinfo.shape]
+        if len(wshape) != 4 or wshape[2:] != [1, 1] or len(xshape) != 4:
+            return None
+        sliced = relax.op.strided_slice(x, axes=[2, 3], begin=[0, 0], end=xshape[2:], strides=strides)
+        od = a.out_dtype
+        out_dtype = str(od) if od is not None and str(od) not in ("", "None", "void") else str(xinfo.dtype)
+        return relax.op.nn.conv2d(sliced, w, strides=1, padding=0, dilation=1, groups=int(a.groups),
+                                  data_layout="NCHW", kernel_layout="OIHW", out_dtype=out_dtype)
 
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
-            call = super().visit_call_(call)
-            if not isinstance(call, relax.Call) or not call.op.same_as(op_conv):
-                return call
-            try:
-                new = self._rewrite(call)
-                return call if new is None else new
-            except Exception as e:  # noqa: BLE001 - leave anything unusual as it is
-                log.debug("strided conv2d left as it is: %s", e)
-                return call
-
-        def _rewrite(self, call):
-            a = call.attrs
-            x, w = call.args
-            strides = _ints(a.strides)
-            if (a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or str(a.out_layout) not in ("NCHW", "")
-                    or strides == [1, 1] or any(_ints(a.padding)) or _ints(a.dilation) != [1, 1]):
-                return None
-            winfo = w.ty if hasattr(w, "ty") else w.struct_info
-            xinfo = x.ty if hasattr(x, "ty") else x.struct_info
-            wshape = [int(d) for d in winfo.shape]
-            xshape = [int(d) for d in xinfo.shape]
-            if len(wshape) != 4 or wshape[2:] != [1, 1] or len(xshape) != 4:
-                return None
-            sliced = relax.op.strided_slice(x, axes=[2, 3], begin=[0, 0], end=xshape[2:], strides=strides)
-            od = a.out_dtype
-            out_dtype = str(od) if od is not None and str(od) not in ("", "None", "void") else str(xinfo.dtype)
-            return relax.op.nn.conv2d(sliced, w, strides=1, padding=0, dilation=1, groups=int(a.groups),
-                                      data_layout="NCHW", kernel_layout="OIHW", out_dtype=out_dtype)
-
-    @tvm.transform.module_pass(opt_level=0, name="HyperinferStrided1x1Conv")
-    def apply(mod, _ctx):
-        rw = Rewriter(mod)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
-        return rw.builder_.get()
-
-    return apply
+    return _call_rewrite_pass("relax.nn.conv2d", "HyperinferStrided1x1Conv", rewrite)
 
 
 def cpu_pre_fusion_passes() -> list:
