@@ -110,27 +110,16 @@ def safe_gather_pass():
     import tvm
     from tvm import relax
 
-    op_take = tvm.ir.Op.get("relax.take")
+    from hyperinfer.compile.passes import call_rewrite_pass
 
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
-            call = super().visit_call_(call)
-            if (not isinstance(call, relax.Call) or not call.op.same_as(op_take)
-                    or str(call.attrs.mode) != "fast" or isinstance(call.args[1], tvm.ir.expr.Constant)):
-                return call
-            axis = call.attrs.axis
-            return relax.op.take(call.args[0], call.args[1], None if axis is None else int(axis), mode="wrap")
+    def rewrite(_rw, call):
+        if str(call.attrs.mode) != "fast" or isinstance(call.args[1], tvm.ir.expr.Constant):
+            return None
+        axis = call.attrs.axis
+        return relax.op.take(call.args[0], call.args[1], None if axis is None else int(axis), mode="wrap")
 
-    @tvm.transform.module_pass(opt_level=0, name="HyperinferSafeGather")
-    def apply(mod, _ctx):
-        rw = Rewriter(mod)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
-        return rw.builder_.get()
-
-    return apply
+    # strict: an index left in "fast" mode would read outside the weight; never skip it silently
+    return call_rewrite_pass("relax.take", "HyperinferSafeGather", rewrite, strict=True)
 
 
 def _tvm_version() -> str:

@@ -7,6 +7,45 @@ here so that neither module imports the other.
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("hyperinfer.compile")
+
+
+def call_rewrite_pass(op_name: str, pass_name: str, rewrite, *, strict: bool = False):
+    """A Relax module pass that replaces each call of ``op_name`` by ``rewrite(mutator, call)``
+    (None: keep the call). An error in ``rewrite`` leaves a speed rewrite's call to TVM's own
+    lowering (logged at debug level); with ``strict`` (a rewrite that safety depends on) it raises."""
+    import tvm
+    from tvm import relax
+
+    op = tvm.ir.Op.get(op_name)
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call) or not call.op.same_as(op):
+                return call
+            try:
+                new = rewrite(self, call)
+            except Exception as e:  # noqa: BLE001 - leave anything unusual as it is
+                if strict:
+                    raise
+                log.debug("%s left as it is (%s): %s", op_name, pass_name, e)
+                return call
+            return call if new is None else new
+
+    @tvm.transform.module_pass(opt_level=0, name=pass_name)
+    def apply(mod, _ctx):
+        rw = Rewriter(mod)
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return rw.builder_.get()
+
+    return apply
+
 
 def fusion_passes() -> list:
     """Legalize to TIR, annotate patterns, fold constants, fuse operators and their TIR."""

@@ -20,9 +20,7 @@ result sliced back, instead of the schedule padding the weight on every call.
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger("hyperinfer.compile")
+from hyperinfer.compile.passes import call_rewrite_pass
 
 
 def _ints(arr) -> list[int]:
@@ -39,38 +37,6 @@ def _const_numpy(expr):
     if data is None:
         data = getattr(expr, "value", None)  # TVM 0.27: GenericConst.value
     return data.numpy() if data is not None and hasattr(data, "numpy") else None
-
-
-def _call_rewrite_pass(op_name: str, pass_name: str, rewrite):
-    """A Relax module pass that replaces each call of ``op_name`` by ``rewrite(mutator, call)``;
-    a None result, or any error (logged at debug level), leaves the call to TVM's own lowering."""
-    import tvm
-    from tvm import relax
-
-    op = tvm.ir.Op.get(op_name)
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):  # noqa: N802 - TVM visitor naming
-            call = super().visit_call_(call)
-            if not isinstance(call, relax.Call) or not call.op.same_as(op):
-                return call
-            try:
-                new = rewrite(self, call)
-            except Exception as e:  # noqa: BLE001 - leave anything unusual as it is
-                log.debug("%s left as it is (%s): %s", op_name, pass_name, e)
-                return call
-            return call if new is None else new
-
-    @tvm.transform.module_pass(opt_level=0, name=pass_name)
-    def apply(mod, _ctx):
-        rw = Rewriter(mod)
-        for gv, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
-        return rw.builder_.get()
-
-    return apply
 
 
 def conv_transpose_rewrite_pass():
@@ -104,7 +70,7 @@ def conv_transpose_rewrite_pass():
         y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
         return relax.op.reshape(y, [n, cout, h * kh, wd * kw])
 
-    return _call_rewrite_pass("relax.nn.conv2d_transpose", "HyperinferConvTransposeRewrite", rewrite)
+    return call_rewrite_pass("relax.nn.conv2d_transpose", "HyperinferConvTransposeRewrite", rewrite)
 
 
 def fast_softmax_pass():
@@ -122,7 +88,7 @@ def fast_softmax_pass():
             return None
         return rw.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis))
 
-    return _call_rewrite_pass("relax.nn.softmax", "HyperinferFastSoftmax", rewrite)
+    return call_rewrite_pass("relax.nn.softmax", "HyperinferFastSoftmax", rewrite)
 
 
 _PAD_TO = 16  # float32 lanes of AVX-512; a multiple of every CPU target's vector width
@@ -172,7 +138,7 @@ def matmul_pad_pass():
         y = relax.op.matmul(x, relax.const(wp))
         return relax.op.strided_slice(y, axes=[-1 % (int(info.ndim))], begin=[0], end=[n])
 
-    return _call_rewrite_pass("relax.matmul", "HyperinferMatmulPad", rewrite)
+    return call_rewrite_pass("relax.matmul", "HyperinferMatmulPad", rewrite)
 
 
 def strided_1x1_conv_pass():
@@ -206,7 +172,7 @@ def strided_1x1_conv_pass():
         return relax.op.nn.conv2d(sliced, w, strides=1, padding=0, dilation=1, groups=int(a.groups),
                                   data_layout="NCHW", kernel_layout="OIHW", out_dtype=out_dtype)
 
-    return _call_rewrite_pass("relax.nn.conv2d", "HyperinferStrided1x1Conv", rewrite)
+    return call_rewrite_pass("relax.nn.conv2d", "HyperinferStrided1x1Conv", rewrite)
 
 
 def cpu_pre_fusion_passes() -> list:
