@@ -367,6 +367,34 @@ def test_gemm_head_weight_padded_at_compile_time(tmp_path):
     _build_and_compare(tmp_path, "head", clean)
 
 
+def test_classifier_head_at_batch_1_streams_a_repacked_weight(tmp_path):
+    """A 1000-class Gemm at batch 1 (a matrix-vector product) tiles a few vectors of columns and
+    reads its weight repacked at compile time to [N/t, K, t] (each tile's weights contiguous);
+    same numbers as ONNX Runtime."""
+    from onnx import TensorProto, helper
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(6)
+    y = g.gemm("x", 64, 1000)
+    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 1000])], g.inits)
+    clean = _clean(_finish(graph, tmp_path / "head.onnx"), {})
+    target = targets.get(_target_id())
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    name, mm = next((gv.name_hint, f) for gv, f in mod.functions_items()
+                    if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint)
+    report = cpu_sched.CpuScheduleReport()
+    script = cpu_sched.schedule_function(mm, target, 2, report, name).script()
+    assert report.rules[name] == "tiled-gemv-packed", (report.rules, report.fallbacks)
+    assert "meta_schedule.layout_rewrite_preproc" in script
+    _build_and_compare(tmp_path, "head", clean)
+
+
 def test_1x1_convs_over_56x56_planes_are_gemms_over_the_flat_plane(tmp_path):
     """With 16 lanes a 56-wide row is no whole vector but a 56x56 plane is: a 1x1 conv runs as
     a GEMM over the flattened plane (pixels vectorized, output channels in registers), channel

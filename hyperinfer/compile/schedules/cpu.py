@@ -41,7 +41,10 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
    innermost of the parallel loop (each input tile stays in L1 across
    them); one whose weight block outgrows L1 (over 192 input channels)
    consumes it in slices over the whole plane. Depthwise stride-2
-   convs and pooling fall back to strided vector loads. A matmul whose width
+   convs and pooling fall back to strided vector loads. A matrix-vector
+   product by a constant weight (a classifier head at batch 1) tiles 2-4
+   vectors of columns and reads the weight repacked to ``[N/t, K, t]`` at
+   compile time (each tile's weights one contiguous stream). A matmul whose width
    has no vector-sized divisor (6625 classes) is padded to whole vectors
    (``pad_einsum``).
    Contractions under 32k multiply-adds stay on one thread.
@@ -913,6 +916,80 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     return "tiled-pixels" + ("-packed" if packed else "")
 
 
+def _tile_gemv(sch, block, lanes: int, threads: int) -> str:
+    """A matrix-vector product by a constant weight (a classifier head at batch 1: ``x[1, K] @
+    W[K, N]``): no row axis to keep in registers, so the register tile is a few vectors of
+    columns, and the weight is repacked at compile time to ``[N/t, K, t]`` so that each tile of
+    ``t`` columns streams its weights contiguously (read in place, every step of the reduction
+    jumps a whole row of ``W``: 4 kB for 1000 classes, past the prefetchers, and one vector per
+    step left the multiply-adds waiting on each other).
+
+    Raises ValueError when the block does not fit (the next rule follows).
+    """
+    from tvm import tirx
+
+    blk = sch.get(block)
+    store = blk.body
+    if not isinstance(store, tirx.BufferStore):
+        raise ValueError("not a single store")
+    loops, ivs = _block_loops_vars(sch, block)
+    if any(iv is None for iv in ivs) or len(loops) != len(blk.iter_vars):
+        raise ValueError("loops are not a plain grid")
+    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    wide = [(lp, iv) for lp, iv in spatial if (_ext(sch, lp) or 0) > 1]
+    if len(wide) != 1 or len(reduce) != 1:
+        raise ValueError("not a matrix-vector product")
+    n_loop, n_iv = wide[0]
+    k_loop, k_iv = reduce[0]
+    if not (_coef(store.indices[-1], n_iv.var) == 1 and n_loop.same_as(spatial[-1][0])):
+        raise ValueError("columns not the output's innermost axis")
+    loads = [ld for ld in _loads(store.value) if not _buf(ld).same_as(store.buffer)]
+    ws = [ld for ld in loads if len(ld.indices) == 2 and _coef(ld.indices[1], n_iv.var) == 1
+          and _coef(ld.indices[0], k_iv.var) == 1 and not _uses(ld.indices[0], n_iv.var)
+          and not _uses(ld.indices[1], k_iv.var)]
+    if len(ws) != 1 or len(loads) != 2 or not _layout_free(sch, _buf(ws[0])):
+        raise ValueError("no constant weight W[k, n]")
+    if any(_uses(ix, n_iv.var) for ld in loads if ld is not ws[0] for ix in ld.indices):
+        raise ValueError("the vector operand depends on the column")
+    n = _ext(sch, n_loop) or 0
+    if n % lanes or n < 4 * lanes:
+        raise ValueError("columns do not split into vectors")
+    # 2-4 vectors of columns per tile: independent accumulators, and at least 2 tiles per thread
+    u = next((f for f in (4, 3, 2) if (n // lanes) % f == 0), 1)
+    if u < 2:
+        raise ValueError("no tile of several vectors")
+    tile = u * lanes
+    w = ws[0]
+    widx = [i for i, r in enumerate(blk.reads) if _buf(r).same_as(_buf(w))]
+    if len(widx) != 1:
+        raise ValueError("weight read twice")
+    epi = _epilogue_of(sch, block)
+    if epi is None:
+        sch.cache_write(block, 0, "local")
+        epi = sch.get_consumers(block)[0]
+    else:
+        sch.set_scope(block, 0, "local")
+    wcache = sch.cache_read(block, widx[0], "global")
+    sch.transform_layout(wcache, ("write", 0), lambda k, c: (c // tile, k, c % tile))
+    _schedule_elementwise(sch, wcache, lanes)
+    sch.annotate(wcache, "meta_schedule.layout_rewrite_preproc", True)
+    n_o, n_u, n_i = sch.split(n_loop, [None, u, lanes])
+    outer = [lp for lp, iv in spatial if not iv.same_as(n_iv)] + [n_o]
+    sch.reorder(*outer, k_loop, n_u, n_i)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
+    if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
+        sch.parallel(fused)
+    eloops = list(sch.get_loops(epi))[1:]
+    if eloops and 1 < (_ext(sch, eloops[-1]) or 0) <= 6 * lanes:
+        sch.vectorize(eloops[-1])
+    sch.unroll(n_u)
+    sch.vectorize(n_i)
+    _decompose(sch, block, k_loop)
+    return "tiled-gemv-packed"
+
+
 def _k_block(sch, reduce, vf: int) -> int:
     """Input channels per step of a 1x1 conv whose block of packed weights outgrows half an L1
     (more than 192 input channels by 32 output channels): the whole plane's accumulators of
@@ -981,7 +1058,7 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
         blk = sch.get(block)
         rules = []
         if _is_contraction(blk):
-            rules = [_tile_reduction, _tile_channels, _tile_strided]
+            rules = [_tile_gemv, _tile_reduction, _tile_channels, _tile_strided]
             # strided conv, or rows that do not split into whole vectors: channel vectorization first
             store = blk.body
             if any(_coef(ix, iv.var) not in (0, 1) for ld in _loads(store.value) for ix in ld.indices[-1:]
@@ -1032,7 +1109,7 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
         except Exception as e:  # noqa: BLE001
             if report is not None:
                 report.fallbacks.append(f"{name}/{blk.name_hint}: elementwise: {_short(e)}")
-    rule = next((u for u in ("tiled-packed", "tiled", "tiled-pixels-packed", "tiled-pixels", "tiled-channels-packed",
+    rule = next((u for u in ("tiled-packed", "tiled", "tiled-gemv-packed", "tiled-pixels-packed", "tiled-pixels", "tiled-channels-packed",
                              "tiled-channels", "tiled-strided-packed", "tiled-strided") if u in used),
                 used[0] if used else "none")
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), rule
