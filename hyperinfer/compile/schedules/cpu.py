@@ -33,7 +33,11 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
    the tile back with vector stores along the row. A 1x1 stride-1 conv whose
    plane (not row) splits into vectors (56x56 with 16 lanes) is a GEMM over
    the flattened plane instead: pixels vectorized, output channels in
-   registers. A 1x1 conv whose input outgrows L2 runs its channel blocks
+   registers. One that reduces over at least twice its output channels
+   (512->128) is parallel over pixel tiles and copies each tile's input
+   into a contiguous local buffer that all its output-channel blocks read
+   (in place, every reduction step would be another plane, kilobytes
+   apart); other 1x1 convs whose input outgrows L2 run their channel blocks
    innermost of the parallel loop (each input tile stays in L1 across
    them); one whose weight block outgrows L1 (over 192 input channels)
    consumes it in slices over the whole plane. Depthwise stride-2
@@ -80,6 +84,8 @@ _PACK_WEIGHTS = os.environ.get("HYPERINFER_PACK_WEIGHTS", "1") != "0"
 _CH_VECTORS = 2
 # L2 per core assumed by the loop-order choice of 1x1 convs (Skylake-SP and newer: 1-2 MB)
 _L2_BYTES = 1 << 21
+# the 1x1-as-GEMM rule copies each pixel tile's input into a contiguous buffer (HYPERINFER_PACK_INPUT=0: reads in place)
+_PACK_INPUT = os.environ.get("HYPERINFER_PACK_INPUT", "1") != "0"
 
 
 @dataclass
@@ -742,7 +748,9 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     kblock = 0
     if _pixels_outer(sch, reduce, loads, w):
         outer = [lp for lp in outer if not lp.same_as(c_o)] + [c_o]
-    elif (_ext(sch, c_o) or 0) >= 16:  # the channel blocks alone are the parallel loop: enough of them
+    elif (_ext(sch, c_o) or 0) >= max(8, 4 * (threads or os.cpu_count() or 1)):
+        # the channel blocks alone are the parallel loop: enough of them for the threads (1024->256
+        # at 14x14 has 8: 7% faster so, single thread)
         kblock = _k_block(sch, reduce, vf)
     if kblock:
         at = next(i for i, lp in enumerate(outer) if lp.same_as(c_o)) + 1
@@ -851,16 +859,52 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     rl = loops[3:]
     p_o, p_i = sch.split(p, [None, vf])
     c_o, c_i = sch.split(lc, [None, uf])
-    if pixels_outer:  # a large input: each tile's input stays in L1 across the channel blocks
-        sch.reorder(ln, p_o, c_o, *rl, c_i, p_i)
-        fused = sch.fuse(ln, p_o, c_o)
+    n_in_ch = int(_buf(d).shape[1])
+    if _PACK_INPUT and n_in_ch >= 2 * n_ch:
+        # a reduction over at least twice the output channels (ResNet's 512->128, 256->64):
+        # pixels outermost (parallel) and the tile's input [I, vf] copied into a contiguous local
+        # buffer once, then read from L1 by every output-channel block: read in place, each step
+        # of the reduction is a different plane (3 kB apart at 28x28: past the L1 stride
+        # prefetcher, a TLB page every step); the weights stream from L2 in order (12-20% on
+        # those convs, single thread). With more outputs than inputs, the output tiles scattered
+        # over every plane cost more than this saves (64->256 with a residual: 1.5x slower)
+        n_blocks = _ext(sch, c_o) or 1
+        wbytes = math.prod(int(v) for v in _buf(weights[0]).shape) * 4
+        groups = next((g for g in range(1, n_blocks + 1) if n_blocks % g == 0 and wbytes // g <= _L2_BYTES // 4),
+                      n_blocks)
+        if groups > 1:  # a weight over a quarter of L2: channel groups outermost, each one's weights stay in L2
+            c_g, c_o = sch.split(c_o, [groups, None])
+            sch.reorder(ln, c_g, p_o, c_o, *rl, c_i, p_i)
+            fused = sch.fuse(ln, c_g, p_o)
+        else:
+            sch.reorder(ln, p_o, c_o, *rl, c_i, p_i)
+            fused = sch.fuse(ln, p_o)
+        sch.reverse_compute_at(epi, c_o, preserve_unit_loops=True)
+        didx = [i for i, r in enumerate(sch.get(block).reads) if _buf(r).same_as(_buf(d))]
+        if len(didx) != 1:
+            raise ValueError("input read twice")
+        tile = sch.cache_read(block, didx[0], "local")
+        sch.transform_layout(tile, ("write", 0), lambda n, c, y, x: (n, c, y * w + x))
+        sch.transform_block_layout(tile, lambda n, c, y, x: (n, c, y * w + x))
+        sch.compute_at(tile, fused, preserve_unit_loops=True)
+        tloops = list(sch.get_loops(tile))[1:]
+        if tloops and (_ext(sch, tloops[-1]) or 0) == vf:
+            sch.vectorize(tloops[-1])
+        if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
+            sch.parallel(fused)
+        n_outer = 2
     else:
-        sch.reorder(ln, c_o, p_o, *rl, c_i, p_i)
-        fused = sch.fuse(ln, c_o, p_o)
-    sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
-    if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
-        sch.parallel(fused)
-    eloops = list(sch.get_loops(epi))[1:]
+        if pixels_outer:  # a large input: each tile's input stays in L1 across the channel blocks
+            sch.reorder(ln, p_o, c_o, *rl, c_i, p_i)
+            fused = sch.fuse(ln, p_o, c_o)
+        else:
+            sch.reorder(ln, c_o, p_o, *rl, c_i, p_i)
+            fused = sch.fuse(ln, c_o, p_o)
+        sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
+        if (_ext(sch, fused) or 2) > 1 and _work(sch, block) >= _PARALLEL_MIN_MACS:
+            sch.parallel(fused)
+        n_outer = 1
+    eloops = list(sch.get_loops(epi))[n_outer:]
     if eloops and (_ext(sch, eloops[-1]) or 0) > 1:
         sch.vectorize(eloops[-1])
     sch.unroll(c_i)
