@@ -16,7 +16,8 @@ then prints, in one run:
    target <= 0.5 ms at p50 in auto);
    1b. the same gateway with session HMACs and with Ed25519 signatures on its Worker calls,
    in alternating blocks (what the session saves end to end);
-2. the same on PP-OCR det: gateway / direct at p50 (target <= 1.03);
+2. PP-OCR det direct / through the zero-logic proxy / through the gateway, at p50 (target <=
+   1.03) with each process's CPU per request, at the sample rate and at rate 0;
 3. verification compute vs sample rate: node CPU per request, gateway CPU per
    request and validator runs per request, for several rates (mode auto);
 4. throughput (requests/s, several client threads) with 4, 2 and 1 nodes, with one gateway
@@ -31,6 +32,7 @@ without its Python wrapper's cost). Numbers depend on the machine and on what
 else runs on it: the script prints the CPU count and load average first.
 
     python scripts/bench_gateway.py [--requests 500] [--seconds 4] [--threads 4] [--workers 2] [--batching]
+                                    [--rows 1,2,3,4,5]
 """
 
 from __future__ import annotations
@@ -128,9 +130,10 @@ import sys
 from concurrent import futures
 import grpc
 ident = lambda b: b
-node = grpc.insecure_channel(sys.argv[1])
+big = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]  # det: 4.9 MB in
+node = grpc.insecure_channel(sys.argv[1], options=big)
 forward = node.unary_unary("/hyperinfer.v1.Worker/Infer", request_serializer=ident, response_deserializer=ident)
-server = grpc.server(futures.ThreadPoolExecutor(16))
+server = grpc.server(futures.ThreadPoolExecutor(16), options=big)
 # the gateway's call proof (session MAC or signature) travels on (nodes serve only their gateways)
 signed = lambda ctx: [(k, v) for k, v in ctx.invocation_metadata() if k.startswith("x-hyperinfer-")]
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hyperinfer.v1.Worker", {
@@ -367,6 +370,7 @@ class Bench:
     def start_proxy(self) -> str:
         proxy = Child("proxy", ["-c", PROXY, self.node_addresses[0]], self.tmp, stdin=subprocess.PIPE)
         self.children.append(proxy)
+        self.proxy_child = proxy
         line = read_line(proxy.proc, 30)
         if not line.startswith("READY"):
             raise SystemExit(f"proxy failed: {line}\n{proxy.log_path.read_text()[-2000:]}")
@@ -469,9 +473,49 @@ class Bench:
 
     # ------------------------------------------------------------ phases
 
+    def det_rows(self, k: int, proxy: str) -> None:
+        """Row 2: PP-OCR det direct / through the zero-logic proxy / through the gateway, in turn;
+        then again at sample rate 0 (no validator runs of det sharing the CPUs)."""
+        det_direct = lambda j: self.direct(j, model="ppocr-det")  # noqa: E731
+        det_proxy = lambda j: self.direct(j, proxy, model="ppocr-det")  # noqa: E731
+        det_gateway = lambda j: self.via_gateway("auto", j, model="ppocr-det")  # noqa: E731
+        for fn in (det_direct, det_proxy, det_gateway):
+            fn(3)
+        for rate, label in ((self.args.rate, f"sample rate {self.args.rate}"),
+                            (0.0, "sample rate 0 (no validator runs sharing the CPUs)")):
+            self.set_rate(rate)
+            time.sleep(0.5)
+            print(f"\n2. PP-OCRv4 det (1x3x640x640 in, 1x1x640x640 out), {label}, sequential, {k} requests "
+                  "each, called in turn")
+            cpu = {"zero-logic proxy": 0.0, "gateway verify=auto": 0.0}
+            owner = {"zero-logic proxy": self.proxy_child, "gateway verify=auto": self.gateway}
+
+            def counted(name, fn):
+                def call(j):
+                    c0 = owner[name].cpu()
+                    out = fn(j)
+                    cpu[name] += owner[name].cpu() - c0
+                    return out
+                return call
+
+            det = self.interleaved({"direct to node": det_direct,
+                                    "zero-logic proxy": counted("zero-logic proxy", det_proxy),
+                                    "gateway verify=auto": counted("gateway verify=auto", det_gateway)}, k)
+            direct = pct(det["direct to node"], 50)
+            for name, xs in det.items():
+                extra = "" if name == "direct to node" else (
+                    f"   x{pct(xs, 50) / direct:.3f} at p50, x{statistics.fmean(xs) / statistics.fmean(det['direct to node']):.3f} "
+                    f"mean; its process's CPU {cpu[name] / k * 1e3:.1f} ms/request")
+                print(f"   {name:22s}  {fmt_ms(xs)}{extra}")
+            ratio = pct(det["gateway verify=auto"], 50) / direct
+            print(f"   gateway / direct at p50: x{ratio:.3f} ({'within' if ratio <= 1.03 else 'ABOVE'} the 3% target); "
+                  f"the zero-logic proxy x{pct(det['zero-logic proxy'], 50) / direct:.3f}")
+        self.set_rate(self.args.rate)
+
     def run(self) -> None:
         a = self.args
         n = a.requests
+        rows = a.rows.replace(" ", "").split(",")
         print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         self.setup()
         # past every node's probation (checked on each of its first jobs), then steady state
@@ -502,7 +546,7 @@ class Bench:
               f"does nothing adds {hop:.3f} ms here, the gateway's own work {own:.3f} ms "
               f"({'within' if own <= 0.5 else 'ABOVE'} the 0.5 ms target over the proxy)")
 
-        if a.ab_blocks:
+        if a.ab_blocks and "1" in rows:
             blocks, size = a.ab_blocks, 50
             print(f"\n1b. Worker-call authentication, A/B: gateway verify=auto with session HMACs vs with "
                   f"Ed25519 signatures (the fallback), alternating blocks of {size}, {blocks} blocks each")
@@ -518,33 +562,19 @@ class Bench:
                   f"in the mean: {(statistics.fmean(ab['Ed25519 signature']) - statistics.fmean(ab['session HMAC'])) * 1e3:.3f} ms "
                   "(the gateway's signature and the node's check of it, against the two HMACs)")
 
-        if a.det_requests:
-            k = a.det_requests
-            print(f"\n2. PP-OCRv4 det (1x3x640x640), sequential, {k} requests each, called in turn")
-            self.direct(3, model="ppocr-det")
-            self.via_gateway("auto", 3, model="ppocr-det")
-            det = self.interleaved({"direct to node": lambda j: self.direct(j, model="ppocr-det"),
-                                    "gateway verify=auto": lambda j: self.via_gateway("auto", j, model="ppocr-det")}, k)
-            for name, xs in det.items():
-                print(f"   {name:22s}  {fmt_ms(xs)}")
-            ratio = pct(det["gateway verify=auto"], 50) / pct(det["direct to node"], 50)
-            mean = statistics.fmean(det["gateway verify=auto"]) / statistics.fmean(det["direct to node"])
-            print(f"   gateway / direct at p50: x{ratio:.3f} ({'within' if ratio <= 1.03 else 'ABOVE'} the 3% target); "
-                  f"mean x{mean:.3f}")
-            # the sampled re-runs above are validator runs of det on the same 2 CPUs, in the background
-            # while the next request runs: at sample rate 0 what is left is the gateway's own work
-            self.set_rate(0.0)
-            time.sleep(0.5)
-            det0 = self.interleaved({"direct to node": lambda j: self.direct(j, model="ppocr-det"),
-                                     "gateway, rate 0": lambda j: self.via_gateway("auto", j, model="ppocr-det")}, k)
-            self.set_rate(a.rate)
-            for name, xs in det0.items():
-                print(f"   {name:22s}  {fmt_ms(xs)}")
-            ratio0 = pct(det0["gateway, rate 0"], 50) / pct(det0["direct to node"], 50)
-            mean0 = statistics.fmean(det0["gateway, rate 0"]) / statistics.fmean(det0["direct to node"])
-            print(f"   at sample rate 0 (no validator runs sharing the CPUs), gateway / direct at p50: x{ratio0:.3f} "
-                  f"({'within' if ratio0 <= 1.03 else 'ABOVE'} the 3% target); mean x{mean0:.3f}")
+        if a.det_requests and "2" in rows:
+            self.det_rows(a.det_requests, proxy)
 
+        if "3" in rows:
+            self.rate_rows()
+        if "4" in rows:
+            self.throughput_rows()
+        if "5" in rows:
+            print("\n5. the gateway's own steps per request, timed in this process")
+            self.steps()
+
+    def rate_rows(self) -> None:
+        a = self.args
         print(f"\n3. verification compute vs sample rate (mode auto, {a.rate_requests} requests per rate)")
         print("   rate   validator runs/req   node CPU/req   gateway CPU/req   p50 latency")
         base = None
@@ -565,6 +595,8 @@ class Bench:
                   f"(node CPU x{node_cpu / base:.2f} vs rate 0)")
         self.set_rate(a.rate)
 
+    def throughput_rows(self) -> None:
+        a = self.args
         print(f"\n4. throughput, mode auto, {a.threads} client threads (a connection each), {a.seconds:.0f}s each"
               + (f"; 1 gateway process, then {a.workers} (`--workers {a.workers}`)" if a.workers > 1 else ""))
         rps: dict[int, float] = {}
@@ -592,9 +624,6 @@ class Bench:
               + f"  (client, gateway and nodes share {os.cpu_count()} CPUs, load average "
               + f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
 
-        print("\n5. the gateway's own steps per request, timed in this process")
-        self.steps()
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -609,6 +638,9 @@ def main() -> int:
     p.add_argument("--ab-blocks", type=int, default=10,
                    help="blocks of 50 requests per side in the Worker-call authentication A/B row (0: skip)")
     p.add_argument("--det-requests", type=int, default=40, help="sequential PP-OCR det requests per row (0: skip)")
+    p.add_argument("--rows", default="1,2,3,4,5",
+                   help="which rows to run (1: MLP latency and its A/B, 2: PP-OCR det, 3: sample rates, "
+                        "4: throughput, 5: the gateway's steps)")
     p.add_argument("--batching", action="store_true",
                    help="also run scripts/bench_batching.py (PP-OCR rec and cls, 1/4/16 clients)")
     p.add_argument("--batching-seconds", type=float, default=6.0, help="seconds per batching row")

@@ -34,6 +34,7 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
@@ -182,7 +183,7 @@ class Scheduler:
 
     def run(self, manifest: Manifest, inputs: Mapping[str, np.ndarray], *,
             deadline: float | None = None, accept: Callable[[Any], bool] | None = None,
-            prefer: Callable[[Any], bool] | None = None, input_digest: str | None = None,
+            prefer: Callable[[Any], bool] | None = None, input_digest: str | Future | None = None,
             exclude: Iterable[str] = (), hold: bool = False) -> Scheduled:
         """Run ``inputs`` (already checked against the manifest) on one node.
 
@@ -191,6 +192,7 @@ class Scheduler:
         ``prefer``: among accepted nodes, those it returns True for come first
         (a validator running the same artifact).
         ``hold``: keep the gate's reservation of the node that answered (see the module doc).
+        ``input_digest``: the inputs' digest, or a Future of it (waited for once a node answered).
         """
         name, version = manifest.name, manifest.version
         if input_digest is None:
@@ -233,6 +235,8 @@ class Scheduler:
             ok = False
             try:
                 result = self.client.infer(node, request_id, name, version, inputs, timeout=timeout)
+                if isinstance(input_digest, Future):  # hashed while the node ran (gateway data plane)
+                    input_digest = input_digest.result()
                 att = self._check(manifest, node, request_id, input_digest, result) if self._check else None
                 ok = True
             except HyperinferError as e:

@@ -28,7 +28,7 @@ import numpy as np
 from hyperinfer.errors import Code, HyperinferError
 from hyperinfer.gateway.verification import WorkerResult
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
-from hyperinfer.transport import tensors
+from hyperinfer.transport import tensors, wire
 from hyperinfer.transport.errors import error_from_rpc
 from hyperinfer.transport.server import DEFAULT_MAX_MESSAGE_BYTES
 from hyperinfer.transport.server import channel as make_channel
@@ -54,7 +54,7 @@ class GrpcWorkerClient:
         self.tls = tls  # mutual TLS to nodes: their certificates checked with the CA, ours presented
         self.max_message_bytes = max_message_bytes
         self._lock = threading.Lock()
-        self._stubs: dict[str, tuple[grpc.Channel, pool_pb2_grpc.WorkerStub]] = {}
+        self._stubs: dict[str, tuple[grpc.Channel, pool_pb2_grpc.WorkerStub, Any]] = {}
         # Worker-call sessions: node id -> (its X25519 key, the session, monotonic time before which
         # calls are signed instead because the node refused the session)
         self._sessions: dict[str, tuple[bytes, Session | None, float]] = {}
@@ -82,6 +82,12 @@ class GrpcWorkerClient:
         self._sessions[node.node_id] = (node.kx_public_key, session, time.monotonic() + SESSION_RETRY_S)
 
     def _stub(self, address: str) -> pool_pb2_grpc.WorkerStub:
+        return self._entry(address)[1]
+
+    def _infer_call(self, address: str):
+        return self._entry(address)[2]
+
+    def _entry(self, address: str) -> tuple:
         entry = self._stubs.get(address)  # dict read is atomic: no lock on the hot path
         if entry is None:
             with self._lock:
@@ -90,9 +96,13 @@ class GrpcWorkerClient:
                     # no transparent gRPC retries: the scheduler retries on another node itself
                     ch = make_channel(address, self.max_message_bytes, tls=self.tls,
                                       options=[("grpc.enable_retries", 0)])
-                    entry = (ch, pool_pb2_grpc.WorkerStub(ch))
+                    # Infer takes the request already serialized (transport/wire.py: the tensor
+                    # bytes copied once, not protobuf's several times)
+                    infer = ch.unary_unary("/hyperinfer.v1.Worker/Infer", request_serializer=None,
+                                           response_deserializer=pool_pb2.InferResponse.FromString)
+                    entry = (ch, pool_pb2_grpc.WorkerStub(ch), infer)
                     self._stubs[address] = entry
-        return entry[1]
+        return entry
 
     def forget(self, address: str) -> None:
         """Close the channel to a node that left (a new one is made if it comes back)."""
@@ -104,15 +114,12 @@ class GrpcWorkerClient:
     def close(self) -> None:
         with self._lock:
             entries, self._stubs = list(self._stubs.values()), {}
-        for ch, _ in entries:
+        for ch, *_ in entries:
             ch.close()
 
     def infer(self, node: Any, request_id: str, model_name: str, model_version: int,
               inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> WorkerResult:
-        request = pool_pb2.InferRequest(
-            request_id=request_id, model_name=model_name, model_version=int(model_version),
-            inputs=tensors.many_to_proto(inputs),
-        )
+        request = wire.infer_request_bytes(request_id, model_name, int(model_version), inputs)
         metadata, session = None, None
         if self.signer is not None:
             fields = infer_fields(request_id, model_name, int(model_version))
@@ -121,8 +128,8 @@ class GrpcWorkerClient:
                 sign_call(self.signer, "Infer", node.node_id, fields)
         deadline = self.timeout if timeout is None else max(float(timeout), 0.001)
         try:
-            response = self._stub(node.address).Infer(request, timeout=deadline, wait_for_ready=False,
-                                                       metadata=metadata)
+            response = self._infer_call(node.address)(request, timeout=deadline, wait_for_ready=False,
+                                                      metadata=metadata)
         except grpc.RpcError as e:
             err = error_from_rpc(e)
             if session is None or err.code != Code.UNAUTHENTICATED:
@@ -131,7 +138,7 @@ class GrpcWorkerClient:
             # key starts over at once) and send this call once more
             self._refused(node, session)
             try:
-                response = self._stub(node.address).Infer(
+                response = self._infer_call(node.address)(
                     request, timeout=deadline, wait_for_ready=False,
                     metadata=sign_call(self.signer, "Infer", node.node_id, fields))
             except grpc.RpcError as e2:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from hyperinfer.transport.allocator import keep_freed_buffers
 from hyperinfer.transport.errors import ErrorInterceptor
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def make_server(max_workers: int = 16, max_message_bytes: int = DEFAULT_MAX_MESS
                 max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS, reuse_port: bool = False) -> grpc.Server:
     # SO_REUSEPORT off by default: a second server on a port in use must fail, not share it;
     # on only for the processes of one `hyperinfer gateway --workers N`
+    keep_freed_buffers()  # a server's requests reuse their tensor-sized buffers (transport/allocator.py)
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[ErrorInterceptor()],

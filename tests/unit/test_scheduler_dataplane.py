@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hyperinfer.errors import InvalidArgument, NotFound, Unavailable
-from hyperinfer.gateway.dataplane import DataPlane, InferInput, InferRequest, RequestedOutput, wants_typed
+from hyperinfer.gateway.dataplane import OVERLAP_DIGEST_BYTES, DataPlane, InferInput, InferRequest, RequestedOutput, wants_typed
 from hyperinfer.gateway.ledger import Ledger
 from hyperinfer.gateway.store import open_store
 from hyperinfer.gateway.write_behind import WriteBehindLedger
@@ -27,16 +27,16 @@ from hyperinfer.verify.signing import public_bytes
 
 # reuse the scheduler test's fakes: nodes with real keys and a client that signs attestations
 sys.path.insert(0, str(Path(__file__).parent))  # importlib mode does not put test dirs on sys.path
-from test_scheduler import FakeClient, FakeRegistry, make_nodes  # noqa: E402
+from test_scheduler import FakeClient, FakeRegistry, make_nodes, sign_result  # noqa: E402
 
 SHA = "ab" * 32
 
 
-def manifest(version: int) -> Manifest:
+def manifest(version: int, shape: tuple[int, ...] = (1, 4)) -> Manifest:
     return Manifest(
         name="m", version=version, source_sha256="", model_sha256="",
-        inputs=[TensorSpec("x", "float32", (1, 4))],
-        outputs=[OutputSpec("y", "float32", (1, 4), tolerance=Tolerance(1e-6, 1e-6))],
+        inputs=[TensorSpec("x", "float32", shape)],
+        outputs=[OutputSpec("y", "float32", shape, tolerance=Tolerance(1e-6, 1e-6))],
         tvm_version="",
         artifacts={"cpu-x86_64": ArtifactInfo("cpu-x86_64", {}, "artifacts/cpu-x86_64.so", SHA, 1)},
     )
@@ -48,8 +48,8 @@ class Offer:
 
 
 class FakeCatalog:
-    def __init__(self, *versions: int):
-        self.offers = {v: Offer(manifest(v)) for v in versions}
+    def __init__(self, *versions: int, shape: tuple[int, ...] = (1, 4)):
+        self.offers = {v: Offer(manifest(v, shape)) for v in versions}
 
     def versions(self, name):
         return sorted(self.offers) if name == "m" else []
@@ -123,6 +123,38 @@ def test_rejected_result_is_retried_on_another_node(env):
     np.testing.assert_array_equal(resp.outputs[0].array, X * 2)
     assert receipt(resp).node_id == nodes[1].node_id
     assert env["registry"].failed == [nodes[0].node_id]
+    assert env["ledger"].summary(nodes[0].node_id)["faults"] == 1
+
+
+def test_large_inputs_are_hashed_while_the_node_runs(env):
+    """Inputs over OVERLAP_DIGEST_BYTES are hashed on another thread during the node call; the
+    attestation is still checked against that digest: a node attesting other inputs is rejected."""
+    shape = (1, 1024, 512)  # 2 MiB of float32
+    assert np.prod(shape) * 4 >= OVERLAP_DIGEST_BYTES
+    dp, nodes, client = env["dp"], env["nodes"], env["client"]
+    dp.catalog = FakeCatalog(2, shape=shape)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    big = request(inputs=[InferInput("x", "FP32", shape, x)])
+    resp = dp.infer(big)
+    np.testing.assert_array_equal(resp.outputs[0].array, x * 2)
+    assert receipt(resp).status == "unchecked"
+
+    # node 0 answers first, with an attestation over other inputs (a replayed result)
+    dp.scheduler._inflight = {nodes[1].node_id: 1}
+    other = {"x": x + 1}
+    client.behaviour[nodes[0].node_id] = "replay"
+    plain_infer = client.infer
+
+    def replaying(node, request_id, model_name, model_version, inputs, timeout=None):
+        if client.behaviour.get(node.node_id) == "replay":
+            return sign_result(node, request_id, other, {"y": inputs["x"] * 2})
+        return plain_infer(node, request_id, model_name, model_version, inputs, timeout)
+
+    client.infer = replaying
+    resp = dp.infer(big)
+    assert receipt(resp).node_id == nodes[1].node_id
+    assert env["registry"].failed == [nodes[0].node_id]
+    env["wb"].flush()
     assert env["ledger"].summary(nodes[0].node_id)["faults"] == 1
 
 
