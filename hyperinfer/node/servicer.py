@@ -10,7 +10,7 @@ from hyperinfer.node.converters import device_to_proto, loaded_to_proto
 from hyperinfer.node.dataplane import DataPlane
 from hyperinfer.node.devices import Device
 from hyperinfer.proto.v1 import pool_pb2, pool_pb2_grpc
-from hyperinfer.transport import tensors
+from hyperinfer.transport import tensors, wire
 
 
 @dataclass
@@ -41,11 +41,8 @@ class WorkerServicer(pool_pb2_grpc.WorkerServicer):
                            infer_fields(request.request_id, request.model_name, request.model_version))
         inputs = tensors.many_from_proto(request.inputs)
         result = self.dataplane.infer(request.request_id, request.model_name, int(request.model_version), inputs)
-        return pool_pb2.InferResponse(
-            outputs=tensors.many_to_proto(result.outputs),
-            attestation=result.attestation,
-            signature=result.signature,
-        )
+        # serialized here, each output copied once (transport/wire.py); gRPC sends the bytes as they are
+        return wire.infer_response_bytes(result.outputs, result.attestation, result.signature)
 
     def Info(self, request: pool_pb2.InfoRequest, context) -> pool_pb2.InfoResponse:
         if self.authorize is not None:

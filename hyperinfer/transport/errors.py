@@ -59,6 +59,14 @@ def _malformed(request, method: str, context) -> bool:
     return False
 
 
+def _as_is(serializer):
+    """A servicer may answer with its message already serialized (transport/wire.py): bytes go out
+    as they are."""
+    if serializer is None:
+        return None
+    return lambda response: response if type(response) is bytes else serializer(response)
+
+
 def _wrap_unary(behavior, method: str):
     def handler(request, context):
         if _malformed(request, method, context):
@@ -105,7 +113,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
                 request_deserializer=_lenient(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=_as_is(handler.response_serializer),
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(

@@ -54,3 +54,13 @@ def test_order_and_large_tensor():
     msg = pool_pb2.InferRequest.FromString(wire.infer_request_bytes("r", "m", 1, inputs, order=["x", "b"]))
     assert [t.name for t in msg.inputs] == ["x", "b"]
     assert msg.inputs[0].data == x.tobytes() and list(msg.inputs[0].shape) == [1, 3, 640, 640]
+
+
+def test_response_parses_to_the_protobuf_message():
+    rng = np.random.default_rng(2)
+    outputs = {"probs": rng.random((1, 1, 64, 64), dtype=np.float32), "ids": np.arange(6, dtype=np.int64)[::2],
+               "none": np.zeros((0,), np.float32)}
+    data = wire.infer_response_bytes(outputs, b"attestation-json", b"s" * 64)
+    ref = pool_pb2.InferResponse(outputs=tensors.many_to_proto(outputs), attestation=b"attestation-json",
+                                 signature=b"s" * 64)
+    assert pool_pb2.InferResponse.FromString(data) == ref
