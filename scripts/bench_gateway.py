@@ -473,6 +473,13 @@ class Bench:
 
     # ------------------------------------------------------------ phases
 
+    def det_statistics(self) -> dict[str, int]:
+        """The gateway's cumulative ModelStatistics of ppocr-det (Triton's shape), in ns."""
+        st = self.oip.ModelStatistics(pb.ModelStatisticsRequest(name="ppocr-det"), timeout=10).model_stats[0]
+        i = st.inference_stats
+        return {"count": i.success.count, "queue": i.queue.ns, "input": i.compute_input.ns,
+                "call": i.compute_infer.ns, "output": i.compute_output.ns}
+
     def det_rows(self, k: int, proxy: str) -> None:
         """Row 2: PP-OCR det direct / through the zero-logic proxy / through the gateway, in turn;
         then again at sample rate 0 (no validator runs of det sharing the CPUs)."""
@@ -498,6 +505,7 @@ class Bench:
                     return out
                 return call
 
+            stats0 = self.det_statistics()
             det = self.interleaved({"direct to node": det_direct,
                                     "zero-logic proxy": counted("zero-logic proxy", det_proxy),
                                     "gateway verify=auto": counted("gateway verify=auto", det_gateway)}, k)
@@ -507,6 +515,13 @@ class Bench:
                     f"   x{pct(xs, 50) / direct:.3f} at p50, x{statistics.fmean(xs) / statistics.fmean(det['direct to node']):.3f} "
                     f"mean; its process's CPU {cpu[name] / k * 1e3:.1f} ms/request")
                 print(f"   {name:22s}  {fmt_ms(xs)}{extra}")
+            stats1 = self.det_statistics()
+            n = stats1["count"] - stats0["count"]
+            if n:
+                parts = {k: (stats1[k] - stats0[k]) / n / 1e6 for k in ("queue", "input", "call", "output")}
+                print(f"   the gateway's ModelStatistics per request: node call (with encoding, the Worker call, its "
+                      f"check) {parts['call']:.1f} ms; around it: request checks {parts['input']:.2f} ms, scheduling "
+                      f"{parts['queue']:.2f} ms, verification and response {parts['output']:.2f} ms")
             ratio = pct(det["gateway verify=auto"], 50) / direct
             print(f"   gateway / direct at p50: x{ratio:.3f} ({'within' if ratio <= 1.03 else 'ABOVE'} the 3% target); "
                   f"the zero-logic proxy x{pct(det['zero-logic proxy'], 50) / direct:.3f}")
