@@ -395,6 +395,32 @@ def test_classifier_head_at_batch_1_streams_a_repacked_weight(tmp_path):
     _build_and_compare(tmp_path, "head", clean)
 
 
+def test_strided_max_pool_reads_its_input_through_the_padding(tmp_path):
+    """ResNet's 3x3/2 max pool (padding 1) gathers along the row anyway: its padding is inlined
+    (no padded copy of the input), while a stride-1 pool keeps its padded plane; same numbers
+    as ONNX Runtime (the -inf border included: a negative input)."""
+    from onnx import TensorProto, helper
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+    from hyperinfer.zoo import _finish
+
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 30, 30])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 15, 15])])
+    clean = _clean(_finish(graph, tmp_path / "pools.onnx"), {})
+    target = targets.get(_target_id())
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    pools = {int(f.params[0].shape[-1]): cpu_sched.schedule_function(f, target, 2).script()
+             for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "pool" in gv.name_hint}
+    assert sorted(pools) == [15, 30]
+    assert "pad_temp" not in pools[30]  # stride 2: read through the padding's condition
+    assert "pad_temp" in pools[15]  # stride 1: padded plane by plane, vector loads
+    _build_and_compare(tmp_path, "pools", clean)
+
+
 def test_1x1_convs_over_56x56_planes_are_gemms_over_the_flat_plane(tmp_path):
     """With 16 lanes a 56-wide row is no whole vector but a 56x56 plane is: a 1x1 conv runs as
     a GEMM over the flattened plane (pixels vectorized, output channels in registers), channel

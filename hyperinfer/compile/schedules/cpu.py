@@ -4,7 +4,8 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
 
 1. Inline elementwise producers and consumers (``compute_inline``), except
    padding (a block whose value is an ``if_then_else``), which stays
-   materialized so the hot loops carry no bound checks, and expensive
+   materialized so the hot loops carry no bound checks (unless a pooling
+   reads it with a stride along the row: it gathers anyway), and expensive
    blocks with several consumers (an ``exp`` read twice by softmax).
 2. Each contraction block (conv, matmul: a reduction of a product of two
    buffers) and each other reduction whose output's innermost axis is
@@ -272,7 +273,7 @@ def _inline_all(sch) -> None:
         changed = False
         for block in _root_blocks(sch):
             blk = sch.get(block)
-            if _is_reduction(blk) or _is_pad(blk):
+            if _is_reduction(blk) or (_is_pad(blk) and not _strided_pool_pad(sch, block)):
                 continue
             consumers = sch.get_consumers(block)
             if not consumers:
@@ -285,6 +286,25 @@ def _inline_all(sch) -> None:
                 changed = True
             except Exception:  # noqa: BLE001 - not inlinable (e.g. multiple writes)
                 continue
+
+
+def _strided_pool_pad(sch, block) -> bool:
+    """Is ``block`` the padding of a pooling that reads it with a stride along the row (ResNet's
+    3x3/2 max pool)? Such a pool gathers element by element anyway, so reading the input
+    through the padding's condition costs little, while the padded copy is a pass over the
+    whole input: inlined, the pool takes half the time (0.96 -> 0.46-0.62 ms on ResNet-50's)."""
+    consumers = list(sch.get_consumers(block))
+    if len(consumers) != 1:
+        return False
+    cb = sch.get(consumers[0])
+    if not _is_reduction(cb) or _is_contraction(cb) or not hasattr(cb.body, "value"):
+        return False
+    out = sch.get(block).body.buffer
+    for ld in _loads(cb.body.value):
+        if _buf(ld).same_as(out) and ld.indices:
+            if any(_coef(ld.indices[-1], iv.var) not in (0, 1) for iv in cb.iter_vars):
+                return True
+    return False
 
 
 def _is_contraction(blk) -> bool:
