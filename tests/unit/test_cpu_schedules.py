@@ -342,26 +342,35 @@ def test_large_1x1_conv_walks_pixels_outside_channel_blocks(tmp_path):
     _build_and_compare(tmp_path, "conv1x1", clean)
 
 
-def test_gemm_head_weight_padded_at_compile_time(tmp_path):
-    """A classifier Gemm (transB=1, imported as matmul by a transposed constant) to 200 classes
-    (whole 8-lane but not 16-lane vectors, like ResNet's 1000) reads a weight padded to 208 at
-    compile time: no copy of the whole weight per call; same numbers as ONNX Runtime."""
+def _gemm_head(tmp_path, seed: int, k: int, n: int):
+    """A classifier head ``x[1, k] @ W + b`` (Gemm) cleaned and fused for the native target:
+    ``(clean model, target, name of its matmul function, that PrimFunc)``."""
     from onnx import TensorProto, helper
     from tvm import tirx
 
     from hyperinfer.compile import build, targets, tune
-    from hyperinfer.compile.schedules import cpu as cpu_sched
     from hyperinfer.zoo import _finish
     from hyperinfer.zoo_arch import Graph
 
-    g = Graph(4)
-    y = g.gemm("x", 96, 200)
-    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 96])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 200])], g.inits)
+    g = Graph(seed)
+    y = g.gemm("x", k, n)
+    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, n])], g.inits)
     clean = _clean(_finish(graph, tmp_path / "head.onnx"), {})
     target = targets.get(_target_id())
     mod = tune.fused_module(build.import_onnx(clean.model), target)
-    mm = next(f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint)
+    name, mm = next((gv.name_hint, f) for gv, f in mod.functions_items()
+                    if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint)
+    return clean, target, name, mm
+
+
+def test_gemm_head_weight_padded_at_compile_time(tmp_path):
+    """A classifier Gemm (transB=1, imported as matmul by a transposed constant) to 200 classes
+    (whole 8-lane but not 16-lane vectors, like ResNet's 1000) reads a weight padded to 208 at
+    compile time: no copy of the whole weight per call; same numbers as ONNX Runtime."""
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    clean, target, _, mm = _gemm_head(tmp_path, seed=4, k=96, n=200)
     assert [int(d) for d in mm.params[1].shape] == [96, 208]
     assert "_pad" not in cpu_sched.schedule_function(mm, target, 2).script()
     _build_and_compare(tmp_path, "head", clean)
@@ -371,23 +380,9 @@ def test_classifier_head_at_batch_1_streams_a_repacked_weight(tmp_path):
     """A 1000-class Gemm at batch 1 (a matrix-vector product) tiles a few vectors of columns and
     reads its weight repacked at compile time to [N/t, K, t] (each tile's weights contiguous);
     same numbers as ONNX Runtime."""
-    from onnx import TensorProto, helper
-    from tvm import tirx
-
-    from hyperinfer.compile import build, targets, tune
     from hyperinfer.compile.schedules import cpu as cpu_sched
-    from hyperinfer.zoo import _finish
-    from hyperinfer.zoo_arch import Graph
 
-    g = Graph(6)
-    y = g.gemm("x", 64, 1000)
-    graph = helper.make_graph(g.nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 1000])], g.inits)
-    clean = _clean(_finish(graph, tmp_path / "head.onnx"), {})
-    target = targets.get(_target_id())
-    mod = tune.fused_module(build.import_onnx(clean.model), target)
-    name, mm = next((gv.name_hint, f) for gv, f in mod.functions_items()
-                    if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint)
+    clean, target, name, mm = _gemm_head(tmp_path, seed=6, k=64, n=1000)
     report = cpu_sched.CpuScheduleReport()
     script = cpu_sched.schedule_function(mm, target, 2, report, name).script()
     assert report.rules[name] == "tiled-gemv-packed", (report.rules, report.fallbacks)

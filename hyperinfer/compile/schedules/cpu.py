@@ -393,6 +393,28 @@ def _schedule_plain_reduction(sch, block) -> str:
     return "reduction"
 
 
+def _store_grid(sch, block, what: str, dims=None, full: bool = False):
+    """A block that is one BufferStore over a plain loop grid, split into its spatial and reduction
+    loops: ``(blk, store, loops, ivs, spatial, reduce)``, each axis as ``(loop, iter var)``.
+
+    ``dims``: the store's index count must pass it (a conv writes 3 or more, a 2-d conv 4);
+    ``full``: every block axis has its own loop. Raises ValueError (``what`` when the store does not
+    fit), so the next rule follows.
+    """
+    from tvm import tirx
+
+    blk = sch.get(block)
+    store = blk.body
+    if not isinstance(store, tirx.BufferStore) or (dims is not None and not dims(len(store.indices))):
+        raise ValueError(what)
+    loops, ivs = _block_loops_vars(sch, block)
+    if any(iv is None for iv in ivs) or (full and len(loops) != len(blk.iter_vars)):
+        raise ValueError("loops are not a plain grid")
+    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    return blk, store, loops, ivs, spatial, reduce
+
+
 def _vector_reduction(sch, block, lanes: int) -> str:
     """A long reduction over a row's contiguous innermost axis (softmax's max and sum, a mean
     over the last axis): ``lanes``-wide partial results (``rfactor``) reduced in vector
@@ -402,14 +424,7 @@ def _vector_reduction(sch, block, lanes: int) -> str:
     """
     from tvm import tirx
 
-    blk = sch.get(block)
-    store = blk.body
-    if not isinstance(store, tirx.BufferStore):
-        raise ValueError("not a single store")
-    loops, ivs = _block_loops_vars(sch, block)
-    if any(iv is None for iv in ivs):
-        raise ValueError("loops are not a plain grid")
-    red = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    blk, store, loops, ivs, _, red = _store_grid(sch, block, "not a single store")
     if len(red) != 1 or not red[0][0].same_as(loops[-1]):
         raise ValueError("not a single innermost reduction loop")
     rloop, riv = red[0]
@@ -484,15 +499,7 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     """
     from tvm import tirx
 
-    blk = sch.get(block)
-    store = blk.body
-    if not isinstance(store, tirx.BufferStore):
-        raise ValueError("not a single store")
-    loops, ivs = _block_loops_vars(sch, block)
-    if any(iv is None for iv in ivs) or len(loops) != len(blk.iter_vars):
-        raise ValueError("loops are not a plain grid")
-    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
-    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    blk, store, loops, ivs, spatial, reduce = _store_grid(sch, block, "not a single store", full=True)
     if not reduce or not spatial:
         raise ValueError("no reduction or no spatial axis")
     # the vector axis: the var indexing the output's innermost dim
@@ -697,15 +704,7 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     """Conv-like contraction vectorized over the output channel axis with repacked weights."""
     from tvm import tirx
 
-    blk = sch.get(block)
-    store = blk.body
-    if not isinstance(store, tirx.BufferStore) or len(store.indices) < 3:
-        raise ValueError("not a conv")
-    loops, ivs = _block_loops_vars(sch, block)
-    if any(iv is None for iv in ivs):
-        raise ValueError("loops are not a plain grid")
-    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
-    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    blk, store, loops, ivs, spatial, reduce = _store_grid(sch, block, "not a conv", dims=lambda n: n >= 3)
     # channel axis: output dim 1 (NCHW), read by exactly one input (the weight) at its dim 0
     ch = store.indices[1]
     ch_iv = next((iv for _, iv in spatial if _coef(ch, iv.var) == 1 and _uses(ch, iv.var)), None)
@@ -826,15 +825,7 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     """
     from tvm import tirx
 
-    blk = sch.get(block)
-    store = blk.body
-    if not isinstance(store, tirx.BufferStore) or len(store.indices) != 4:
-        raise ValueError("not a 2-d conv")
-    loops, ivs = _block_loops_vars(sch, block)
-    if any(iv is None for iv in ivs):
-        raise ValueError("loops are not a plain grid")
-    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
-    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    blk, store, loops, ivs, spatial, reduce = _store_grid(sch, block, "not a 2-d conv", dims=lambda n: n == 4)
     if len(spatial) != 4 or not reduce or any((_ext(sch, lp) or 0) != 1 for lp, _ in reduce[1:]):
         raise ValueError("not a 1x1 conv")
     n_iv, c_iv, y_iv, x_iv = [iv for _, iv in spatial]
@@ -948,15 +939,7 @@ def _tile_gemv(sch, block, lanes: int, threads: int) -> str:
     """
     from tvm import tirx
 
-    blk = sch.get(block)
-    store = blk.body
-    if not isinstance(store, tirx.BufferStore):
-        raise ValueError("not a single store")
-    loops, ivs = _block_loops_vars(sch, block)
-    if any(iv is None for iv in ivs) or len(loops) != len(blk.iter_vars):
-        raise ValueError("loops are not a plain grid")
-    spatial = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type == tirx.IterVar.DataPar]
-    reduce = [(lp, iv) for lp, iv in zip(loops, ivs) if iv.iter_type != tirx.IterVar.DataPar]
+    blk, store, loops, ivs, spatial, reduce = _store_grid(sch, block, "not a single store", full=True)
     wide = [(lp, iv) for lp, iv in spatial if (_ext(sch, lp) or 0) > 1]
     if len(wide) != 1 or len(reduce) != 1:
         raise ValueError("not a matrix-vector product")
