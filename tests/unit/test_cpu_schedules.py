@@ -418,9 +418,10 @@ def test_strided_max_pool_reads_its_input_through_the_padding(tmp_path):
 
 def test_1x1_convs_over_56x56_planes_are_gemms_over_the_flat_plane(tmp_path):
     """With 16 lanes a 56-wide row is no whole vector but a 56x56 plane is: a 1x1 conv runs as
-    a GEMM over the flattened plane (pixels vectorized, output channels in registers), channel
-    blocks outermost for a small input (128 -> 32 channels' output feeds 32 -> 128) and
-    innermost for an input that outgrows L2 (1.6 MB); same numbers as ONNX Runtime."""
+    a GEMM over the flattened plane (pixels vectorized, output channels in registers): a
+    reduction over more inputs than outputs (128 -> 32) walks pixel tiles outside and copies
+    each tile's input; one with more outputs (32 -> 128) walks chunks of pixel tiles outside and
+    copies each chunk's input; same numbers as ONNX Runtime."""
     from onnx import TensorProto, helper
 
     from tvm import tirx
@@ -456,9 +457,64 @@ def test_1x1_convs_over_56x56_planes_are_gemms_over_the_flat_plane(tmp_path):
     # (a flat-plane local copy of the input, computed per pixel tile: lowering compacts it to [128, 32])
     assert re.search(r"x_local = T.sblock_alloc_buffer\(\(T.int64\(1\), T.int64\(128\), T.int64\(3136\)\), "
                      r"scope=\"local\"\)", order[128][1]), order[128][1][:3000]
-    assert order[32][0].startswith("ax0_ax1_0_ax2_0"), order[32][0]
+    # 32 -> 128 (more outputs than inputs) walks chunks of 14 pixel tiles (448 pixels) outside,
+    # copies each chunk's input [32, 448] once, and runs every output-channel block over it
+    assert order[32][0].startswith("ax0_ax2_0_0_fused"), order[32][0]
+    assert re.search(r"(\w+)_global = T.sblock_alloc_buffer\(\(T.int64\(1\), T.int64\(32\), T.int64\(3136\)\)\)",
+                     order[32][1]), order[32][1][:3000]
+    assert "* T.int64(448) + " in order[32][1]
     if _can_run("cpu-x86_64-avx512"):
         _build_and_compare(tmp_path, "bottleneck", clean)
+
+
+def _scheduled_conv(clean, target, threads: int):
+    """The one conv function of ``clean``'s fused module scheduled for ``target``: (rule, or
+    the rule and its fallbacks; TVMScript)."""
+    from tvm import tirx
+
+    from hyperinfer.compile import build, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    name, func = next((gv.name_hint, f) for gv, f in mod.functions_items()
+                      if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    report = cpu_sched.CpuScheduleReport()
+    script = cpu_sched.schedule_function(func, target, threads, report, name).script()
+    return (report.rules[name] if not report.fallbacks else f"{report.rules[name]} {report.fallbacks}"), script
+
+
+def _residual_1x1(tmp_path, name: str, seed: int, cin: int, cout: int, hw: int):
+    """``relu(conv1x1(x) + b + r)``, x [1, cin, hw, hw], r [1, cout, hw, hw], cleaned."""
+    from onnx import TensorProto, helper
+
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(seed)
+    y = g.op("Relu", [g.op("Add", [g.conv("x", cin, cout, k=1, bias=True), "r"])])
+    graph = helper.make_graph(g.nodes, name,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw]),
+                               helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, cout, hw, hw])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, cout, hw, hw])], g.inits)
+    return _clean(_finish(graph, tmp_path / f"{name}.onnx"), {})
+
+
+def test_1x1_conv_chunks_split_channel_blocks_for_many_threads(tmp_path, monkeypatch):
+    """Built where the node may have 16 threads, the chunked 1x1 GEMM (32 -> 128 at 56x56: 7
+    chunks of 448 pixels) also splits its 16 output-channel blocks into 8 groups, so that the
+    parallel loop has 56 items (each group copies its chunk's input again); with a residual
+    and a relu in its epilogue it computes what ONNX Runtime does."""
+    from hyperinfer.compile import targets
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    monkeypatch.setattr(cpu_sched.os, "cpu_count", lambda: 16)
+    clean = _residual_1x1(tmp_path, "expand", 7, 32, 128, 56)
+    rule, script = _scheduled_conv(clean, targets.get("cpu-x86_64-avx512"), 0)
+    assert rule.startswith("tiled-pixels"), rule
+    par = re.findall(r"for (\w+) in T.parallel\(T.int64\((\d+)\)\)", script)
+    assert ("ax0_ax2_0_0_ax1_0_0_fused", "56") in par, par
+    if _can_run("cpu-x86_64-avx512"):
+        _build_and_compare(tmp_path, "expand", clean)
 
 
 def test_strided_1x1_conv_runs_on_a_sliced_input(tmp_path):
@@ -489,29 +545,12 @@ def test_1x1_conv_with_a_large_weight_block_consumes_it_in_slices(tmp_path):
     """256 -> 512 channels over 7x7 (ResNet-50's last stage): 256 input channels by 32 output
     channels of packed weights (32 KB) outgrow half an L1, so the reduction is split and each
     slice serves every pixel of the plane; same numbers as ONNX Runtime."""
-    from onnx import TensorProto, helper
+    from hyperinfer.compile import targets
 
-    from tvm import tirx
-
-    from hyperinfer.compile import build, targets, tune
-    from hyperinfer.compile.schedules import cpu as cpu_sched
-    from hyperinfer.zoo import _finish
-    from hyperinfer.zoo_arch import Graph
-
-    g = Graph(8)
-    y = g.op("Relu", [g.op("Add", [g.conv("x", 256, 512, k=1, bias=True), "r"])])
-    graph = helper.make_graph(g.nodes, "last_stage",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 7, 7]),
-                               helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 512, 7, 7])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 512, 7, 7])], g.inits)
-    clean = _clean(_finish(graph, tmp_path / "last_stage.onnx"), {})
+    clean = _residual_1x1(tmp_path, "last_stage", 8, 256, 512, 7)
     target = targets.get(_target_id())
-    mod = tune.fused_module(build.import_onnx(clean.model), target)
-    name, func = next((gv.name_hint, f) for gv, f in mod.functions_items()
-                      if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
-    report = cpu_sched.CpuScheduleReport()
-    script = cpu_sched.schedule_function(func, target, 2, report, name).script()
-    assert report.rules[name].startswith("tiled-channels"), (report.rules, report.fallbacks)
+    rule, script = _scheduled_conv(clean, target, 2)
+    assert rule.startswith("tiled-channels"), rule
     if target.vector_lanes == 16:  # 2 x 16 output channels a block: 32 KB of weights per block
         assert re.search(r"for rc_0, yy, .* in T.grid", script), script[:3000]
     _build_and_compare(tmp_path, "last_stage", clean)
