@@ -14,7 +14,8 @@ from hyperinfer.cli._console import out as console
 def tune_command(
     package: Path = typer.Argument(..., help="Package folder (REPOSITORY/NAME/VERSION)", show_default=False),
     target: str = typer.Option(..., "--target", "-t", help="Target id of an artifact in the package (or native)"),
-    trials: int = typer.Option(256, "--trials", help="MetaSchedule trials (measured candidates) in this run"),
+    trials: int = typer.Option(256, "--trials", help="MetaSchedule trials (measured candidates) in this run; "
+                                                     "0: only the rule knobs"),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget for the search"),
     sign_key: Optional[Path] = typer.Option(
         None, "--sign-key", help="Publisher Ed25519 key: sign the updated manifest (without it an existing "
@@ -22,9 +23,9 @@ def tune_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for measuring (default: all)"),
     functions: int = typer.Option(12, "--functions", help="Tune at most this many of the hottest functions"),
 ) -> None:
-    """Tune TARGET's hottest functions with MetaSchedule and rebuild its artifact in the package.
+    """Tune TARGET's hottest functions and rebuild its artifact in the package.
 
-    The database is kept in PACKAGE/tuning/TARGET/ (a later run continues from it). Per function the faster of the default and the tuned schedule goes into the artifact, which must reproduce the package's reference outputs within its tolerances.
+    Each function's rule-based schedule is first tried with other tile and loop-order knobs, then MetaSchedule searches. The database is kept in PACKAGE/tuning/TARGET/ (a later run continues from it). Per function the fastest of the default, the rule knobs and MetaSchedule's schedule goes into the artifact, which must reproduce the package's reference outputs within its tolerances.
     """
     from hyperinfer.compile.retune import tune_package
 
@@ -37,7 +38,7 @@ def tune_command(
     stop = " (stopped by the time limit)" if r.stopped_by_time else (" (interrupted)" if r.interrupted else "")
     console.print(
         f"Tuned {r.target} of {r.package}: {r.tuned_functions} of {len(r.candidates)} functions use a tuned "
-        f"schedule{speed}; {r.trials} trials in {r.tune_seconds / 60:.1f} min{stop}", highlight=False)
+        f"schedule or rule knobs{speed}; {r.trials} trials in {r.tune_seconds / 60:.1f} min{stop}", highlight=False)
     errs = ", ".join(f"{k} {v:.2g}" for k, v in r.max_errors.items())
     console.print(f"Artifact {r.artifact_size / 1e6:.2f} MB, sha256 {r.artifact_sha256[:16]}…; reference samples "
                   f"within tolerance" + (f" (max error {errs})" if errs else ""), highlight=False)

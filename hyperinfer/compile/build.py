@@ -171,6 +171,10 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
         if tuning_db is not None:
             from hyperinfer.compile import tune
 
+            knobs = tune.rule_knobs(tuning_db)
+            if knobs:  # the rule knobs that won on the tuning machine, per function
+                schedule = [cpu_sched.schedule_pass(target, knobs_for=lambda f: knobs.get(tune.function_key(f)))]
+                tuned = True
             tuned_pass = tune.apply_database_pass(tuning_db, tvm_target)
             if tuned_pass is not None:
                 schedule = [tuned_pass, *schedule]

@@ -47,7 +47,7 @@ MAX_FUNCTIONS = 12
 class TunePackageResult:
     package: Path
     target: str
-    tuned_functions: int = 0  # functions whose tuned schedule beat the default
+    tuned_functions: int = 0  # functions whose rule knobs or MetaSchedule schedule beat the default
     candidates: list[str] = field(default_factory=list)  # functions tuned this run (hottest first)
     profiled_us: float = 0.0  # sum over functions of default latency x calls (built alone)
     candidates_us: float = 0.0  # the part of it in the tuned candidates
@@ -131,8 +131,8 @@ def tune_package(
     why = _can_measure_here(t)
     if why:
         raise FailedPrecondition(why)
-    if trials < 1:
-        raise InvalidArgument(f"--trials must be >= 1, got {trials}")
+    if trials < 0:
+        raise InvalidArgument(f"--trials must be >= 0, got {trials}")
     if minutes is not None and minutes <= 0:
         raise InvalidArgument(f"--minutes must be > 0, got {minutes:g}")
     if max_functions < 1:
@@ -199,7 +199,8 @@ def tune_package(
         result.interrupted = report.interrupted
         for r in report.tasks:
             if r.default_us is not None:
-                say(f"  {r.name}: default {r.default_us:.0f} us, tuned "
+                say(f"  {r.name}: default {r.default_us:.0f} us, rule knobs "
+                    + (f"{r.rules_us:.0f} us {r.knobs}" if r.knobs else "default") + ", tuned "
                     + (f"{r.tuned_us:.0f} us" if r.tuned_us is not None else "none") + f" -> {r.choice}")
 
         say(f"building {t.id}")

@@ -9,8 +9,17 @@
   database. Tuning again loads it (the search starts from the best records
   found so far) and appends to it.
 - ``choices.json``: per tuned function (structural hash), the measured latency
-  of the default rule-based schedule and of the best tuned one and which won.
-  :func:`apply_database_pass` applies only the tuned schedules that won.
+  of the default rule-based schedule, of the rules with the best knobs found and of
+  the best MetaSchedule one, and which won (``default``, ``rules`` or ``tuned``).
+  :func:`apply_database_pass` applies only the MetaSchedule schedules that won;
+  :func:`rule_knobs` gives the build the knobs that won.
+
+Before MetaSchedule, each function's rule-based schedule is tried with other values of
+its knobs (:class:`~hyperinfer.compile.schedules.cpu.ScheduleKnobs`: register tile,
+channel vectors, input chunk, L2 and L1-slice sizes), one knob at a time from the best
+so far, each distinct schedule built alone and timed on this machine: a few dozen builds
+per function where MetaSchedule needs hundreds of trials, and the search space is the
+rules that are already fast here. ``trials=0`` runs only this search.
 
 Ctrl-C during :func:`tune` stops the search after the batch being measured
 and keeps every record already measured (the JSON database is written as
@@ -50,6 +59,9 @@ CHOICES = "choices.json"
 # differences are within what load from other processes does to a measurement here, and
 # taking them made tuned builds end-to-end a few percent slower than the default
 TUNED_MARGIN = 0.05
+# rule knobs other than the defaults are kept if they measured this much faster (the winner is
+# re-timed against the default, alternating, before it counts)
+RULES_MARGIN = 0.03
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 
@@ -63,7 +75,10 @@ class TaskResult:
     best_tuned_us: float | None = None  # best measured by the tuner
     default_us: float | None = None  # re-measured side by side at the end
     tuned_us: float | None = None
-    choice: str = "default"  # "tuned" or "default"
+    rules_us: float | None = None  # the rules with ``knobs``
+    knobs: dict = field(default_factory=dict)  # rule knobs that differ from the defaults (the best found)
+    variants: int = 0  # distinct rule schedules measured
+    choice: str = "default"  # "default", "rules" (the knobs) or "tuned" (MetaSchedule's)
 
 
 @dataclass
@@ -78,7 +93,8 @@ class TuneReport:
 
     @property
     def tuned_functions(self) -> int:
-        return sum(1 for t in self.tasks if t.choice == "tuned")
+        """Functions whose build differs from the default: MetaSchedule's schedule or other rule knobs."""
+        return sum(1 for t in self.tasks if t.choice != "default")
 
     def estimated_speedup(self) -> float | None:
         """Sum of default latencies / sum of chosen latencies, weighted by calls."""
@@ -87,7 +103,8 @@ class TuneReport:
             if t.default_us is None:
                 continue
             d += t.weight * t.default_us
-            c += t.weight * (t.tuned_us if t.choice == "tuned" and t.tuned_us is not None else t.default_us)
+            chosen = {"tuned": t.tuned_us, "rules": t.rules_us}.get(t.choice)
+            c += t.weight * (chosen if chosen is not None else t.default_us)
         return d / c if c else None
 
 
@@ -109,7 +126,7 @@ class FunctionProfile:
 class Progress:
     """What the progress callback receives after every measured batch."""
 
-    phase: str  # "extract", "tune", "compare", "done"
+    phase: str  # "extract", "rules", "tune", "compare", "done"
     tasks: int
     task: str = ""
     trials: int = 0  # measured so far in this run
@@ -219,10 +236,14 @@ def measure_function(func, tvm_target, repeat: int = 5, min_repeat_ms: int = 40,
     import statistics
 
     import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    lib = tvm.compile(_task_mod(func), target=tvm_target)
+    # constant weights are repacked at compile time in the build: time the kernel on weights
+    # already in its layout (as MetaSchedule's candidates are), not the repack as well
+    task = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(_task_mod(func))
+    lib = tvm.compile(task, target=tvm_target)
     mod = lib.mod if hasattr(lib, "mod") else lib
-    args = _random_args(func)
+    args = _random_args(task["main"])
     ev = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
     res = ev(*args).results
     return (min(res) if best else statistics.median(res)) * 1e6
@@ -263,13 +284,87 @@ def load_choices(db_dir: Path) -> dict[str, dict]:
     return dict(data.get("functions", {}))
 
 
+def rule_knobs(db_dir: Path | None) -> dict:
+    """{function key: ScheduleKnobs} for the functions whose rule knobs won (for the build)."""
+    from hyperinfer.compile.schedules.cpu import ScheduleKnobs
+
+    if db_dir is None:
+        return {}
+    out = {}
+    for key, v in load_choices(Path(db_dir)).items():
+        if v.get("choice") == "rules" and isinstance(v.get("knobs"), dict):
+            try:
+                out[key] = ScheduleKnobs.from_changed(v["knobs"])
+            except (TypeError, ValueError):
+                continue  # a damaged record: the defaults
+    return out
+
+
+def search_knobs(func, target_info: TargetInfo, tvm_target, threads: int, rounds: int = 2,
+                 on_variant: Callable[[int, float], None] | None = None) -> tuple[dict, float, float, int]:
+    """Coordinate search over the rule knobs of one function: from the defaults, each knob's other
+    values in turn (the rest at the best so far), every distinct schedule built alone and timed
+    (fastest of 9); ``rounds`` passes over the knobs. The winner is re-timed against the
+    default three times, alternating, and kept only if it is ``RULES_MARGIN`` faster.
+    Returns ``(changed knobs, default us, best us, distinct schedules measured)``."""
+    from dataclasses import replace
+
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    def sched(k):
+        return cpu_sched.schedule_function(func, target_info, threads, knobs=k)
+
+    def timed(f):
+        return measure_function(f, tvm_target, repeat=9, min_repeat_ms=5, best=True)
+
+    base = cpu_sched.ScheduleKnobs()
+    default_fn = sched(base)
+    seen = {str(default_fn.script())}
+    best, best_fn = base, default_fn
+    default_us = best_us = timed(default_fn)
+    n = 1
+    for _ in range(rounds):
+        improved = False
+        for name, values in cpu_sched.KNOB_VALUES.items():
+            for v in values:
+                k = replace(best, **{name: v})
+                fn = sched(k)
+                text = str(fn.script())
+                if text in seen:
+                    continue  # this knob does not change this function's schedule
+                seen.add(text)
+                try:
+                    us = timed(fn)
+                except Exception as e:  # noqa: BLE001 - a variant that does not build is not a candidate
+                    log.info("knobs %s: not measured (%s)", k.changed(), str(e).strip().splitlines()[-1:])
+                    continue
+                n += 1
+                if on_variant is not None:
+                    on_variant(n, us)
+                if us < best_us * (1.0 - RULES_MARGIN / 2):
+                    best, best_fn, best_us, improved = k, fn, us, True
+        if not improved:
+            break
+    if best is base:
+        return {}, default_us, default_us, n
+    d, b = [default_us], [best_us]
+    for _ in range(3):
+        d.append(timed(default_fn))
+        b.append(timed(best_fn))
+    default_us, best_us = min(d), min(b)
+    if best_us < default_us * (1.0 - RULES_MARGIN):
+        return best.changed(), default_us, best_us, n
+    return {}, default_us, default_us, n
+
+
 def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult]) -> None:
+    Path(db_dir).mkdir(parents=True, exist_ok=True)
     old = load_choices(db_dir)
     for r in results:
         if r.default_us is None:
             continue
         old[r.key] = {"name": r.name, "default_us": r.default_us, "tuned_us": r.tuned_us, "choice": r.choice,
-                      "weight": r.weight}
+                      "weight": r.weight, "rules_us": r.rules_us, "knobs": r.knobs}
     tmp = Path(db_dir) / (CHOICES + ".tmp")
     tmp.write_text(json.dumps({"target": target.id, "functions": old}, indent=1, sort_keys=True))
     tmp.replace(Path(db_dir) / CHOICES)
@@ -329,9 +424,11 @@ def _search_strategy():
 def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes: float | None = None,
          threads: int = 0, progress: Callable[[Progress], None] | None = None,
          only: set[str] | None = None) -> TuneReport:
-    """Tune the CPU functions of ``mod`` with MetaSchedule into ``db_dir``; see the module docstring.
+    """Tune the CPU functions of ``mod`` into ``db_dir``: rule knobs, then MetaSchedule; see the
+    module docstring.
 
-    ``trials``: measured candidates in this run over all tasks; ``minutes``: stop the search
+    ``trials``: MetaSchedule's measured candidates in this run over all tasks (0: the rule knobs
+    only); ``minutes``: stop the search
     after this wall time (the comparison with the default schedules runs after it);
     ``threads``: threads for the builder/runner and the measured kernels (0: all cores);
     ``progress``: called with a :class:`Progress` after every measured batch;
@@ -350,13 +447,14 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
 
     if not target_info.is_cpu:
         raise InvalidArgument(f"tuning here covers CPU targets; {target_info.id} is tuned on a node that has it")
-    if trials < 1:
-        raise InvalidArgument(f"trials must be >= 1, got {trials}")
+    if trials < 0:
+        raise InvalidArgument(f"trials must be >= 0, got {trials}")
     db_dir = Path(db_dir)
     threads = configure_threads(threads or None)
     tvm_target = tuning_target(target_info, threads)
     start = time.perf_counter()
     report = TuneReport(target_info.id, db_dir)
+    deadline = start + minutes * 60 if minutes else None
     emit = progress or (lambda _p: None)
     tasks = extract_tasks(mod, target_info)
     if only is not None:
@@ -365,11 +463,37 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     emit(Progress("extract", len(tasks), message=f"{len(tasks)} tasks"))
     if not tasks:
         return report
+    # rule knobs first: minutes at most, and what MetaSchedule's result is compared with
+    for i, (name, func, _w) in enumerate(tasks):
+        r = report.tasks[i]
+        emit(Progress("rules", len(tasks), name, elapsed=time.perf_counter() - start,
+                      message=f"rule knobs of {name} ({i + 1}/{len(tasks)})"))
+        try:
+            r.knobs, r.default_us, r.rules_us, r.variants = search_knobs(func, target_info, tvm_target, threads)
+        except KeyboardInterrupt:
+            report.interrupted = True
+            break
+        except Exception as e:  # noqa: BLE001 - a function we cannot measure keeps its default schedule
+            log.info("%s: rule knobs not searched (%s)", name, str(e).strip().splitlines()[-1:])
+            continue
+        if r.knobs:
+            r.choice = "rules"
+        emit(Progress("rules", len(tasks), name, elapsed=time.perf_counter() - start,
+                      message=f"  {name}: {r.variants} rule variants, default {r.default_us:.0f} us"
+                      + (f", best {r.rules_us:.0f} us with {r.knobs}" if r.knobs else ", default kept")))
+        if deadline is not None and time.perf_counter() > deadline:
+            report.stopped_by_time = trials == 0  # else MetaSchedule stops after its first batch
+            break
+    if trials == 0 or report.interrupted:
+        _write_choices(db_dir, target_info, report.tasks)
+        report.seconds = time.perf_counter() - start
+        emit(Progress("done", len(tasks), elapsed=report.seconds,
+                      message=f"{report.tuned_functions} of {len(tasks)} functions tuned"))
+        return report
     database = _database(db_dir)
     by_name = {r.name: r for r in report.tasks}
     best: dict[str, float] = {}
     state = {"trials": 0, "stop": False, "interrupted": False}
-    deadline = start + minutes * 60 if minutes else None
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):
@@ -464,10 +588,16 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
         try:
             default = cpu_sched.schedule_function(func, target_info, threads)
             r.default_us = measure_function(default, tvm_target, repeat=9, min_repeat_ms=10, best=True)
+            if r.choice == "rules":  # the rule knobs' winner, re-timed beside the default
+                ruled = cpu_sched.schedule_function(func, target_info, threads,
+                                                    knobs=cpu_sched.ScheduleKnobs.from_changed(r.knobs))
+                r.rules_us = measure_function(ruled, tvm_target, repeat=9, min_repeat_ms=10, best=True)
             if sch is not None:
                 r.tuned_us = measure_function(sch.mod["main"], tvm_target, repeat=9, min_repeat_ms=10, best=True)
                 r.best_tuned_us = best.get(name)
-                r.choice = "tuned" if r.tuned_us < r.default_us * (1.0 - TUNED_MARGIN) else "default"
+                chosen = r.rules_us if r.choice == "rules" and r.rules_us is not None else r.default_us
+                if r.tuned_us < chosen * (1.0 - TUNED_MARGIN):
+                    r.choice = "tuned"
         except KeyboardInterrupt:
             report.interrupted = True
             break
@@ -538,4 +668,4 @@ def report_dict(report: TuneReport) -> dict:
 
 
 __all__ = ["tune", "profile_functions", "hottest", "FunctionProfile", "apply_database_pass", "TuneReport", "TaskResult", "Progress", "extract_tasks",
-           "load_choices", "has_records", "function_key"]
+           "load_choices", "has_records", "function_key", "rule_knobs", "search_knobs"]

@@ -30,17 +30,16 @@ def _clean(path, shapes):
     return cleanup.clean(m, shapes, threads=2)
 
 
-def _build_and_compare(tmp_path, name, clean, rtol=1e-4):
+def _build_and_compare(tmp_path, name, clean, rtol=1e-4, tuning_db=None):
     import onnx
 
     from hyperinfer.compile import build, cleanup, targets
-    from hyperinfer.compile.schedules import cpu as cpu_sched
     from hyperinfer.runtime import ORTRunner, TVMRunner
 
     target = targets.get(_target_id())
     mod = build.import_onnx(clean.model)
     so = tmp_path / f"{name}.so"
-    build.build_artifact(mod, target, so)
+    built = build.build_artifact(mod, target, so, tuning_db=tuning_db)
     onnx_path = tmp_path / f"{name}.onnx"
     onnx.save(clean.model, str(onnx_path))
     ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=2)
@@ -56,7 +55,7 @@ def _build_and_compare(tmp_path, name, clean, rtol=1e-4):
             else:
                 scale = max(1.0, float(np.abs(a).max()))
                 assert float(np.abs(a.astype(np.float64) - b).max()) <= rtol * scale, k
-    _ = cpu_sched
+    return built
 
 
 @pytest.mark.parametrize("name", ["cnn", "mlp", "two-inputs", "int-bool"])
@@ -554,3 +553,38 @@ def test_1x1_conv_with_a_large_weight_block_consumes_it_in_slices(tmp_path):
     if target.vector_lanes == 16:  # 2 x 16 output channels a block: 32 KB of weights per block
         assert re.search(r"for rc_0, yy, .* in T.grid", script), script[:3000]
     _build_and_compare(tmp_path, "last_stage", clean)
+
+
+def test_schedule_knobs_change_one_function_and_reach_the_build(tmp_path):
+    """Knobs other than the defaults change the schedule of the function they are given for
+    (one output-channel vector instead of two: weights packed [O/16, ...] instead of [O/32, ...])
+    and nothing else; a tuning database whose choice for a function is ``rules`` makes the
+    build use those knobs for it (the build says it is tuned) and the artifact still computes
+    what ONNX Runtime does."""
+    import json
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    clean = _residual_1x1(tmp_path, "stage", 9, 64, 64, 14)
+    target = targets.get(_target_id())
+    if target.vector_lanes != 16:
+        pytest.skip("the packed widths below are AVX-512's")
+    default_rule, default = _scheduled_conv(clean, target, 2)
+    one = cpu_sched.ScheduleKnobs(ch_vectors=1)
+    assert one.changed() == {"ch_vectors": 1}
+    assert cpu_sched.ScheduleKnobs.from_changed({"ch_vectors": 1, "from_a_newer_release": 3}) == one
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    func = next(f for gv, f in mod.functions_items() if "conv2d" in gv.name_hint and hasattr(f, "params"))
+    narrow = cpu_sched.schedule_function(func, target, 2, knobs=one).script()
+    assert default_rule.startswith("tiled-channels"), default_rule
+    packed = r"_global = T.sblock_alloc_buffer\(\(T.int64\({}\), T.int64\(64\), T.int64\(1\), T.int64\(1\), T.int64\({}\)\)\)"
+    assert re.search(packed.format(2, 32), default) and not re.search(packed.format(2, 32), narrow)
+    assert re.search(packed.format(4, 16), narrow), narrow[:3000]
+    assert _scheduled_conv(clean, target, 2)[1] == default  # the knobs did not stay behind
+    db = tmp_path / "tuning"
+    db.mkdir()
+    (db / tune.CHOICES).write_text(json.dumps({"target": target.id, "functions": {tune.function_key(func): {
+        "name": "conv", "choice": "rules", "knobs": {"ch_vectors": 1}, "default_us": 2.0, "rules_us": 1.0}}}))
+    assert tune.rule_knobs(db) == {tune.function_key(func): one}
+    assert _build_and_compare(tmp_path, "stage", clean, tuning_db=db).tuned

@@ -71,7 +71,7 @@ def test_tiny_tuning_run_writes_a_database(tuned):
     assert choices["target"] == _target().id
     assert len(choices["functions"]) == len(report.tasks)
     for c in choices["functions"].values():
-        assert c["choice"] in ("tuned", "default")
+        assert c["choice"] in ("tuned", "rules", "default")
         assert c["default_us"] > 0
 
 
@@ -111,7 +111,7 @@ def test_second_compile_reuses_the_database(mlp, tuned, tmp_path):
     d, clean, mod = mlp
     db, _report, _ = tuned
     res = build.build_artifact(mod, _target(), tmp_path / "again.so", tuning_db=db)
-    winners = [c for c in tune.load_choices(db).values() if c["choice"] == "tuned"]
+    winners = [c for c in tune.load_choices(db).values() if c["choice"] in ("tuned", "rules")]
     assert res.tuned == bool(winners)
     _matches_ort(d, clean, tmp_path / "again.so")
 
@@ -145,3 +145,29 @@ def test_time_limit_stops_the_search_cleanly(mlp, tmp_path):
     assert report.stopped_by_time and not report.interrupted
     assert report.trials < 4096
     assert tune.has_records(db)
+
+
+def test_zero_trials_searches_only_the_rule_knobs(mlp, tmp_path):
+    """``trials=0``: each function's rule knobs are searched (the default schedule and its
+    distinct variants built and timed here), MetaSchedule does not run, and choices.json
+    records per function the default latency, the knobs' best and which won."""
+    from hyperinfer.compile import tune
+
+    _d, _clean, mod = mlp
+    db = tmp_path / "db"
+    events = []
+    report = tune.tune(mod, _target(), db, trials=0, threads=2, progress=events.append)
+    assert report.trials == 0 and report.tasks
+    assert not tune.has_records(db)
+    assert {e.phase for e in events} >= {"extract", "rules", "done"} and "tune" not in {e.phase for e in events}
+    assert all(r.variants >= 1 and r.default_us and r.default_us > 0 for r in report.tasks)
+    choices = tune.load_choices(db)
+    assert len(choices) == len(report.tasks)
+    for r in report.tasks:
+        c = choices[r.key]
+        assert c["choice"] in ("rules", "default") and c["default_us"] > 0
+        # a winner is kept only with its knobs and a measured gain
+        assert (c["choice"] == "rules") == bool(c["knobs"])
+        if c["knobs"]:
+            assert c["rules_us"] < c["default_us"]
+    assert set(tune.rule_knobs(db)) == {k for k, c in choices.items() if c["choice"] == "rules"}

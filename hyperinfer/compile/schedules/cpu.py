@@ -69,7 +69,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hyperinfer.compile.targets import TargetInfo
 
@@ -93,6 +93,47 @@ _PACK_INPUT = os.environ.get("HYPERINFER_PACK_INPUT", "1") != "0"
 # ... and one with more outputs than inputs copies chunks of pixels' input of up to this size
 # (HYPERINFER_PIX_CHUNK_KB=0: the tile order of before, no copy)
 _PIX_CHUNK = int(os.environ.get("HYPERINFER_PIX_CHUNK_KB", "128")) * 1024
+
+
+@dataclass(frozen=True)
+class ScheduleKnobs:
+    """The rules' tile and loop-order parameters. The defaults are what every build uses;
+    ``hyperinfer tune`` searches other values per function on the node's own CPU and records
+    the winners in the package's tuning database (see ``compile/tune.py``)."""
+
+    unroll: int = _UNROLL  # register tile along the row (channel-vectorized convs, 1-vector tiles)
+    ch_vectors: int = _CH_VECTORS  # output-channel vectors per register tile (channel-vectorized convs)
+    pix_vectors: int = 2  # pixel vectors per register tile (1x1 convs as a GEMM over the plane)
+    pix_chunk_kb: int = _PIX_CHUNK >> 10  # input chunk copied by those GEMMs (0: per tile order)
+    pack_input: bool = _PACK_INPUT  # those GEMMs copy each tile's input (reductions over many inputs)
+    l2_kb: int = _L2_BYTES >> 10  # L2 assumed by the 1x1 loop-order choices
+    slice_kb: int = 16  # L1 slice of packed weights for 1x1 convs with many inputs (0: no slices)
+
+    def changed(self) -> dict:
+        """The fields that differ from the defaults (what a tuning record stores)."""
+        base = ScheduleKnobs()
+        return {k: v for k, v in self.__dict__.items() if getattr(base, k) != v}
+
+    @classmethod
+    def from_changed(cls, values: dict) -> "ScheduleKnobs":
+        """Defaults updated with ``values``; unknown names (a newer release's knobs) are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        return replace(cls(), **{k: v for k, v in values.items() if k in known})
+
+
+# values ``hyperinfer tune`` tries for each knob (one at a time, from the best so far)
+KNOB_VALUES: dict[str, tuple] = {
+    "unroll": (4, 6, 8, 12, 14),
+    "ch_vectors": (1, 2, 3),
+    "pix_vectors": (1, 2),
+    "pix_chunk_kb": (0, 32, 64, 128, 256),
+    "pack_input": (False, True),
+    "l2_kb": (512, 1024, 2048, 4096),
+    "slice_kb": (0, 8, 16, 32),
+}
+
+# the knobs of the function being scheduled (schedule_function sets them; one at a time)
+_K = ScheduleKnobs()
 
 
 @dataclass
@@ -236,8 +277,8 @@ def _vector_factor(extent: int, lanes: int) -> int:
     return 0
 
 
-def _unroll_factor(extent: int, limit: int = _UNROLL) -> int:
-    for f in range(min(extent, limit), 0, -1):
+def _unroll_factor(extent: int, limit: int | None = None) -> int:
+    for f in range(min(extent, _K.unroll if limit is None else limit), 0, -1):
         if extent % f == 0:
             return f
     return 1
@@ -724,11 +765,12 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
     # two vectors of output channels when they divide (a 2x6 tile of AVX2's 16 registers: 12
     # accumulators, two weight vectors, one broadcast input): each broadcast feeds two FMAs
     # (AVX2 and AVX-512; SSE keeps one vector)
-    wide = _CH_VECTORS * lanes if lanes >= 8 else lanes
+    wide = _K.ch_vectors * lanes if lanes >= 8 else lanes
     vf = next((f for f in (wide, lanes, lanes // 2) if f >= 4 and ch_ext % f == 0), 0)
     if not vf:
         raise ValueError(f"{ch_ext} channels do not vectorize")
-    x_limit = _UNROLL if vf <= lanes else (6 if lanes < 16 else 8)
+    # accumulators: unroll x the channel vectors, at most 28 of AVX-512's 32 registers (AVX2's 16: 6 x 2)
+    x_limit = _K.unroll if vf <= lanes else min(_K.unroll, 6 if lanes < 16 else 28 * lanes // vf)
     # innermost output axis as the register axis
     last = store.indices[-1]
     x_iv = next((iv for _, iv in spatial if _coef(last, iv.var) == 1 and _uses(last, iv.var)), None)
@@ -867,13 +909,13 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
         raise ValueError("not one weight")
     # 16 accumulators: two vectors of pixels by 8 output channels
     n_ch = int(store.buffer.shape[1])
-    vf = 2 * lanes if (h * w) % (2 * lanes) == 0 else lanes
+    vf = 2 * lanes if _K.pix_vectors >= 2 and (h * w) % (2 * lanes) == 0 else lanes
     uf = _unroll_factor(n_ch, 16 // (vf // lanes))
     if uf < 2:
         raise ValueError("too few output channels")
     # 8-channel blocks: outermost, each would stream the whole input again, so an input over
     # half an L2 (512->256 at 28x28: 1.6 MB, 1.8x slower so) walks the pixels outside them
-    pixels_outer = math.prod(int(v) for v in _buf(d).shape) * 4 > _L2_BYTES // 2
+    pixels_outer = math.prod(int(v) for v in _buf(d).shape) * 4 > (_K.l2_kb << 10) // 2
     epi = _epilogue_of(sch, block)
     if epi is None:
         sch.cache_write(block, 0, "local")
@@ -895,9 +937,10 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     n_in_ch = int(_buf(d).shape[1])
     n_tiles = _ext(sch, p_o) or 1
     tile_bytes = n_in_ch * vf * 4
-    chunk = max((t for t in range(1, n_tiles + 1) if n_tiles % t == 0 and t * tile_bytes <= _PIX_CHUNK), default=0)
-    use_chunk = bool(_PIX_CHUNK) and 1 < chunk < n_tiles and n_in_ch < 2 * n_ch
-    if _PACK_INPUT and n_in_ch >= 2 * n_ch and not use_chunk:
+    chunk_bytes = _K.pix_chunk_kb << 10
+    chunk = max((t for t in range(1, n_tiles + 1) if n_tiles % t == 0 and t * tile_bytes <= chunk_bytes), default=0)
+    use_chunk = chunk_bytes > 0 and 1 < chunk < n_tiles and n_in_ch < 2 * n_ch
+    if _K.pack_input and n_in_ch >= 2 * n_ch and not use_chunk:
         # a reduction over at least twice the output channels (ResNet's 512->128, 256->64):
         # pixels outermost (parallel) and the tile's input [I, vf] copied into a contiguous local
         # buffer once, then read from L1 by every output-channel block: read in place, each step
@@ -907,7 +950,7 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
         # over every plane cost more than this saves (64->256 with a residual: 1.5x slower)
         n_blocks = _ext(sch, c_o) or 1
         wbytes = math.prod(int(v) for v in _buf(weights[0]).shape) * 4
-        groups = next((g for g in range(1, n_blocks + 1) if n_blocks % g == 0 and wbytes // g <= _L2_BYTES // 4),
+        groups = next((g for g in range(1, n_blocks + 1) if n_blocks % g == 0 and wbytes // g <= (_K.l2_kb << 10) // 4),
                       n_blocks)
         if groups > 1:  # a weight over a quarter of L2: channel groups outermost, each one's weights stay in L2
             c_g, c_o = sch.split(c_o, [groups, None])
@@ -1043,7 +1086,9 @@ def _k_block(sch, reduce, vf: int) -> int:
     cin = _ext(sch, reduce[0][0]) or 0
     if cin * vf * 4 <= 24 << 10:
         return 0
-    kb = _unroll_factor(cin, max(1, (16 << 10) // (vf * 4)))
+    if not _K.slice_kb:
+        return 0
+    kb = _unroll_factor(cin, max(1, (_K.slice_kb << 10) // (vf * 4)))
     return kb if kb > 1 and kb < cin else 0
 
 
@@ -1067,7 +1112,7 @@ def _pixels_outer(sch, reduce, loads, weight) -> bool:
         return math.prod(int(d) for d in buf.shape)
 
     n_in = size(_buf(data[0]))
-    return n_in * 4 > _L2_BYTES // 2 and n_in >= 4 * size(_buf(weight))
+    return n_in * 4 > (_K.l2_kb << 10) // 2 and n_in >= 4 * size(_buf(weight))
 
 
 def _layout_free(sch, buf) -> bool:
@@ -1180,8 +1225,18 @@ def _simple_func(func, lanes: int):
 
 
 def schedule_function(func, target: TargetInfo, threads: int = 0, report: CpuScheduleReport | None = None,
-                      name: str = ""):
-    """Schedule one PrimFunc; never raises (falls back to simpler schedules)."""
+                      name: str = "", knobs: ScheduleKnobs | None = None):
+    """Schedule one PrimFunc with ``knobs`` (None: the defaults); never raises (falls back to
+    simpler schedules)."""
+    global _K
+    saved, _K = _K, (knobs or ScheduleKnobs())
+    try:
+        return _schedule_with_fallbacks(func, target, threads, report, name)
+    finally:
+        _K = saved
+
+
+def _schedule_with_fallbacks(func, target: TargetInfo, threads: int, report: CpuScheduleReport | None, name: str):
     lanes = max(1, int(target.vector_lanes))
     try:
         out, rule = _schedule_func(func, lanes, threads, report, name)
@@ -1203,8 +1258,10 @@ def schedule_function(func, target: TargetInfo, threads: int = 0, report: CpuSch
         return func
 
 
-def schedule_pass(target: TargetInfo, report: CpuScheduleReport | None = None, threads: int = 0):
-    """Module pass scheduling every PrimFunc not yet scheduled (e.g. by a tuning database)."""
+def schedule_pass(target: TargetInfo, report: CpuScheduleReport | None = None, threads: int = 0,
+                  knobs_for=None):
+    """Module pass scheduling every PrimFunc not yet scheduled (e.g. by a tuning database);
+    ``knobs_for(func)``: that function's tuned :class:`ScheduleKnobs` or None (the defaults)."""
     import tvm
     from tvm import tirx
 
@@ -1213,7 +1270,8 @@ def schedule_pass(target: TargetInfo, report: CpuScheduleReport | None = None, t
         updated = {}
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and func.attrs.get("tirx.is_scheduled", 0) != 1:
-                updated[gv] = schedule_function(func, target, threads, report, gv.name_hint)
+                knobs = knobs_for(func) if knobs_for is not None else None
+                updated[gv] = schedule_function(func, target, threads, report, gv.name_hint, knobs)
         for gv, func in updated.items():
             mod[gv] = func
         return mod
