@@ -123,8 +123,8 @@ class ScheduleKnobs:
 
 # values ``hyperinfer tune`` tries for each knob (one at a time, from the best so far)
 KNOB_VALUES: dict[str, tuple] = {
-    "unroll": (4, 6, 8, 12, 14),
-    "ch_vectors": (1, 2, 3),
+    "unroll": (4, 6, 7, 8, 12, 14),
+    "ch_vectors": (1, 2, 3, 4),
     "pix_vectors": (1, 2),
     "pix_chunk_kb": (0, 32, 64, 128, 256),
     "pack_input": (False, True),
