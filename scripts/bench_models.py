@@ -166,7 +166,7 @@ def find_tuning(name: str, target_id: str, repository: Path | None, tuning_root:
     if tuning_root is not None:
         cands.append(tuning_root / name / target_id)
     for c in cands:
-        if tune.has_records(c):
+        if tune.has_tuning(c):
             return c
     return None
 

@@ -264,7 +264,7 @@ def _tuning_dir(staging: Path, dest: Path, target_id: str, tune: bool, mod, targ
         from hyperinfer.compile import tune as tuner
 
         db.mkdir(parents=True, exist_ok=True)
-        with ui.stage(f"Tune {target_id} (MetaSchedule, {trials} trials"
+        with ui.stage(f"Tune {target_id} (rule knobs, MetaSchedule {trials} trials"
                       + (f", {minutes:g} min" if minutes else "") + ")") as st:
             report = tuner.tune(mod, target, db, trials=trials, minutes=minutes, threads=threads,
                                 progress=ui.note if ui.enabled else None)

@@ -91,7 +91,7 @@ def _keep_records(db: Path, previous: Path) -> None:
     (which the manifest does not cover; the next run starts from it)."""
     from hyperinfer.compile import tune as tuner
 
-    if not tuner.has_records(db):
+    if not tuner.has_tuning(db):
         return
     try:
         previous.parent.mkdir(exist_ok=True)

@@ -617,6 +617,11 @@ def has_records(db_dir: Path | None) -> bool:
     return p.is_file() and p.stat().st_size > 0
 
 
+def has_tuning(db_dir: Path | None) -> bool:
+    """Anything a build would use: MetaSchedule records or rule knobs that won."""
+    return has_records(db_dir) or bool(rule_knobs(db_dir))
+
+
 def apply_database_pass(db_dir: Path, tvm_target, only_winners: bool = True):
     """Module pass applying the tuned schedules that beat the default ones; None if there are none.
 
@@ -668,4 +673,4 @@ def report_dict(report: TuneReport) -> dict:
 
 
 __all__ = ["tune", "profile_functions", "hottest", "FunctionProfile", "apply_database_pass", "TuneReport", "TaskResult", "Progress", "extract_tasks",
-           "load_choices", "has_records", "function_key", "rule_knobs", "search_knobs"]
+           "load_choices", "has_records", "has_tuning", "function_key", "rule_knobs", "search_knobs"]
