@@ -389,10 +389,11 @@ def test_classifier_head_at_batch_1_streams_a_repacked_weight(tmp_path):
     _build_and_compare(tmp_path, "head", clean)
 
 
-def test_strided_max_pool_reads_its_input_through_the_padding(tmp_path):
-    """ResNet's 3x3/2 max pool (padding 1) gathers along the row anyway: its padding is inlined
-    (no padded copy of the input), while a stride-1 pool keeps its padded plane; same numbers
-    as ONNX Runtime (the -inf border included: a negative input)."""
+def test_strided_max_pool_runs_row_by_row_over_a_local_window(tmp_path):
+    """ResNet's 3x3/2 max pool (padding 1): parallel over output rows, each row's three padded
+    input rows built in a local buffer (no padded copy of the whole input, no masked gathers),
+    while a stride-1 pool keeps its padded plane; same numbers as ONNX Runtime (the -inf
+    border included: a negative input)."""
     from onnx import TensorProto, helper
     from tvm import tirx
 
@@ -402,16 +403,24 @@ def test_strided_max_pool_reads_its_input_through_the_padding(tmp_path):
 
     nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
              helper.make_node("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 30, 30])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 15, 15])])
+    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 30, 30])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 15, 15])])
     clean = _clean(_finish(graph, tmp_path / "pools.onnx"), {})
     target = targets.get(_target_id())
     mod = tune.fused_module(build.import_onnx(clean.model), target)
-    pools = {int(f.params[0].shape[-1]): cpu_sched.schedule_function(f, target, 2).script()
-             for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "pool" in gv.name_hint}
+    pools, rules = {}, {}
+    for gv, f in mod.functions_items():
+        if isinstance(f, tirx.PrimFunc) and "pool" in gv.name_hint:
+            report = cpu_sched.CpuScheduleReport()
+            size = int(f.params[0].shape[-1])
+            pools[size] = cpu_sched.schedule_function(f, target, 2, report, gv.name_hint).script()
+            rules[size] = report.rules[gv.name_hint]
     assert sorted(pools) == [15, 30]
-    assert "pad_temp" not in pools[30]  # stride 2: read through the padding's condition
-    assert "pad_temp" in pools[15]  # stride 1: padded plane by plane, vector loads
+    assert rules[30] == "pool-rows", rules
+    # 32 channels x 15 output rows in parallel, the padded window in a local buffer under that loop
+    assert re.search(r"in T.parallel\(T.int64\(480\)\)", pools[30]), pools[30][:3000]
+    assert re.search(r"pad_temp_local = T.sblock_alloc_buffer\(.*scope=\"local\"\)", pools[30])
+    assert rules[15] != "pool-rows" and "pad_temp = T.sblock_alloc_buffer" in pools[15]  # padded plane
     _build_and_compare(tmp_path, "pools", clean)
 
 
