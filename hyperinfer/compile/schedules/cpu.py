@@ -104,6 +104,7 @@ class ScheduleKnobs:
     unroll: int = _UNROLL  # register tile along the row (channel-vectorized convs, 1-vector tiles)
     ch_vectors: int = _CH_VECTORS  # output-channel vectors per register tile (channel-vectorized convs)
     pix_vectors: int = 2  # pixel vectors per register tile (1x1 convs as a GEMM over the plane)
+    pix_acc: int = 16  # accumulator vectors of that tile (output channels = pix_acc // pix_vectors)
     pix_chunk_kb: int = _PIX_CHUNK >> 10  # input chunk copied by those GEMMs (0: per tile order)
     pack_input: bool = _PACK_INPUT  # those GEMMs copy each tile's input (reductions over many inputs)
     l2_kb: int = _L2_BYTES >> 10  # L2 assumed by the 1x1 loop-order choices
@@ -125,7 +126,8 @@ class ScheduleKnobs:
 KNOB_VALUES: dict[str, tuple] = {
     "unroll": (4, 6, 7, 8, 12, 14),
     "ch_vectors": (1, 2, 3, 4),
-    "pix_vectors": (1, 2),
+    "pix_vectors": (1, 2, 4, 7),
+    "pix_acc": (12, 16, 24, 28),
     "pix_chunk_kb": (0, 32, 64, 128, 256),
     "pack_input": (False, True),
     "l2_kb": (512, 1024, 2048, 4096),
@@ -937,8 +939,9 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
         raise ValueError("not one weight")
     # 16 accumulators: two vectors of pixels by 8 output channels
     n_ch = int(store.buffer.shape[1])
-    vf = 2 * lanes if _K.pix_vectors >= 2 and (h * w) % (2 * lanes) == 0 else lanes
-    uf = _unroll_factor(n_ch, 16 // (vf // lanes))
+    pv = next(v for v in (_K.pix_vectors, 2, 1) if v <= _K.pix_vectors and (h * w) % (v * lanes) == 0)
+    vf = pv * lanes
+    uf = _unroll_factor(n_ch, max(1, _K.pix_acc // pv))
     if uf < 2:
         raise ValueError("too few output channels")
     # 8-channel blocks: outermost, each would stream the whole input again, so an input over
@@ -1031,8 +1034,15 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
             sch.parallel(fused)
     eloops = list(sch.get_loops(epi))[n_outer:]
     if eloops and (_ext(sch, eloops[-1]) or 0) > 1:
-        sch.vectorize(eloops[-1])
+        e = eloops[-1]
+        if pv > 2 and (_ext(sch, e) or 0) == vf:
+            sch.unroll(sch.split(e, [pv, lanes])[0])
+            e = list(sch.get_loops(epi))[-1]
+        sch.vectorize(e)
     sch.unroll(c_i)
+    if pv > 2:  # whole vectors, unrolled: a pv x 16-lane vector does not vectorize as one
+        p_m, p_i = sch.split(p_i, [pv, lanes])
+        sch.unroll(p_m)
     sch.vectorize(p_i)
     _decompose(sch, block, rl[0])
     return "tiled-pixels" + ("-packed" if packed else "")
