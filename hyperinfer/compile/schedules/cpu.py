@@ -105,6 +105,7 @@ class ScheduleKnobs:
     ch_vectors: int = _CH_VECTORS  # output-channel vectors per register tile (channel-vectorized convs)
     pix_vectors: int = 2  # pixel vectors per register tile (1x1 convs as a GEMM over the plane)
     pix_acc: int = 16  # accumulator vectors of that tile (output channels = pix_acc // pix_vectors)
+    pix_gemm: bool = True  # 1x1 convs whose rows are no whole vectors run as that GEMM (else channel vectors)
     pix_chunk_kb: int = _PIX_CHUNK >> 10  # input chunk copied by those GEMMs (0: per tile order)
     pack_input: bool = _PACK_INPUT  # those GEMMs copy each tile's input (reductions over many inputs)
     l2_kb: int = _L2_BYTES >> 10  # L2 assumed by the 1x1 loop-order choices
@@ -130,6 +131,7 @@ KNOB_VALUES: dict[str, tuple] = {
     "pix_acc": (12, 16, 24, 28),
     "pix_chunk_kb": (0, 32, 64, 128, 256),
     "pack_input": (False, True),
+    "pix_gemm": (False, True),
     "l2_kb": (512, 1024, 2048, 4096),
     "slice_kb": (0, 8, 16, 32),
 }
@@ -1190,7 +1192,7 @@ def _schedule_func(func, lanes: int, threads: int, report: CpuScheduleReport | N
                    for iv in blk.iter_vars):
                 rules = [_tile_channels, _tile_strided]
             elif int(store.buffer.shape[-1]) % lanes:
-                rules = [_tile_pixels, _tile_channels, _tile_reduction, _tile_strided]
+                rules = [_tile_pixels, _tile_channels, _tile_reduction, _tile_strided][0 if _K.pix_gemm else 1:]
         elif sch.get(block).body is not None:
             rules = [_pool_rows, _tile_reduction, _tile_strided]
         done = False
