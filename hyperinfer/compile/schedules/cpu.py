@@ -973,7 +973,7 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     chunk_bytes = _K.pix_chunk_kb << 10
     chunk = max((t for t in range(1, n_tiles + 1) if n_tiles % t == 0 and t * tile_bytes <= chunk_bytes), default=0)
     use_chunk = chunk_bytes > 0 and 1 < chunk < n_tiles and n_in_ch < 2 * n_ch
-    if _K.pack_input and n_in_ch >= 2 * n_ch and not use_chunk:
+    if _K.pack_input and n_in_ch >= 2 * n_ch:
         # a reduction over at least twice the output channels (ResNet's 512->128, 256->64):
         # pixels outermost (parallel) and the tile's input [I, vf] copied into a contiguous local
         # buffer once, then read from L1 by every output-channel block: read in place, each step
