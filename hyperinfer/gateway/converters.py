@@ -21,6 +21,7 @@ from hyperinfer import dtypes
 from hyperinfer.errors import InvalidArgument
 from hyperinfer.gateway.dataplane import InferInput, InferRequest, InferResponse, RequestedOutput
 from hyperinfer.proto.inference import grpc_service_pb2 as pb
+from hyperinfer.transport import wire
 from hyperinfer.transport.tensors import check_shape
 from hyperinfer.verify.digest import canonical_array
 
@@ -205,21 +206,37 @@ def request_from_proto(req: pb.ModelInferRequest) -> InferRequest:
 
 # ---------------------------------------------------------------- response
 
-def response_to_proto(resp: InferResponse) -> pb.ModelInferResponse:
+_RAW_OUTPUTS = pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number
+
+def _typed(resp: InferResponse) -> bool:
+    return resp.typed and all(dtypes.from_oip(o.datatype).oip_contents_field for o in resp.outputs)
+
+
+def response_to_proto(resp: InferResponse, raw: bool = True) -> pb.ModelInferResponse:
     """Encode outputs as raw_output_contents (what tritonclient reads), or as typed
-    contents when ``resp.typed`` (and every output has a typed field)."""
+    contents when ``resp.typed`` (and every output has a typed field); ``raw=False``: the
+    outputs' names, types and shapes without their raw contents."""
     out = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
     fill_parameters(out.parameters, resp.parameters)
-    typed = resp.typed and all(dtypes.from_oip(o.datatype).oip_contents_field for o in resp.outputs)
-    raw = out.raw_output_contents
+    typed = _typed(resp)
     for o in resp.outputs:
         t = out.outputs.add(name=o.name, datatype=o.datatype, shape=o.array.shape)
         if typed:
             field = dtypes.from_oip(o.datatype).oip_contents_field
             getattr(t.contents, field).extend(o.array.ravel().tolist())
-        else:
-            raw.append(canonical_array(o.array).tobytes())
+        elif raw:
+            out.raw_output_contents.append(canonical_array(o.array).tobytes())
     return out
+
+
+def response_bytes(resp: InferResponse) -> bytes:
+    """``response_to_proto(resp).SerializeToString()``, with raw outputs appended by hand, each
+    copied once (protobuf's build and serialize of PP-OCR det's 1.6 MB output: 0.4 ms warm,
+    3 ms cold)."""
+    if _typed(resp):
+        return response_to_proto(resp).SerializeToString()
+    return wire.with_bytes_fields(response_to_proto(resp, raw=False).SerializeToString(), _RAW_OUTPUTS,
+                                  [o.array for o in resp.outputs])
 
 
 def array_to_typed_tensor(name: str, arr: np.ndarray) -> pb.ModelInferRequest.InferInputTensor:

@@ -117,7 +117,7 @@ class OIPServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         req = converters.request_from_proto(request)
         resp = self.dataplane.infer(req, deadline=deadline_from(_remaining(context)))
-        return converters.response_to_proto(resp)
+        return converters.response_bytes(resp)  # sent as they are (transport/errors.ErrorInterceptor)
 
     # -------------------------------------------------------------- Triton extensions
 

@@ -72,3 +72,15 @@ def infer_response_bytes(outputs: Mapping[str, np.ndarray], attestation: bytes, 
     for name, arr in outputs.items():
         parts += _tensor_parts(name, arr, _OUTPUTS)
     return b"".join(parts)
+
+
+def with_bytes_fields(message: bytes, number: int, arrays: Iterable[np.ndarray]) -> bytes:
+    """``message`` (serialized) with one length-delimited field ``number`` appended per array,
+    its canonical bytes copied once: a repeated bytes field such as OIP's
+    ``raw_output_contents`` without protobuf's copies (the parsed message has the fields in
+    this order after the ones ``message`` holds)."""
+    parts = [message]
+    for arr in arrays:
+        a = canonical_array(arr)
+        parts += [_key(number), varint(a.nbytes), memoryview(a.reshape(-1)).cast("B")]
+    return b"".join(parts)

@@ -64,3 +64,29 @@ def test_response_parses_to_the_protobuf_message():
     ref = pool_pb2.InferResponse(outputs=tensors.many_to_proto(outputs), attestation=b"attestation-json",
                                  signature=b"s" * 64)
     assert pool_pb2.InferResponse.FromString(data) == ref
+
+
+def test_oip_response_with_raw_outputs_appended_parses_to_the_protobuf_message():
+    """The gateway's ModelInferResponse with its raw_output_contents appended by hand is the
+    message response_to_proto builds, for every dtype and odd shape; typed responses still go
+    through protobuf."""
+    from hyperinfer.gateway import converters
+    from hyperinfer.gateway.dataplane import InferResponse, OutputTensor
+    from hyperinfer.proto.inference import grpc_service_pb2 as pb
+
+    rng = np.random.default_rng(1)
+    outputs = [OutputTensor("maps", "FP32", rng.random((1, 1, 64, 80), dtype=np.float32)),
+               OutputTensor("ids", "INT64", np.arange(7, dtype=np.int64).reshape(1, 7)),
+               OutputTensor("half", "FP16", rng.random((2, 3)).astype(np.float16)),
+               OutputTensor("mask", "BOOL", np.array([[True, False, True]])),
+               OutputTensor("scalar", "FP64", np.array(3.5)),
+               OutputTensor("empty", "FP32", np.zeros((0, 4), np.float32)),
+               OutputTensor("strided", "FP32", rng.random((6, 8), dtype=np.float32)[::2, ::3])]
+    resp = InferResponse("m", "2", "req-9", outputs, {"receipt": "{\"a\": 1}", "verify": "auto"})
+    data = converters.response_bytes(resp)
+    assert pb.ModelInferResponse.FromString(data) == converters.response_to_proto(resp)
+    got = converters.outputs_from_proto(pb.ModelInferResponse.FromString(data))
+    for o in outputs:
+        np.testing.assert_array_equal(got[o.name], o.array)
+    typed = InferResponse("m", "2", "t", outputs[:2], typed=True)
+    assert converters.response_bytes(typed) == converters.response_to_proto(typed).SerializeToString()
