@@ -583,6 +583,9 @@ def test_schedule_knobs_change_one_function_and_reach_the_build(tmp_path):
     one = cpu_sched.ScheduleKnobs(ch_vectors=1)
     assert one.changed() == {"ch_vectors": 1}
     assert cpu_sched.ScheduleKnobs.from_changed({"ch_vectors": 1, "from_a_newer_release": 3}) == one
+    for bad in ({"ch_vectors": "1"}, {"unroll": -2}, {"pack_input": 1}):
+        with pytest.raises(ValueError):
+            cpu_sched.ScheduleKnobs.from_changed(bad)
     mod = tune.fused_module(build.import_onnx(clean.model), target)
     func = next(f for gv, f in mod.functions_items() if "conv2d" in gv.name_hint and hasattr(f, "params"))
     narrow = cpu_sched.schedule_function(func, target, 2, knobs=one).script()
@@ -596,4 +599,8 @@ def test_schedule_knobs_change_one_function_and_reach_the_build(tmp_path):
     (db / tune.CHOICES).write_text(json.dumps({"target": target.id, "functions": {tune.function_key(func): {
         "name": "conv", "choice": "rules", "knobs": {"ch_vectors": 1}, "default_us": 2.0, "rules_us": 1.0}}}))
     assert tune.rule_knobs(db) == {tune.function_key(func): one}
+    damaged = json.loads((db / tune.CHOICES).read_text())
+    damaged["functions"]["other"] = {"name": "x", "choice": "rules", "knobs": {"unroll": "many"}}
+    (db / tune.CHOICES).write_text(json.dumps(damaged))
+    assert tune.rule_knobs(db) == {tune.function_key(func): one}  # the damaged record is skipped
     assert _build_and_compare(tmp_path, "stage", clean, tuning_db=db).tuned

@@ -118,9 +118,14 @@ class ScheduleKnobs:
 
     @classmethod
     def from_changed(cls, values: dict) -> "ScheduleKnobs":
-        """Defaults updated with ``values``; unknown names (a newer release's knobs) are ignored."""
-        known = {f for f in cls.__dataclass_fields__}
-        return replace(cls(), **{k: v for k, v in values.items() if k in known})
+        """Defaults updated with ``values``; unknown names (a newer release's knobs) are ignored.
+        Raises ValueError for a value of the wrong type or a negative one (a damaged record)."""
+        base = cls()
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        for k, v in known.items():
+            if type(v) is not type(getattr(base, k)) or (isinstance(v, int) and v < 0):
+                raise ValueError(f"knob {k}={v!r}: expected a non-negative {type(getattr(base, k)).__name__}")
+        return replace(base, **known)
 
 
 # values ``hyperinfer tune`` tries for each knob (one at a time, from the best so far)
