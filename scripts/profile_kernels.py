@@ -139,8 +139,11 @@ def main(argv=None) -> int:
     tvm_by: dict[tuple, list[tuple[float, str]]] = {}
     for sym, sites in tvm_calls.items():
         for us, shapes in sites:
-            if len(shapes) >= 3 and len(shapes[0]) == 4 and len(shapes[1]) >= 4:
-                tvm_by.setdefault((shapes[0], int(np.prod(shapes[1]))), []).append((us, sym))
+            if len(shapes) >= 3 and len(shapes[0]) in (4, 5) and len(shapes[1]) >= 4:
+                xs = shapes[0]
+                if len(xs) == 5:  # channel-blocked [n, C/b, h, w, b]: the NCHW shape it holds
+                    xs = (xs[0], xs[1] * xs[4], xs[2], xs[3])
+                tvm_by.setdefault((xs, int(np.prod(shapes[1]))), []).append((us, sym))
     rows = []
     for us, _, op, shapes in ort_rows:
         if op not in ("Conv", "FusedConv") or len(shapes) < 2:

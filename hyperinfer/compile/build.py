@@ -164,7 +164,7 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
         from hyperinfer.compile.schedules import cpu as cpu_sched
 
         report = None
-        pre_passes = passes.cpu_pre_fusion_passes()
+        pre_passes = passes.cpu_pre_fusion_passes(target)
         post_fusion = passes.cpu_post_fusion_passes()
         post_schedule = passes.cpu_post_schedule_passes()
         schedule = [cpu_sched.schedule_pass(target)]
@@ -179,12 +179,13 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
             if tuned_pass is not None:
                 schedule = [tuned_pass, *schedule]
                 tuned = True
-    try:
+    def compile_with(pre):
+        nonlocal tuned
         try:
             with tvm.transform.PassContext(opt_level=3):
-                ex = tvm.compile(mod, target=tvm_target,
-                                 relax_pipeline=_pipeline(target, tvm_target, schedule, pre_passes, post_fusion,
-                                                          post_schedule))
+                return tvm.compile(mod, target=tvm_target,
+                                   relax_pipeline=_pipeline(target, tvm_target, schedule, pre, post_fusion,
+                                                            post_schedule))
         except Exception as e:  # noqa: BLE001 - compile-time weight packing is an optimization: build without
             if not post_fusion:
                 raise
@@ -194,8 +195,21 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
             notes.append("built without compile-time weight packing")
             tuned = False  # tuned records are keyed by the functions with their layout-free weights marked
             with tvm.transform.PassContext(opt_level=3):
-                ex = tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(target, tvm_target, schedule,
-                                                                                   pre_passes))
+                return tvm.compile(mod, target=tvm_target, relax_pipeline=_pipeline(target, tvm_target, schedule,
+                                                                                     pre))
+
+    try:
+        try:
+            ex = compile_with(pre_passes)
+        except Exception as e:  # noqa: BLE001 - the channel-blocked layout is an optimization: NCHW
+            if not pre_passes or passes.cpu_layout(target) == "NCHW":
+                raise
+            first = [ln for ln in str(e).strip().splitlines() if ln.strip()][-1:] or [type(e).__name__]
+            log.warning("%s: the build in the channel-blocked layout failed (%s); building in NCHW",
+                        target.id, first[0][:200])
+            notes.append("built in NCHW (the channel-blocked layout failed)")
+            tuned = False  # tuned records are keyed by the blocked layout's functions
+            ex = compile_with(passes.cpu_pre_fusion_passes(target, layout="NCHW"))
         out_path.parent.mkdir(parents=True, exist_ok=True)
         ex.export_library(str(out_path), **toolchain.export_kwargs(target))
     except FailedPrecondition:

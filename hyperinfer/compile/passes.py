@@ -52,14 +52,25 @@ def fusion_passes() -> list:
     import tvm
 
     t = tvm.relax.transform
-    return [t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(), t.FuseOps(), t.FuseTIR()]
+    from hyperinfer.compile.schedules import blocked
+
+    legalize = t.LegalizeOps({"relax.nn.conv2d": blocked.legalize_conv2d})
+    return [legalize, t.AnnotateTIROpPattern(), t.FoldConstant(), t.FuseOps(), t.FuseTIR()]
 
 
-def cpu_pre_fusion_passes() -> list:
-    """Relax rewrites the CPU build (and its tuner) run before legalization."""
+def cpu_layout(target=None) -> str:
+    """The activation layout of a CPU build for ``target`` (``schedules/blocked.layout_for``)."""
+    from hyperinfer.compile.schedules import blocked
+
+    return blocked.layout_for(target)
+
+
+def cpu_pre_fusion_passes(target=None, layout: str | None = None) -> list:
+    """Relax rewrites the CPU build (and its tuner) run before legalization for ``target``, with
+    its activation layout (``layout`` overrides it)."""
     from hyperinfer.compile.schedules import rewrites
 
-    return rewrites.cpu_pre_fusion_passes()
+    return rewrites.cpu_pre_fusion_passes(blocked=(layout or cpu_layout(target)) != "NCHW")
 
 
 def cpu_post_fusion_passes() -> list:

@@ -148,7 +148,7 @@ def fused_module(mod, target: TargetInfo):
     tvm_target = target.tvm_target()
     with tvm_target, tvm.transform.PassContext(opt_level=3):
         seq = tvm.transform.Sequential(
-            pipeline.library_dispatch_passes(tvm_target) + passes.cpu_pre_fusion_passes() + passes.fusion_passes()
+            pipeline.library_dispatch_passes(tvm_target) + passes.cpu_pre_fusion_passes(target) + passes.fusion_passes()
             + passes.cpu_post_fusion_passes()
         )
         return seq(mod)

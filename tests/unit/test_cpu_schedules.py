@@ -13,6 +13,13 @@ pytest.importorskip("onnxruntime")
 TARGET = "cpu-x86_64-avx512"
 
 
+@pytest.fixture(autouse=True)
+def _nchw(monkeypatch):
+    """These are the NCHW rules' tests (every target without AVX-512, and the convs the
+    channel-blocked layout leaves alone); the blocked layout has its own (test_blocked_layout)."""
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW")
+
+
 def _can_run(target_id: str) -> bool:
     from hyperinfer.compile import targets
 

@@ -175,6 +175,13 @@ def strided_1x1_conv_pass():
     return call_rewrite_pass("relax.nn.conv2d", "HyperinferStrided1x1Conv", rewrite)
 
 
-def cpu_pre_fusion_passes() -> list:
-    """Relax passes the CPU build runs before LegalizeOps."""
-    return [conv_transpose_rewrite_pass(), fast_softmax_pass(), matmul_pad_pass(), strided_1x1_conv_pass()]
+def cpu_pre_fusion_passes(blocked: bool = False) -> list:
+    """Relax passes the CPU build runs before LegalizeOps; ``blocked``: activations in the
+    channel-blocked layout (``schedules/blocked.py``), where a strided 1x1 conv is a strided
+    blocked conv (its input read in place); the convs that stay NCHW still read a slice."""
+    out = [conv_transpose_rewrite_pass(), fast_softmax_pass(), matmul_pad_pass()]
+    if blocked:
+        from hyperinfer.compile.schedules import blocked as blocked_layout
+
+        out += blocked_layout.layout_passes()
+    return out + [strided_1x1_conv_pass()]

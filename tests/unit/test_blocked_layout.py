@@ -1,0 +1,244 @@
+"""The channel-blocked activation layout (NCHW16c) of AVX-512 builds: which convs take it, the
+rules that schedule them, the same numbers as ONNX Runtime, and the ways back to NCHW."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+pytest.importorskip("onnxruntime")
+
+AVX512 = "cpu-x86_64-avx512"
+
+
+def _runnable(target_id: str) -> bool:
+    from hyperinfer.compile import targets
+
+    return target_id in targets.runnable_cpu_targets()
+
+
+def _net(tmp_path):
+    """A small net with every kind of conv a CNN has: a 7x7/2 stem over 3 channels, a 3x3/2 max
+    pool, a 3x3 conv to 48 channels (3 blocks: one block per register tile), a 1x1 conv with a
+    residual, a 3x3/2 conv beside a strided 1x1 shortcut, then a depthwise 3x3 and a 1x1 to 24
+    channels (neither blocks: they stay NCHW)."""
+    from onnx import TensorProto, helper
+
+    from hyperinfer.compile import cleanup
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(11)
+    stem = g.op("Relu", [g.conv("x", 3, 32, k=7, stride=2, bias=True)])
+    pooled = g.op("MaxPool", [stem], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    a = g.op("Relu", [g.conv(pooled, 32, 48, k=3, bias=True)])
+    c = g.op("Relu", [g.op("Add", [g.conv(a, 48, 32, k=1, bias=True), pooled])])
+    f = g.op("Relu", [g.op("Add", [g.conv(c, 32, 64, k=3, stride=2, bias=True),
+                                   g.conv(c, 32, 64, k=1, stride=2, bias=True)])])
+    y = g.op("Relu", [g.conv(g.conv(f, 64, 64, k=3, group=64), 64, 24, k=1, bias=True)])
+    graph = helper.make_graph(g.nodes, "blocked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info(f, TensorProto.FLOAT, [1, 64, 4, 4]),
+                               helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 24, 4, 4])], g.inits)
+    return cleanup.clean(cleanup.load_onnx(_finish(graph, tmp_path / "blocked.onnx")), {}, threads=2)
+
+
+def _conv_layouts(clean, target) -> list[str]:
+    """The data layout of every conv after the CPU build's graph passes."""
+    import tvm
+    from tvm import relax
+
+    from hyperinfer.compile import build, passes
+
+    with target.tvm_target(), tvm.transform.PassContext(opt_level=3):
+        mod = tvm.transform.Sequential(passes.cpu_pre_fusion_passes(target))(build.import_onnx(clean.model))
+    found = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d":
+            found.append(str(e.attrs.data_layout))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return sorted(found)
+
+
+def _rules(clean, target) -> dict[str, str]:
+    """{function: rule} of the fused module scheduled for ``target`` (2 threads)."""
+    from tvm import tirx
+
+    from hyperinfer.compile import build, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    report = cpu_sched.CpuScheduleReport()
+    for gv, f in mod.functions_items():
+        if isinstance(f, tirx.PrimFunc):
+            cpu_sched.schedule_function(f, target, 2, report, gv.name_hint)
+    assert not [f for f in report.fallbacks if "nchwc" in f or "blocked" in f], report.fallbacks
+    return dict(report.rules)
+
+
+def _build_and_compare(tmp_path, clean, target, name="blocked"):
+    import onnx
+
+    from hyperinfer.compile import build, cleanup
+    from hyperinfer.runtime import ORTRunner, TVMRunner
+
+    so = tmp_path / f"{name}-{target.id}.so"
+    built = build.build_artifact(build.import_onnx(clean.model), target, so)
+    onnx_path = tmp_path / f"{name}.onnx"
+    onnx.save(clean.model, str(onnx_path))
+    ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=2)
+    got_r = TVMRunner(so, clean.inputs, clean.outputs, threads=2)
+    for seed in (0, 1):
+        x = cleanup.random_inputs(clean.inputs, np.random.default_rng(seed))
+        ref, got = ort.run(x), got_r.run(x)
+        for k, a in ref.items():
+            assert got[k].shape == a.shape, k
+            assert float(np.abs(a - got[k]).max()) <= 1e-4 * max(1.0, float(np.abs(a).max())), k
+    return built
+
+
+def test_avx512_builds_block_every_conv_that_blocks(tmp_path, monkeypatch):
+    """On AVX-512 the convs whose channels are whole blocks of 16 run NCHW16c (the stem reads its
+    3 channels as one block and writes blocks), the depthwise conv and the one to 24 channels
+    stay NCHW; each blocked conv is scheduled by the blocked rule (weights repacked for two
+    blocks per tile), the max pool by the blocked pool rule (no padded copy); same numbers as
+    ONNX Runtime."""
+    from hyperinfer.compile import targets
+
+    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    target = targets.get(AVX512)
+    clean = _net(tmp_path)
+    assert _conv_layouts(clean, target) == ["NCHW", "NCHW", "NCHW16c", "NCHW16c", "NCHW16c", "NCHW16c",
+                                            "NCHW3c"]
+    rules = _rules(clean, target)
+    convs = {k: v for k, v in rules.items() if "conv2d" in k}
+    assert sum(v.startswith("tiled-nchwc") for v in convs.values()) == 5, rules
+    assert sum(v == "tiled-nchwc-packed" for v in convs.values()) >= 3, rules  # 48 channels: one block a tile
+    assert any(v == "pool-blocked" for k, v in rules.items() if "pool" in k), rules
+    if _runnable(AVX512):
+        _build_and_compare(tmp_path, clean, target)
+
+
+def test_blocked_conv_tile_is_a_row_of_pixels_by_two_blocks(tmp_path, monkeypatch):
+    """A 3x3 conv at 14x14 (256 -> 256 in ResNet; here 32 -> 64): parallel over (channel block
+    pairs, rows, 7-pixel runs), the accumulator in local scope (lowering compacts it to the
+    [2 blocks, 7 pixels, 16] tile), two input channels per inner step, the 16 output channels of
+    a block one vector."""
+    from tvm import tirx
+
+    from hyperinfer.compile import build, targets, tune
+    from hyperinfer.compile.schedules import cpu as cpu_sched
+
+    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    clean = _residual_3x3(tmp_path)
+    target = targets.get(AVX512)
+    mod = tune.fused_module(build.import_onnx(clean.model), target)
+    name, func = next((gv.name_hint, f) for gv, f in mod.functions_items()
+                      if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint)
+    report = cpu_sched.CpuScheduleReport()
+    script = cpu_sched.schedule_function(func, target, 2, report, name).script()
+    assert report.rules[name] == "tiled-nchwc-packed", (report.rules, report.fallbacks)
+    # 64 channels = 2 pairs of blocks, x 14 rows x 2 runs of 7 pixels
+    assert re.search(r"in T.parallel\(T.int64\(56\)\)", script), script[:3000]
+    assert re.search(r"conv2d_nchwc_intermediate_local = T.sblock_alloc_buffer\(\(T.int64\(1\), T.int64\(4\), "
+                     r"T.int64\(14\), T.int64\(14\), T.int64\(16\)\), scope=\"local\"\)", script), script[:3000]
+    assert re.search(r"T.vectorized\(T.int64\(16\)\)", script)
+    # one knob changes it: a single block per tile (no repack), four input channels per step
+    narrow = cpu_sched.schedule_function(func, target, 2, report, name,
+                                         knobs=cpu_sched.ScheduleKnobs(ch_vectors=1, k_unroll=4)).script()
+    assert report.rules[name] == "tiled-nchwc" and narrow != script
+    if _runnable(AVX512):
+        _build_and_compare(tmp_path, clean, target, "res3x3")
+
+
+def _residual_3x3(tmp_path):
+    """``relu(conv3x3(x) + b + r)``, x [1, 32, 14, 14], r [1, 64, 14, 14], cleaned."""
+    from onnx import TensorProto, helper
+
+    from hyperinfer.compile import cleanup
+    from hyperinfer.zoo import _finish
+    from hyperinfer.zoo_arch import Graph
+
+    g = Graph(3)
+    y = g.op("Relu", [g.op("Add", [g.conv("x", 32, 64, k=3, bias=True), "r"])])
+    graph = helper.make_graph(g.nodes, "res3x3",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 14, 14]),
+                               helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 64, 14, 14])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 64, 14, 14])], g.inits)
+    return cleanup.clean(cleanup.load_onnx(_finish(graph, tmp_path / "res3x3.onnx")), {}, threads=2)
+
+
+def test_layout_follows_the_vector_width_unless_forced(monkeypatch):
+    """A block of 16 is one AVX-512 vector: those targets block, AVX2/SSE/NEON stay NCHW;
+    HYPERINFER_LAYOUT forces either, and a value that is neither is refused by name."""
+    from hyperinfer.compile import targets
+    from hyperinfer.compile.schedules import blocked
+
+    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    assert blocked.layout_for(targets.get(AVX512)) == "NCHW16c"
+    assert blocked.layout_for(targets.get("cpu-x86_64-avx2")) == "NCHW"
+    assert blocked.layout_for(targets.get("cpu-aarch64")) == "NCHW"
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW")
+    assert blocked.layout_for(targets.get(AVX512)) == "NCHW"
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW16c")
+    assert blocked.layout_for(targets.get("cpu-x86_64-avx2")) == "NCHW16c"
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NHWC")
+    with pytest.raises(ValueError, match="HYPERINFER_LAYOUT='NHWC'"):
+        blocked.layout_for(targets.get(AVX512))
+
+
+def test_blocked_layout_forced_on_avx2_uses_two_vectors_a_block(tmp_path, monkeypatch):
+    """Forced on an AVX2 target a block is two 8-lane vectors (one block per tile, fewer
+    pixels: AVX2 has 16 registers); still the same numbers as ONNX Runtime."""
+    from hyperinfer.compile import targets
+
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW16c")
+    target = targets.get("cpu-x86_64-avx2")
+    clean = _net(tmp_path)
+    rules = _rules(clean, target)
+    assert sum(v.startswith("tiled-nchwc") for k, v in rules.items() if "conv2d" in k) == 5, rules
+    if _runnable(target.id):
+        _build_and_compare(tmp_path, clean, target)
+
+
+def test_a_graph_the_conversion_cannot_take_stays_nchw(tmp_path, monkeypatch):
+    """When Relax's layout conversion throws (an op with no layout rule for blocked channels),
+    the whole graph stays NCHW, the strided 1x1 shortcut still reads a sliced input, and the
+    build computes what ONNX Runtime does."""
+    import tvm
+
+    from hyperinfer.compile import targets
+    from hyperinfer.compile.schedules import blocked
+
+    @tvm.transform.module_pass(opt_level=0, name="Throws")
+    def throws(mod, _ctx):
+        raise tvm.error.InternalError("Check failed: Layouts must have the same size")
+
+    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    monkeypatch.setattr(blocked, "convert_layout_pass", lambda: throws)
+    target = targets.get(AVX512)
+    clean = _net(tmp_path)
+    assert set(_conv_layouts(clean, target)) == {"NCHW"}
+    if _runnable(AVX512):
+        _build_and_compare(tmp_path, clean, target)
+
+
+def test_a_blocked_build_that_fails_is_built_again_in_nchw(tmp_path, monkeypatch):
+    """A failure anywhere in the blocked build (here the blocked conv's compute) costs a second
+    build in NCHW, said in the build's notes, never a failed compile."""
+    from hyperinfer.compile import targets
+    from hyperinfer.compile.schedules import blocked
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no blocked conv today")
+
+    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    monkeypatch.setattr(blocked, "conv2d_nchwc", broken)
+    if not _runnable(AVX512):
+        pytest.skip("builds for AVX-512 and runs the artifact")
+    built = _build_and_compare(tmp_path, _net(tmp_path), targets.get(AVX512))
+    assert any("built in NCHW" in n for n in built.notes), built.notes
