@@ -70,7 +70,8 @@ def cpu_pre_fusion_passes(target=None, layout: str | None = None) -> list:
     its activation layout (``layout`` overrides it)."""
     from hyperinfer.compile.schedules import rewrites
 
-    return rewrites.cpu_pre_fusion_passes(blocked=(layout or cpu_layout(target)) != "NCHW")
+    layout = layout or cpu_layout(target)
+    return rewrites.cpu_pre_fusion_passes(blocked=layout != "NCHW", whole_graph=layout == "auto")
 
 
 def cpu_post_fusion_passes() -> list:

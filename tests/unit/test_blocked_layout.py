@@ -101,15 +101,15 @@ def _build_and_compare(tmp_path, clean, target, name="blocked"):
     return built
 
 
-def test_avx512_builds_block_every_conv_that_blocks(tmp_path, monkeypatch):
-    """On AVX-512 the convs whose channels are whole blocks of 16 run NCHW16c (the stem reads its
-    3 channels as one block and writes blocks), the depthwise conv and the one to 24 channels
-    stay NCHW; each blocked conv is scheduled by the blocked rule (weights repacked for two
-    blocks per tile), the max pool by the blocked pool rule (no padded copy); same numbers as
-    ONNX Runtime."""
+def test_blocked_layout_blocks_every_conv_that_blocks(tmp_path, monkeypatch):
+    """In the blocked layout (forced: this net also has convs that do not block) the convs whose
+    channels are whole blocks of 16 run NCHW16c (the stem reads its 3 channels as one block and
+    writes blocks), the depthwise conv and the one to 24 channels stay NCHW; each blocked conv
+    is scheduled by the blocked rule (weights repacked for two blocks per tile), the max pool by
+    the blocked pool rule (no padded copy); same numbers as ONNX Runtime."""
     from hyperinfer.compile import targets
 
-    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW16c")
     target = targets.get(AVX512)
     clean = _net(tmp_path)
     assert _conv_layouts(clean, target) == ["NCHW", "NCHW", "NCHW16c", "NCHW16c", "NCHW16c", "NCHW16c",
@@ -121,6 +121,20 @@ def test_avx512_builds_block_every_conv_that_blocks(tmp_path, monkeypatch):
     assert any(v == "pool-blocked" for k, v in rules.items() if "pool" in k), rules
     if _runnable(AVX512):
         _build_and_compare(tmp_path, clean, target)
+
+
+def test_avx512_default_blocks_a_graph_only_when_every_conv_blocks(tmp_path, monkeypatch):
+    """The AVX-512 default (``auto``): a graph where every conv blocks runs blocked; one with a
+    depthwise conv and a conv to 24 channels stays NCHW as a whole (a transform at every switch
+    between layouts cost more than the blocked convs gained)."""
+    from hyperinfer.compile import targets
+
+    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    target = targets.get(AVX512)
+    assert set(_conv_layouts(_net(tmp_path), target)) == {"NCHW"}
+    assert _conv_layouts(_residual_3x3(tmp_path), target) == ["NCHW16c"]
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW")
+    assert _conv_layouts(_residual_3x3(tmp_path), target) == ["NCHW"]
 
 
 def test_blocked_conv_tile_is_a_row_of_pixels_by_two_blocks(tmp_path, monkeypatch):
@@ -173,13 +187,14 @@ def _residual_3x3(tmp_path):
 
 
 def test_layout_follows_the_vector_width_unless_forced(monkeypatch):
-    """A block of 16 is one AVX-512 vector: those targets block, AVX2/SSE/NEON stay NCHW;
-    HYPERINFER_LAYOUT forces either, and a value that is neither is refused by name."""
+    """A block of 16 is one AVX-512 vector: those targets block (``auto``: when every conv of
+    the graph does), AVX2/SSE/NEON stay NCHW; HYPERINFER_LAYOUT forces a layout, and a value
+    that is none of them is refused by name."""
     from hyperinfer.compile import targets
     from hyperinfer.compile.schedules import blocked
 
     monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
-    assert blocked.layout_for(targets.get(AVX512)) == "NCHW16c"
+    assert blocked.layout_for(targets.get(AVX512)) == "auto"
     assert blocked.layout_for(targets.get("cpu-x86_64-avx2")) == "NCHW"
     assert blocked.layout_for(targets.get("cpu-aarch64")) == "NCHW"
     monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW")
@@ -218,7 +233,7 @@ def test_a_graph_the_conversion_cannot_take_stays_nchw(tmp_path, monkeypatch):
     def throws(mod, _ctx):
         raise tvm.error.InternalError("Check failed: Layouts must have the same size")
 
-    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW16c")
     monkeypatch.setattr(blocked, "convert_layout_pass", lambda: throws)
     target = targets.get(AVX512)
     clean = _net(tmp_path)
@@ -236,7 +251,7 @@ def test_a_blocked_build_that_fails_is_built_again_in_nchw(tmp_path, monkeypatch
     def broken(*_a, **_k):
         raise RuntimeError("no blocked conv today")
 
-    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW16c")
     monkeypatch.setattr(blocked, "conv2d_nchwc", broken)
     if not _runnable(AVX512):
         pytest.skip("builds for AVX-512 and runs the artifact")

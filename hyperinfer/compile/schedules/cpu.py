@@ -49,6 +49,12 @@ Per function, after LegalizeOps/FuseOps/FuseTIR:
    has no vector-sized divisor (6625 classes) is padded to whole vectors
    (``pad_einsum``).
    Contractions under 32k multiply-adds stay on one thread.
+   A conv in the channel-blocked layout (``NCHW16c``, AVX-512 builds: see
+   ``schedules/blocked.py``) vectorizes its 16-channel output block, with 7
+   output pixels along the row by 2 blocks in registers (weights repacked so
+   that both blocks' vectors of a step are adjacent), parallel over (block
+   pairs, rows, pixel runs); a pooling window over that layout is one vector
+   per pixel, its padding a per-pixel condition instead of a padded copy.
    Depthwise convs and pooling pad their input plane by plane inside the
    parallel loop over (n, c), right before that plane's tiles (it stays in
    L1), instead of padding the whole tensor in a separate pass.

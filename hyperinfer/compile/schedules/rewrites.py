@@ -175,13 +175,14 @@ def strided_1x1_conv_pass():
     return call_rewrite_pass("relax.nn.conv2d", "HyperinferStrided1x1Conv", rewrite)
 
 
-def cpu_pre_fusion_passes(blocked: bool = False) -> list:
+def cpu_pre_fusion_passes(blocked: bool = False, whole_graph: bool = False) -> list:
     """Relax passes the CPU build runs before LegalizeOps; ``blocked``: activations in the
     channel-blocked layout (``schedules/blocked.py``), where a strided 1x1 conv is a strided
-    blocked conv (its input read in place); the convs that stay NCHW still read a slice."""
+    blocked conv (its input read in place); the convs that stay NCHW still read a slice.
+    ``whole_graph``: blocked only if every conv blocks."""
     out = [conv_transpose_rewrite_pass(), fast_softmax_pass(), matmul_pad_pass()]
     if blocked:
         from hyperinfer.compile.schedules import blocked as blocked_layout
 
-        out += blocked_layout.layout_passes()
+        out += blocked_layout.layout_passes(whole_graph=whole_graph)
     return out + [strided_1x1_conv_pass()]
