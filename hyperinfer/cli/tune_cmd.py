@@ -25,7 +25,7 @@ def tune_command(
 ) -> None:
     """Tune TARGET's hottest functions and rebuild its artifact in the package.
 
-    Each function's rule-based schedule is first tried with other tile and loop-order knobs, then MetaSchedule searches. The database is kept in PACKAGE/tuning/TARGET/ (a later run continues from it). Per function the fastest of the default, the rule knobs and MetaSchedule's schedule goes into the artifact, which must reproduce the package's reference outputs within its tolerances.
+    On an AVX-512 target whose convs can take the channel-blocked layout, the model is first built and timed in NCHW and NCHW16c and the faster kept. Each function's rule-based schedule is first tried with other tile and loop-order knobs, then MetaSchedule searches. The database is kept in PACKAGE/tuning/TARGET/ (a later run continues from it). Per function the fastest of the default, the rule knobs and MetaSchedule's schedule goes into the artifact, which must reproduce the package's reference outputs within its tolerances.
     """
     from hyperinfer.compile.retune import tune_package
 
@@ -39,6 +39,9 @@ def tune_command(
     console.print(
         f"Tuned {r.target} of {r.package}: {r.tuned_functions} of {len(r.candidates)} functions use a tuned "
         f"schedule or rule knobs{speed}; {r.trials} trials in {r.tune_seconds / 60:.1f} min{stop}", highlight=False)
+    if r.layout_ms:
+        timed = ", ".join(f"{k} {v:.2f} ms" for k, v in r.layout_ms.items())
+        console.print(f"Activation layout {r.layout} (whole model: {timed})", highlight=False)
     errs = ", ".join(f"{k} {v:.2g}" for k, v in r.max_errors.items())
     console.print(f"Artifact {r.artifact_size / 1e6:.2f} MB, sha256 {r.artifact_sha256[:16]}…; reference samples "
                   f"within tolerance" + (f" (max error {errs})" if errs else ""), highlight=False)

@@ -141,8 +141,9 @@ def cuda_kernel_threads(executable) -> dict[str, int]:
 
 
 def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None = None,
-                   tuning_db: Path | None = None, model: str = "model") -> BuildResult:
-    """Compile ``mod`` for ``target`` and export the artifact to ``out_path``."""
+                   tuning_db: Path | None = None, model: str = "model", layout: str | None = None) -> BuildResult:
+    """Compile ``mod`` for ``target`` and export the artifact to ``out_path``. ``layout``: the
+    CPU activation layout (None: the one the tuning database chose, else the target's default)."""
     import tvm
 
     toolchain.prepare(target)
@@ -164,7 +165,11 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
         from hyperinfer.compile.schedules import cpu as cpu_sched
 
         report = None
-        pre_passes = passes.cpu_pre_fusion_passes(target)
+        if layout is None and tuning_db is not None:
+            from hyperinfer.compile import tune
+
+            layout = tune.layout_choice(tuning_db)
+        pre_passes = passes.cpu_pre_fusion_passes(target, layout)
         post_fusion = passes.cpu_post_fusion_passes()
         post_schedule = passes.cpu_post_schedule_passes()
         schedule = [cpu_sched.schedule_pass(target)]
@@ -202,7 +207,7 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
         try:
             ex = compile_with(pre_passes)
         except Exception as e:  # noqa: BLE001 - the channel-blocked layout is an optimization: NCHW
-            if not pre_passes or passes.cpu_layout(target) == "NCHW":
+            if not pre_passes or (layout or passes.cpu_layout(target)) == "NCHW":
                 raise
             first = [ln for ln in str(e).strip().splitlines() if ln.strip()][-1:] or [type(e).__name__]
             log.warning("%s: the build in the channel-blocked layout failed (%s); building in NCHW",

@@ -5,6 +5,11 @@
 Steps:
 
 1. check the package and that the target is in it and can run here (measuring needs the hardware);
+1b. on a CPU target with 16-lane vectors whose convs can take the channel-blocked layout
+   (``schedules/blocked.py``): build the model in NCHW and blocked, time both whole, and keep
+   the default unless the other is ``LAYOUT_MARGIN`` faster (the default blocks a graph only
+   when every conv blocks; one that switches layouts can still win: Inception's 5x5 branch);
+   the rest of the run works in the layout kept, which ``choices.json`` records;
 2. profile the default build per fused function and pick the hottest ones (most of the
    time sits in a few functions; MetaSchedule's first pass over every task of a model is
    slow, so a time budget goes further on the functions that matter);
@@ -39,6 +44,7 @@ from hyperinfer.compile import targets
 from hyperinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 
 DEFAULT_TRIALS = 256
+LAYOUT_MARGIN = 0.03  # the non-default activation layout is kept only if this much faster
 HOT_FRACTION = 0.85
 MAX_FUNCTIONS = 12
 
@@ -63,6 +69,8 @@ class TunePackageResult:
     signature_removed: bool = False
     stopped_by_time: bool = False
     interrupted: bool = False
+    layout: str = ""  # the activation layout of the tuned build ("" : the target's default, not compared)
+    layout_ms: dict[str, float] = field(default_factory=dict)  # whole-model latency per layout compared
     warnings: list[str] = field(default_factory=list)
 
 
@@ -84,6 +92,74 @@ def _can_measure_here(t: targets.TargetInfo) -> str | None:
         return f"target {t.id} cannot run on this machine (no {t.kind} device): tune it on a node that has one"
     return (f"tuning {t.kind} targets is not supported yet (MetaSchedule tuning here covers CPU targets); "
             f"{t.id} keeps its default GPU schedules")
+
+
+def _layout_candidates(mod, t: targets.TargetInfo) -> tuple[str, str] | None:
+    """(default layout, the other) when ``t`` has a choice for ``mod``, else None."""
+    import tvm
+
+    from hyperinfer.compile import passes
+    from hyperinfer.compile.schedules import blocked
+
+    if not t.is_cpu or t.vector_lanes < blocked.BLOCK or os.environ.get("HYPERINFER_LAYOUT"):
+        return None
+    blocked_layout = blocked.LAYOUTS[1]
+
+    def layouts(layout):
+        with t.tvm_target(), tvm.transform.PassContext(opt_level=3):
+            return blocked.conv_layouts(tvm.transform.Sequential(passes.cpu_pre_fusion_passes(t, layout))(mod))
+
+    if all(lay == "NCHW" for lay in layouts(blocked_layout)):
+        return None  # no conv blocks: nothing to compare
+    default = "NCHW" if all(lay == "NCHW" for lay in layouts("auto")) else blocked_layout
+    return default, ("NCHW" if default != "NCHW" else blocked_layout)
+
+
+def pick_layout(default: str, other: str, default_ms: list[float], other_ms: list[float]) -> tuple[str, float]:
+    """(the layout to keep, other / default): the median over rounds of each round's ratio; the
+    other layout only when it is ``LAYOUT_MARGIN`` faster."""
+    import statistics
+
+    ratio = statistics.median(o / d for o, d in zip(other_ms, default_ms))
+    return (other if ratio <= 1 - LAYOUT_MARGIN else default), ratio
+
+
+def _choose_layout(mod, t: targets.TargetInfo, package, threads: int, work: Path, say, result) -> str | None:
+    """Build ``mod`` in both activation layouts, time each whole on the package's first reference
+    input (alternating blocks, median of 5 rounds' medians) and return the layout to tune in."""
+    import statistics
+
+    from hyperinfer.compile import build
+    from hyperinfer.runtime import TVMRunner
+
+    pair = _layout_candidates(mod, t)
+    if pair is None:
+        return None
+    m = package.manifest
+    inputs, _ = package.load_reference()
+    runners = {}
+    for layout in pair:
+        say(f"building {t.id} in the {layout} layout to compare")
+        so = work / f"layout-{layout}.so"
+        build.build_artifact(mod, t, so, threads=threads, layout=layout)
+        runners[layout] = TVMRunner(so, m.inputs, m.outputs, device="cpu", threads=threads)
+    rounds: dict[str, list[float]] = {k: [] for k in pair}
+    for _ in range(5):
+        for layout, runner in runners.items():
+            for _ in range(2):
+                runner.run(inputs[0])
+            ts = []
+            for _ in range(5):
+                start = time.perf_counter()
+                runner.run(inputs[0])
+                ts.append((time.perf_counter() - start) * 1e3)
+            rounds[layout].append(statistics.median(ts))
+    default, other = pair
+    result.layout_ms = {k: round(statistics.median(v), 3) for k, v in rounds.items()}
+    chosen, ratio = pick_layout(default, other, rounds[default], rounds[other])
+    say(f"layout: {default} {result.layout_ms[default]:.2f} ms, {other} {result.layout_ms[other]:.2f} ms "
+        f"(x{ratio:.3f}) -> {chosen}")
+    return chosen
 
 
 def _keep_records(db: Path, previous: Path) -> None:
@@ -157,10 +233,23 @@ def tune_package(
     result = TunePackageResult(root, t.id)
     mod = build.import_onnx(onnx.load(str(package.onnx_path)))
 
+    staging = Path(tempfile.mkdtemp(prefix=f".tune-{t.id}-", dir=root))
+    try:
+        layout = _choose_layout(mod, t, package, threads, staging, say, result)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    result.layout = layout or ""
+
     say("profiling the default build per function")
-    profile = tuner.profile_functions(mod, t, threads)
+    try:
+        profile = tuner.profile_functions(mod, t, threads, layout=layout)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     hot = tuner.hottest(profile, hot_fraction, max_functions)
     if not hot:
+        shutil.rmtree(staging, ignore_errors=True)
         raise FailedPrecondition(f"no function of {m.name} could be profiled for {t.id}")
     result.profiled_us = sum(f.total_us for f in profile)
     result.candidates_us = sum(f.total_us for f in hot)
@@ -170,7 +259,6 @@ def tune_package(
     for f in hot:
         say(f"  {f.name}: {f.us:.0f} us x {f.weight}")
 
-    staging = Path(tempfile.mkdtemp(prefix=f".tune-{t.id}-", dir=root))
     try:
         db = staging / "tuning"
         previous = root / "tuning" / t.id
@@ -187,7 +275,7 @@ def tune_package(
 
         try:
             report = tuner.tune(mod, t, db, trials=trials, minutes=minutes, threads=threads,
-                                progress=on_progress, only={f.key for f in hot})
+                                progress=on_progress, only={f.key for f in hot}, layout=layout)
         except BaseException:
             _keep_records(db, previous)
             raise
@@ -205,7 +293,7 @@ def tune_package(
 
         say(f"building {t.id}")
         artifact = staging / f"{t.id}.so"
-        built = build.build_artifact(mod, t, artifact, threads=threads, tuning_db=db)
+        built = build.build_artifact(mod, t, artifact, threads=threads, tuning_db=db, layout=layout)
         result.build_seconds = built.seconds
 
         say("checking the reference samples")

@@ -138,8 +138,9 @@ class Progress:
 
 # ---------------------------------------------------------------- tasks
 
-def fused_module(mod, target: TargetInfo):
-    """The Relax module after the build's pre-scheduling passes (the functions the CPU schedule sees)."""
+def fused_module(mod, target: TargetInfo, layout: str | None = None):
+    """The Relax module after the build's pre-scheduling passes (the functions the CPU schedule
+    sees); ``layout``: the activation layout (None: the target's default, see passes.cpu_layout)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline
 
@@ -148,7 +149,7 @@ def fused_module(mod, target: TargetInfo):
     tvm_target = target.tvm_target()
     with tvm_target, tvm.transform.PassContext(opt_level=3):
         seq = tvm.transform.Sequential(
-            pipeline.library_dispatch_passes(tvm_target) + passes.cpu_pre_fusion_passes(target) + passes.fusion_passes()
+            pipeline.library_dispatch_passes(tvm_target) + passes.cpu_pre_fusion_passes(target, layout) + passes.fusion_passes()
             + passes.cpu_post_fusion_passes()
         )
         return seq(mod)
@@ -179,11 +180,11 @@ def function_key(func) -> str:
     return f"{structural_hash(_task_mod(func)) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-def extract_tasks(mod, target: TargetInfo) -> list[tuple[str, object, int]]:
+def extract_tasks(mod, target: TargetInfo, layout: str | None = None) -> list[tuple[str, object, int]]:
     """[(name, PrimFunc, weight)] of the unscheduled fused functions, deduplicated."""
     from tvm import relax, tirx
 
-    fused = fused_module(mod, target)
+    fused = fused_module(mod, target, layout)
     calls: dict[str, int] = {}
 
     def visit(e):
@@ -284,6 +285,20 @@ def load_choices(db_dir: Path) -> dict[str, dict]:
     return dict(data.get("functions", {}))
 
 
+def layout_choice(db_dir: Path | None) -> str | None:
+    """The activation layout a tuning run chose (``choices.json``), or None (the target's default)."""
+    from hyperinfer.compile.schedules.blocked import LAYOUTS
+
+    if db_dir is None:
+        return None
+    p = Path(db_dir) / CHOICES
+    try:
+        layout = json.loads(p.read_text()).get("layout") if p.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return layout if layout in LAYOUTS else None
+
+
 def rule_knobs(db_dir: Path | None) -> dict:
     """{function key: ScheduleKnobs} for the functions whose rule knobs won (for the build)."""
     from hyperinfer.compile.schedules.cpu import ScheduleKnobs
@@ -357,21 +372,27 @@ def search_knobs(func, target_info: TargetInfo, tvm_target, threads: int, rounds
     return {}, default_us, default_us, n
 
 
-def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult]) -> None:
+def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult], layout: str | None = None) -> None:
     Path(db_dir).mkdir(parents=True, exist_ok=True)
     old = load_choices(db_dir)
+    prev = layout_choice(db_dir)
+    if layout is not None and prev is not None and layout != prev:
+        old = {}  # records of functions extracted in another layout match nothing now
     for r in results:
         if r.default_us is None:
             continue
         old[r.key] = {"name": r.name, "default_us": r.default_us, "tuned_us": r.tuned_us, "choice": r.choice,
                       "weight": r.weight, "rules_us": r.rules_us, "knobs": r.knobs}
     tmp = Path(db_dir) / (CHOICES + ".tmp")
-    tmp.write_text(json.dumps({"target": target.id, "functions": old}, indent=1, sort_keys=True))
+    doc = {"target": target.id, "functions": old}
+    if layout is not None:
+        doc["layout"] = layout
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
     tmp.replace(Path(db_dir) / CHOICES)
 
 
 def profile_functions(mod, target_info: TargetInfo, threads: int = 0,
-                      progress: Callable[[str], None] | None = None) -> list[FunctionProfile]:
+                      progress: Callable[[str], None] | None = None, layout: str | None = None) -> list[FunctionProfile]:
     """Every fused function of ``mod`` with its default (rule-based) schedule, built alone and
     timed on random inputs; hottest first (latency x calls per inference)."""
     from hyperinfer.compile.schedules import cpu as cpu_sched
@@ -380,7 +401,7 @@ def profile_functions(mod, target_info: TargetInfo, threads: int = 0,
     threads = configure_threads(threads or None)
     tvm_target = tuning_target(target_info, threads)
     out = []
-    for name, func, weight in extract_tasks(mod, target_info):
+    for name, func, weight in extract_tasks(mod, target_info, layout):
         try:
             us = measure_function(cpu_sched.schedule_function(func, target_info, threads), tvm_target,
                                   repeat=9, min_repeat_ms=2, best=True)
@@ -423,7 +444,7 @@ def _search_strategy():
 
 def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes: float | None = None,
          threads: int = 0, progress: Callable[[Progress], None] | None = None,
-         only: set[str] | None = None) -> TuneReport:
+         only: set[str] | None = None, layout: str | None = None) -> TuneReport:
     """Tune the CPU functions of ``mod`` into ``db_dir``: rule knobs, then MetaSchedule; see the
     module docstring.
 
@@ -433,7 +454,8 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     ``threads``: threads for the builder/runner and the measured kernels (0: all cores);
     ``progress``: called with a :class:`Progress` after every measured batch;
     ``only``: function keys (:func:`function_key`) to tune, e.g. the hottest ones from
-    :func:`profile_functions` (None: every function).
+    :func:`profile_functions` (None: every function); ``layout``: the activation layout the
+    functions are extracted in (recorded in ``choices.json``; the build then uses it).
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -456,7 +478,7 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     report = TuneReport(target_info.id, db_dir)
     deadline = start + minutes * 60 if minutes else None
     emit = progress or (lambda _p: None)
-    tasks = extract_tasks(mod, target_info)
+    tasks = extract_tasks(mod, target_info, layout)
     if only is not None:
         tasks = [t for t in tasks if function_key(t[1]) in only]
     report.tasks = [TaskResult(n, function_key(f), w) for n, f, w in tasks]
@@ -485,7 +507,7 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
             report.stopped_by_time = trials == 0  # else MetaSchedule stops after its first batch
             break
     if trials == 0 or report.interrupted:
-        _write_choices(db_dir, target_info, report.tasks)
+        _write_choices(db_dir, target_info, report.tasks, layout)
         report.seconds = time.perf_counter() - start
         emit(Progress("done", len(tasks), elapsed=report.seconds,
                       message=f"{report.tuned_functions} of {len(tasks)} functions tuned"))
@@ -603,7 +625,7 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
             break
         except Exception as e:  # noqa: BLE001 - a function we cannot measure keeps the default schedule
             log.info("%s: not compared (%s); keeping the default schedule", name, str(e).strip().splitlines()[-1:] )
-    _write_choices(db_dir, target_info, report.tasks)
+    _write_choices(db_dir, target_info, report.tasks, layout)
     report.seconds = time.perf_counter() - start
     emit(Progress("done", len(tasks), trials=state["trials"], max_trials=trials, best_us=dict(best),
                   elapsed=report.seconds, message=f"{report.tuned_functions} of {len(tasks)} functions tuned"))

@@ -257,3 +257,44 @@ def test_a_blocked_build_that_fails_is_built_again_in_nchw(tmp_path, monkeypatch
         pytest.skip("builds for AVX-512 and runs the artifact")
     built = _build_and_compare(tmp_path, _net(tmp_path), targets.get(AVX512))
     assert any("built in NCHW" in n for n in built.notes), built.notes
+
+
+def test_tune_keeps_the_other_layout_only_when_it_is_clearly_faster():
+    from hyperinfer.compile.retune import LAYOUT_MARGIN, pick_layout
+
+    assert LAYOUT_MARGIN == 0.03
+    assert pick_layout("NCHW", "NCHW16c", [10.0, 10.2, 9.9], [9.0, 9.5, 9.4]) == ("NCHW16c", pytest.approx(0.931, abs=0.001))
+    assert pick_layout("NCHW", "NCHW16c", [10.0, 10.0, 10.0], [9.9, 9.8, 9.9])[0] == "NCHW"  # 1-2%: noise
+    assert pick_layout("NCHW16c", "NCHW", [10.0, 10.0, 10.0], [11.0, 12.0, 9.0])[0] == "NCHW16c"
+
+
+def test_tune_times_both_layouts_and_builds_in_the_one_it_keeps(tmp_path, monkeypatch, capsys):
+    """`hyperinfer tune` on an AVX-512 package of a net whose convs only partly block: both
+    layouts are built and timed whole, the one kept is recorded in choices.json, the rebuilt
+    artifact (in that layout) reproduces the package's reference outputs."""
+    import json
+
+    from hyperinfer.cli import main
+    from hyperinfer.compile import compile_model, retune, tune
+    from hyperinfer.compile.schedules import blocked
+
+    if not _runnable(AVX512):
+        pytest.skip("tunes and runs an AVX-512 artifact")
+    monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
+    _net(tmp_path)  # writes blocked.onnx
+    p = compile_model(tmp_path / "blocked.onnx", "blocked", out_dir=tmp_path / "repo", targets_=[AVX512],
+                      samples=2, threads=2, progress=False)
+    import onnx
+
+    from hyperinfer.compile import build, targets
+
+    mod = build.import_onnx(onnx.load(str(p.path / "model.onnx")))
+    assert retune._layout_candidates(mod, targets.get(AVX512)) == ("NCHW", "NCHW16c")
+    code = main(["tune", str(p.path), "--target", AVX512, "--trials", "0", "--functions", "2", "--threads", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    m = re.search(r"Activation layout (\S+) \(whole model: NCHW [\d.]+ ms, NCHW16c [\d.]+ ms\)", out)
+    assert m and m.group(1) in blocked.LAYOUTS, out
+    db = p.path / "tuning" / AVX512
+    assert json.loads((db / tune.CHOICES).read_text())["layout"] == m.group(1)
+    assert tune.layout_choice(db) == m.group(1)
