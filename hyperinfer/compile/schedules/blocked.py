@@ -85,33 +85,33 @@ def legalize_conv2d(bb, call):
                       [int(v) for v in a.padding], [int(v) for v in a.dilation], primfunc_name_hint="conv2d")
 
 
-def blockable(call) -> bool:
-    """Does this ``relax.nn.conv2d`` call go to the blocked layout: float32, NCHW/OIHW, not
-    grouped, static shapes, input and output channels whole blocks."""
+def _plain_conv(call) -> tuple[list[int], list[int]] | None:
+    """(input shape, weight shape) of a float32, NCHW/OIHW, ungrouped 2-d conv with static
+    shapes; None for any other."""
     a = call.attrs
     if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or int(a.groups) != 1:
-        return False
+        return None
     try:
         x, w = (_shape(arg) for arg in call.args[:2])
     except (TypeError, ValueError, AttributeError):
-        return False
-    dtypes = {str(_info(arg).dtype) for arg in call.args[:2]}
-    return (dtypes == {"float32"} and len(x) == 4 and len(w) == 4
-            and x[1] % BLOCK == 0 and w[0] % BLOCK == 0 and w[1] == x[1])
+        return None  # a symbolic dim
+    if {str(_info(arg).dtype) for arg in call.args[:2]} != {"float32"} or len(x) != 4 or len(w) != 4:
+        return None
+    return x, w
+
+
+def blockable(call) -> bool:
+    """Does this ``relax.nn.conv2d`` call go to the blocked layout: a plain conv whose input and
+    output channels are whole blocks."""
+    shapes = _plain_conv(call)
+    return shapes is not None and shapes[0][1] % BLOCK == 0 and shapes[1][0] % BLOCK == 0
 
 
 def stem_blockable(call) -> bool:
     """A network's first conv (3 or 4 input channels of an image, output channels whole blocks):
     its input is one block of all its channels and its output the blocked layout."""
-    a = call.attrs
-    if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or int(a.groups) != 1:
-        return False
-    try:
-        x, w = (_shape(arg) for arg in call.args[:2])
-    except (TypeError, ValueError, AttributeError):
-        return False
-    dtypes = {str(_info(arg).dtype) for arg in call.args[:2]}
-    return dtypes == {"float32"} and len(x) == 4 and len(w) == 4 and x[1] <= 4 and w[0] % BLOCK == 0
+    shapes = _plain_conv(call)
+    return shapes is not None and shapes[0][1] <= 4 and shapes[1][0] % BLOCK == 0
 
 
 def _info(expr):

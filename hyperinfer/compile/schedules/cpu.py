@@ -594,6 +594,18 @@ def _epilogue_of(sch, block):
     return c
 
 
+def _local_accumulator(sch, block):
+    """Accumulate ``block`` in local scope (its intermediate buffer, or a cache of the function's
+    output it writes directly); returns the block that writes the result back (its elementwise
+    epilogue, or the cache's write-back)."""
+    epi = _epilogue_of(sch, block)
+    if epi is None:
+        sch.cache_write(block, 0, "local")
+        return sch.get_consumers(block)[0]
+    sch.set_scope(block, 0, "local")
+    return epi
+
+
 def _decompose(sch, block, rloop) -> None:
     """Split the reduction's init off before ``rloop``; vectorize/unroll it like the update."""
     from tvm import tirx
@@ -668,12 +680,7 @@ def _tile_reduction(sch, block, lanes: int, threads: int, allow_strided: bool = 
     if pool:
         reg = max(pool, key=lambda t: _ext(sch, t[0]) or 1)
     # accumulate locally: the intermediate conv buffer, or a cache of the output
-    epi = _epilogue_of(sch, block)
-    if epi is None:
-        sch.cache_write(block, 0, "local")
-        epi = sch.get_consumers(block)[0]
-    else:
-        sch.set_scope(block, 0, "local")
+    epi = _local_accumulator(sch, block)
     vec_o, vec_i = sch.split(vec_loop, [None, vf])
     reg_o = reg_i = None
     # accumulator vectors: 16 of AVX-512's 32 registers, 12 of AVX2's/SSE's 16 (a 6x16 AVX2 tile
@@ -853,12 +860,7 @@ def _tile_channels(sch, block, lanes: int, threads: int) -> str:
         wcache, ("write", 0),
         lambda *ax: (ax[0] // vf, *ax[1:], ax[0] % vf) if len(ax) == ndim else ax,
     )
-    epi = _epilogue_of(sch, block)
-    if epi is None:
-        sch.cache_write(block, 0, "local")
-        epi = sch.get_consumers(block)[0]
-    else:
-        sch.set_scope(block, 0, "local")
+    epi = _local_accumulator(sch, block)
     sch.transform_layout(
         block, ("write", 0),
         lambda n, c, *rest: (n, c // vf, *rest, c % vf),
@@ -970,12 +972,7 @@ def _tile_nchwc(sch, block, lanes: int, threads: int) -> str:
     while cb > 1 and (uf * cb + cb) * vecs > regs - 1:
         cb -= 1
     uf = _unroll_factor(ow, min(_K.unroll, max(1, (regs - 1) // vecs // cb - 1)))
-    epi = _epilogue_of(sch, block)
-    if epi is None:
-        sch.cache_write(block, 0, "local")
-        epi = sch.get_consumers(block)[0]
-    else:
-        sch.set_scope(block, 0, "local")
+    epi = _local_accumulator(sch, block)
     packed = False
     if cb > 1 and _layout_free(sch, _buf(w)):
         # the cb blocks' weight vectors of one step adjacent: [C/cb, I/x, ry, rx, x, cb, y]
@@ -1080,12 +1077,7 @@ def _tile_pixels(sch, block, lanes: int, threads: int) -> str:
     # 8-channel blocks: outermost, each would stream the whole input again, so an input over
     # half an L2 (512->256 at 28x28: 1.6 MB, 1.8x slower so) walks the pixels outside them
     pixels_outer = math.prod(int(v) for v in _buf(d).shape) * 4 > (_K.l2_kb << 10) // 2
-    epi = _epilogue_of(sch, block)
-    if epi is None:
-        sch.cache_write(block, 0, "local")
-        epi = sch.get_consumers(block)[0]
-    else:
-        sch.set_scope(block, 0, "local")
+    epi = _local_accumulator(sch, block)
     # accumulator and epilogue over the flat pixel index
     sch.transform_layout(block, ("write", 0), lambda n, c, y, x: (n, c, y * w + x))
     sch.transform_block_layout(epi, lambda n, c, y, x: (n, c, y * w + x))
@@ -1220,12 +1212,7 @@ def _tile_gemv(sch, block, lanes: int, threads: int) -> str:
     widx = [i for i, r in enumerate(blk.reads) if _buf(r).same_as(_buf(w))]
     if len(widx) != 1:
         raise ValueError("weight read twice")
-    epi = _epilogue_of(sch, block)
-    if epi is None:
-        sch.cache_write(block, 0, "local")
-        epi = sch.get_consumers(block)[0]
-    else:
-        sch.set_scope(block, 0, "local")
+    epi = _local_accumulator(sch, block)
     wcache = sch.cache_read(block, widx[0], "global")
     sch.transform_layout(wcache, ("write", 0), lambda k, c: (c // tile, k, c % tile))
     _schedule_elementwise(sch, wcache, lanes)
