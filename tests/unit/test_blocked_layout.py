@@ -192,6 +192,7 @@ def test_layout_follows_the_vector_width_unless_forced(monkeypatch):
     that is none of them is refused by name."""
     from hyperinfer.compile import targets
     from hyperinfer.compile.schedules import blocked
+    from hyperinfer.errors import InvalidArgument
 
     monkeypatch.delenv("HYPERINFER_LAYOUT", raising=False)
     assert blocked.layout_for(targets.get(AVX512)) == "auto"
@@ -202,8 +203,25 @@ def test_layout_follows_the_vector_width_unless_forced(monkeypatch):
     monkeypatch.setenv("HYPERINFER_LAYOUT", "NCHW16c")
     assert blocked.layout_for(targets.get("cpu-x86_64-avx2")) == "NCHW16c"
     monkeypatch.setenv("HYPERINFER_LAYOUT", "NHWC")
-    with pytest.raises(ValueError, match="HYPERINFER_LAYOUT='NHWC'"):
+    with pytest.raises(InvalidArgument, match="HYPERINFER_LAYOUT='NHWC': expected one of NCHW, NCHW16c, auto"):
         blocked.layout_for(targets.get(AVX512))
+
+
+def test_a_bad_layout_override_is_one_line_from_compile(tmp_path, monkeypatch, capsys):
+    """`hyperinfer compile` with HYPERINFER_LAYOUT set to no layout: a non-zero exit with one
+    error line naming the variable and the values it takes, no traceback, no package written."""
+    from hyperinfer.cli import main
+
+    clean = _residual_3x3(tmp_path)
+    monkeypatch.setenv("HYPERINFER_LAYOUT", "NHWC")
+    code = main(["compile", str(tmp_path / "res3x3.onnx"), "--name", "r", "--target", AVX512,
+                 "--out", str(tmp_path / "repo")])
+    out = capsys.readouterr()
+    assert code != 0, out
+    assert "Error: HYPERINFER_LAYOUT='NHWC': expected one of NCHW, NCHW16c, auto" in out.err, out
+    assert "Traceback" not in out.err + out.out
+    assert not (tmp_path / "repo" / "r").exists()
+    assert clean is not None
 
 
 def test_blocked_layout_forced_on_avx2_uses_two_vectors_a_block(tmp_path, monkeypatch):

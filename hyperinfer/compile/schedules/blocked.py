@@ -35,7 +35,9 @@ def layout_for(target) -> str:
     forced = os.environ.get("HYPERINFER_LAYOUT", "").strip()
     if forced:
         if forced not in LAYOUTS:
-            raise ValueError(f"HYPERINFER_LAYOUT={forced!r}: expected one of {', '.join(LAYOUTS)}")
+            from hyperinfer.errors import InvalidArgument
+
+            raise InvalidArgument(f"HYPERINFER_LAYOUT={forced!r}: expected one of {', '.join(LAYOUTS)}")
         return forced
     lanes = getattr(target, "vector_lanes", 0) if target is not None else 0
     return "auto" if lanes >= BLOCK else "NCHW"
