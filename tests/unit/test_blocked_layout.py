@@ -220,7 +220,7 @@ def test_a_bad_layout_override_is_one_line_from_compile(tmp_path, monkeypatch, c
     assert code != 0, out
     assert "Error: HYPERINFER_LAYOUT='NHWC': expected one of NCHW, NCHW16c, auto" in out.err, out
     assert "Traceback" not in out.err + out.out
-    assert not (tmp_path / "repo" / "r").exists()
+    assert not (tmp_path / "repo" / "r" / "1").exists()  # no package version written
     assert clean is not None
 
 
