@@ -9,7 +9,9 @@ target, then times each kernel call inside the whole network (the Relax VM's ins
 around every call; the fastest of ``--rounds`` inferences per call site, so caches are as warm or
 cold as in a real run) and each ONNX Runtime node (its profiler, same thread count, fastest of
 the rounds). Convolutions are matched by input and weight shape (the TVM kernel's weight may be
-repacked; its element count is the same), ResNet's stride-2 1x1 shortcuts by the sliced input.
+repacked; its element count is the same; a channel-blocked input [n, C/16, h, w, 16] counts as
+the NCHW shape it holds), ResNet's stride-2 1x1 shortcuts (NCHW builds) by the sliced input.
+``HYPERINFER_LAYOUT=NCHW`` profiles the NCHW build of an AVX-512 target.
 Prints the totals, the TVM kernels by time, ONNX Runtime by op type and the per-conv table
 sorted by the time TVM loses. Single-thread numbers are the ones load from other processes
 moves least.
