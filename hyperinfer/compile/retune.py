@@ -45,6 +45,7 @@ from hyperinfer.errors import FailedPrecondition, InvalidArgument, NotFound
 
 DEFAULT_TRIALS = 256
 LAYOUT_MARGIN = 0.03  # the non-default activation layout is kept only if this much faster
+LAYOUT_ROUNDS = 9  # alternating rounds of that comparison (a noisy shared host: 5 were too few)
 HOT_FRACTION = 0.85
 MAX_FUNCTIONS = 12
 
@@ -126,7 +127,8 @@ def pick_layout(default: str, other: str, default_ms: list[float], other_ms: lis
 
 def _choose_layout(mod, t: targets.TargetInfo, package, threads: int, work: Path, say, result) -> str | None:
     """Build ``mod`` in both activation layouts, time each whole on the package's first reference
-    input (alternating blocks, median of 5 rounds' medians) and return the layout to tune in."""
+    input (alternating blocks, ``LAYOUT_ROUNDS`` rounds of 5 runs after 2 warm-up runs) and return
+    the layout to tune in."""
     import statistics
 
     from hyperinfer.compile import build
@@ -144,8 +146,9 @@ def _choose_layout(mod, t: targets.TargetInfo, package, threads: int, work: Path
         build.build_artifact(mod, t, so, threads=threads, layout=layout)
         runners[layout] = TVMRunner(so, m.inputs, m.outputs, device="cpu", threads=threads)
     rounds: dict[str, list[float]] = {k: [] for k in pair}
-    for _ in range(5):
-        for layout, runner in runners.items():
+    for r in range(LAYOUT_ROUNDS):
+        for layout in (pair if r % 2 == 0 else pair[::-1]):  # neither always runs first
+            runner = runners[layout]
             for _ in range(2):
                 runner.run(inputs[0])
             ts = []
