@@ -49,3 +49,34 @@ def metric_total(metrics: dict, name: str, **labels) -> float:
     """The sum of a sample over every label set that includes ``labels``."""
     want = set(labels.items())
     return sum(v for k, v in metrics.get(name, {}).items() if want <= set(k))
+
+
+def build_and_compare(tmp_path, clean, target, name: str = "model", rtol: float = 1e-4, tuning_db=None):
+    """Build ``clean`` (a cleaned model) for ``target`` with the project's CPU pipeline, run it
+    and ONNX Runtime (2 threads each) on two seeded random inputs, and assert every output
+    matches: same shape and dtype, integers exactly, floats within ``rtol`` of the output's
+    scale. Returns the BuildResult."""
+    import numpy as np
+    import onnx
+
+    from hyperinfer.compile import build, cleanup
+    from hyperinfer.runtime import ORTRunner, TVMRunner
+
+    so = tmp_path / f"{name}-{target.id}.so"
+    built = build.build_artifact(build.import_onnx(clean.model), target, so, tuning_db=tuning_db)
+    onnx_path = tmp_path / f"{name}.onnx"
+    onnx.save(clean.model, str(onnx_path))
+    ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=2)
+    tvm_r = TVMRunner(so, clean.inputs, clean.outputs, threads=2)
+    for seed in (0, 1):
+        x = cleanup.random_inputs(clean.inputs, np.random.default_rng(seed))
+        ref, got = ort.run(x), tvm_r.run(x)
+        for k, a in ref.items():
+            b = got[k]
+            assert b.shape == a.shape and b.dtype == a.dtype, k
+            if a.dtype.kind in "biu":
+                np.testing.assert_array_equal(b, a)
+            else:
+                scale = max(1.0, float(np.abs(a).max()))
+                assert float(np.abs(a.astype(np.float64) - b).max()) <= rtol * scale, k
+    return built

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
+from support import build_and_compare
 
 pytest.importorskip("tvm")
 pytest.importorskip("onnxruntime")
@@ -81,24 +81,7 @@ def _rules(clean, target) -> dict[str, str]:
 
 
 def _build_and_compare(tmp_path, clean, target, name="blocked"):
-    import onnx
-
-    from hyperinfer.compile import build, cleanup
-    from hyperinfer.runtime import ORTRunner, TVMRunner
-
-    so = tmp_path / f"{name}-{target.id}.so"
-    built = build.build_artifact(build.import_onnx(clean.model), target, so)
-    onnx_path = tmp_path / f"{name}.onnx"
-    onnx.save(clean.model, str(onnx_path))
-    ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=2)
-    got_r = TVMRunner(so, clean.inputs, clean.outputs, threads=2)
-    for seed in (0, 1):
-        x = cleanup.random_inputs(clean.inputs, np.random.default_rng(seed))
-        ref, got = ort.run(x), got_r.run(x)
-        for k, a in ref.items():
-            assert got[k].shape == a.shape, k
-            assert float(np.abs(a - got[k]).max()) <= 1e-4 * max(1.0, float(np.abs(a).max())), k
-    return built
+    return build_and_compare(tmp_path, clean, target, name)
 
 
 def test_blocked_layout_blocks_every_conv_that_blocks(tmp_path, monkeypatch):

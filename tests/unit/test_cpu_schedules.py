@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from support import build_and_compare
 
 pytest.importorskip("tvm")
 pytest.importorskip("onnxruntime")
@@ -38,31 +39,9 @@ def _clean(path, shapes):
 
 
 def _build_and_compare(tmp_path, name, clean, rtol=1e-4, tuning_db=None):
-    import onnx
+    from hyperinfer.compile import targets
 
-    from hyperinfer.compile import build, cleanup, targets
-    from hyperinfer.runtime import ORTRunner, TVMRunner
-
-    target = targets.get(_target_id())
-    mod = build.import_onnx(clean.model)
-    so = tmp_path / f"{name}.so"
-    built = build.build_artifact(mod, target, so, tuning_db=tuning_db)
-    onnx_path = tmp_path / f"{name}.onnx"
-    onnx.save(clean.model, str(onnx_path))
-    ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=2)
-    tvm_r = TVMRunner(so, clean.inputs, clean.outputs, threads=2)
-    for seed in (0, 1):
-        x = cleanup.random_inputs(clean.inputs, np.random.default_rng(seed))
-        ref, got = ort.run(x), tvm_r.run(x)
-        for k, a in ref.items():
-            b = got[k]
-            assert b.shape == a.shape and b.dtype == a.dtype, k
-            if a.dtype.kind in "biu":
-                np.testing.assert_array_equal(b, a)
-            else:
-                scale = max(1.0, float(np.abs(a).max()))
-                assert float(np.abs(a.astype(np.float64) - b).max()) <= rtol * scale, k
-    return built
+    return build_and_compare(tmp_path, clean, targets.get(_target_id()), name, rtol, tuning_db)
 
 
 @pytest.mark.parametrize("name", ["cnn", "mlp", "two-inputs", "int-bool"])
