@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from support import build_and_compare
+from support import build_and_compare, workspace_allocations
 
 pytest.importorskip("tvm")
 pytest.importorskip("onnxruntime")
@@ -457,6 +457,11 @@ def test_1x1_convs_over_56x56_planes_are_gemms_over_the_flat_plane(tmp_path):
     assert re.search(r"(\w+)_global = T.sblock_alloc_buffer\(\(T.int64\(1\), T.int64\(32\), T.int64\(3136\)\)\)",
                      order[32][1]), order[32][1][:3000]
     assert "* T.int64(448) + " in order[32][1]
+    # the accumulators (2 pixel vectors x 4 channels) are stack arrays LLVM keeps in registers:
+    # what is allocated at run time is the input copies alone (128 inputs x 32 pixels; 32 x 448)
+    for cin, func in ((int(f.params[0].shape[1]), f) for _, f in convs):
+        sizes = workspace_allocations(cpu_sched.schedule_function(func, avx512, 2), avx512)
+        assert sorted(sizes.values()) == [cin * (32 if cin == 128 else 448) * 4], (cin, sizes)
     if _can_run("cpu-x86_64-avx512"):
         _build_and_compare(tmp_path, "bottleneck", clean)
 
