@@ -83,6 +83,7 @@ class Row:
     ratio_min: float | None = None  # fastest TVM run / fastest ORT run (other processes only slow runs down)
     tuned_ratio_min: float | None = None
     load: float | None = None  # 1-minute load average while this model was timed
+    tuned_is_default: bool = False  # tuned, and no tuned schedule beat the default (same artifact)
 
     @property
     def ratio(self) -> float:
@@ -266,12 +267,12 @@ def bench(args) -> tuple[list[Row], list[tuple[str, str, str]]]:
         finally:
             cpu_sched.schedule_pass = orig
         db = find_tuning(name, target.id, args.repository, args.tuning_root)
-        tuned_so = None
+        tuned_so, tuned_is_default = None, False
         if db is not None:
             tuned_so = work / f"{name}.{target.id}.tuned.so"
             res = build.build_artifact(mod, target, tuned_so, tuning_db=db)
             if not res.tuned:
-                tuned_so = None  # no tuned schedule beat the default: same artifact
+                tuned_so, tuned_is_default = None, True  # no tuned schedule beat the default: same artifact
         ort = ORTRunner(onnx_path, clean.inputs, [o.name for o in clean.outputs], threads=args.threads)
         tvm_r = TVMRunner(default_so, clean.inputs, clean.outputs, threads=args.threads)
         tuned_r = TVMRunner(tuned_so, clean.inputs, clean.outputs, threads=args.threads) if tuned_so else None
@@ -296,7 +297,8 @@ def bench(args) -> tuple[list[Row], list[tuple[str, str, str]]]:
         ms = {k: statistics.median(v) for k, v in samples.items()}
         shape = ";".join("x".join(str(d) for d in s.shape) for s in clean.inputs)
         rules = ", ".join(f"{k} {v}" for k, v in sorted(report.count().items()))
-        row = Row(name, shape, ms["ort"], ms["tvm"], ms.get("tuned"), err, tuned_err, gflop, compile_s, rules, ops)
+        row = Row(name, shape, ms["ort"], ms["tvm"], ms.get("tuned"), err, tuned_err, gflop, compile_s, rules, ops,
+                  tuned_is_default=tuned_is_default)
         row.ratio_med = statistics.median(round_ratios["tvm"])
         row.tuned_ratio_med = statistics.median(round_ratios["tuned"]) if round_ratios["tuned"] else None
         row.ratio_min = min(samples["tvm"]) / min(samples["ort"])
@@ -344,6 +346,10 @@ def _f(v, fmt):
     return "–" if v is None else format(v, fmt)
 
 
+def _tuned(r: Row, fmt: str, value) -> str:
+    return "= default" if r.tuned_is_default else _f(value, fmt)
+
+
 def table(rows: list[Row], threads: int, target: str) -> str:
     lines = [
         f"| model | input | ONNX Runtime ms | TVM default ms | ratio | TVM tuned ms | tuned ratio | max abs err | "
@@ -353,8 +359,8 @@ def table(rows: list[Row], threads: int, target: str) -> str:
     for r in rows:
         best = min(r.tvm_ms, r.tuned_ms) if r.tuned_ms else r.tvm_ms
         lines.append(
-            f"| {r.model} | {r.shape} | {r.ort_ms:.2f} | {r.tvm_ms:.2f} | {r.ratio:.2f} | {_f(r.tuned_ms, '.2f')} | "
-            f"{_f(r.tuned_ratio, '.2f')} | {r.err:.1e} | {r.gflop:.3f} | "
+            f"| {r.model} | {r.shape} | {r.ort_ms:.2f} | {r.tvm_ms:.2f} | {r.ratio:.2f} | {_tuned(r, '.2f', r.tuned_ms)} | "
+            f"{_tuned(r, '.2f', r.tuned_ratio)} | {r.err:.1e} | {r.gflop:.3f} | "
             f"{(r.gflop / r.ort_ms * 1e3 if r.gflop else 0):.1f} | {(r.gflop / best * 1e3 if r.gflop else 0):.1f} | "
             f"{r.compile_s:.1f} |"
         )
@@ -377,7 +383,7 @@ def compat_table(rows: list[Row], failed: list[tuple[str, str, str]], threads: i
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.model} | {r.shape} | {r.ops} | yes | {r.err:.1e} | {r.ratio:.2f} | "
-                     f"{_f(r.ratio_min, '.2f')} | {_f(r.tuned_ratio, '.2f')} | {_f(r.load, '.1f')} |")
+                     f"{_f(r.ratio_min, '.2f')} | {_tuned(r, '.2f', r.tuned_ratio)} | {_f(r.load, '.1f')} |")
     for name, ops, err in failed:
         lines.append(f"| {name} | – | {ops} | no: {err.replace('|', '/')} | – | – | – | – | – |")
     load = os.getloadavg()

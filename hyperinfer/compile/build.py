@@ -169,6 +169,7 @@ def build_artifact(mod, target: TargetInfo, out_path: Path, threads: int | None 
             from hyperinfer.compile import tune
 
             layout = tune.layout_choice(tuning_db)
+            tuned = tune.layout_changed(tuning_db)
         pre_passes = passes.cpu_pre_fusion_passes(target, layout)
         post_fusion = passes.cpu_post_fusion_passes()
         post_schedule = passes.cpu_post_schedule_passes()

@@ -71,6 +71,7 @@ class TunePackageResult:
     stopped_by_time: bool = False
     interrupted: bool = False
     layout: str = ""  # the activation layout of the tuned build ("" : the target's default, not compared)
+    layout_default: str = ""  # the untuned build's layout, when both were compared
     layout_ms: dict[str, float] = field(default_factory=dict)  # whole-model latency per layout compared
     warnings: list[str] = field(default_factory=list)
 
@@ -158,6 +159,7 @@ def _choose_layout(mod, t: targets.TargetInfo, package, threads: int, work: Path
                 ts.append((time.perf_counter() - start) * 1e3)
             rounds[layout].append(statistics.median(ts))
     default, other = pair
+    result.layout_default = default
     result.layout_ms = {k: round(statistics.median(v), 3) for k, v in rounds.items()}
     chosen, ratio = pick_layout(default, other, rounds[default], rounds[other])
     say(f"layout: {default} {result.layout_ms[default]:.2f} ms, {other} {result.layout_ms[other]:.2f} ms "
@@ -278,7 +280,8 @@ def tune_package(
 
         try:
             report = tuner.tune(mod, t, db, trials=trials, minutes=minutes, threads=threads,
-                                progress=on_progress, only={f.key for f in hot}, layout=layout)
+                                progress=on_progress, only={f.key for f in hot}, layout=layout,
+                                layout_default=result.layout_default or None)
         except BaseException:
             _keep_records(db, previous)
             raise

@@ -285,6 +285,19 @@ def load_choices(db_dir: Path) -> dict[str, dict]:
     return dict(data.get("functions", {}))
 
 
+def layout_changed(db_dir: Path | None) -> bool:
+    """Whether the tuning run kept another activation layout than the untuned build's (then a
+    build with this database differs from the default build even if no function's schedule does)."""
+    layout = layout_choice(db_dir)
+    if layout is None:
+        return False
+    try:
+        default = json.loads((Path(db_dir) / CHOICES).read_text()).get("layout_default")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return default is not None and default != layout
+
+
 def layout_choice(db_dir: Path | None) -> str | None:
     """The activation layout a tuning run chose (``choices.json``), or None (the target's default)."""
     from hyperinfer.compile.schedules.blocked import LAYOUTS
@@ -372,7 +385,8 @@ def search_knobs(func, target_info: TargetInfo, tvm_target, threads: int, rounds
     return {}, default_us, default_us, n
 
 
-def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult], layout: str | None = None) -> None:
+def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult], layout: str | None = None,
+                   layout_default: str | None = None) -> None:
     Path(db_dir).mkdir(parents=True, exist_ok=True)
     old = load_choices(db_dir)
     prev = layout_choice(db_dir)
@@ -387,6 +401,8 @@ def _write_choices(db_dir: Path, target: TargetInfo, results: list[TaskResult], 
     doc = {"target": target.id, "functions": old}
     if layout is not None:
         doc["layout"] = layout
+        if layout_default is not None:
+            doc["layout_default"] = layout_default
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
     tmp.replace(Path(db_dir) / CHOICES)
 
@@ -444,7 +460,7 @@ def _search_strategy():
 
 def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes: float | None = None,
          threads: int = 0, progress: Callable[[Progress], None] | None = None,
-         only: set[str] | None = None, layout: str | None = None) -> TuneReport:
+         only: set[str] | None = None, layout: str | None = None, layout_default: str | None = None) -> TuneReport:
     """Tune the CPU functions of ``mod`` into ``db_dir``: rule knobs, then MetaSchedule; see the
     module docstring.
 
@@ -455,7 +471,8 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
     ``progress``: called with a :class:`Progress` after every measured batch;
     ``only``: function keys (:func:`function_key`) to tune, e.g. the hottest ones from
     :func:`profile_functions` (None: every function); ``layout``: the activation layout the
-    functions are extracted in (recorded in ``choices.json``; the build then uses it).
+    functions are extracted in (recorded in ``choices.json``; the build then uses it), and
+    ``layout_default`` the one the build would use untuned (recorded too: see :func:`layout_changed`).
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -507,7 +524,7 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
             report.stopped_by_time = trials == 0  # else MetaSchedule stops after its first batch
             break
     if trials == 0 or report.interrupted:
-        _write_choices(db_dir, target_info, report.tasks, layout)
+        _write_choices(db_dir, target_info, report.tasks, layout, layout_default)
         report.seconds = time.perf_counter() - start
         emit(Progress("done", len(tasks), elapsed=report.seconds,
                       message=f"{report.tuned_functions} of {len(tasks)} functions tuned"))
@@ -625,7 +642,7 @@ def tune(mod, target_info: TargetInfo, db_dir: Path, trials: int = 512, minutes:
             break
         except Exception as e:  # noqa: BLE001 - a function we cannot measure keeps the default schedule
             log.info("%s: not compared (%s); keeping the default schedule", name, str(e).strip().splitlines()[-1:] )
-    _write_choices(db_dir, target_info, report.tasks, layout)
+    _write_choices(db_dir, target_info, report.tasks, layout, layout_default)
     report.seconds = time.perf_counter() - start
     emit(Progress("done", len(tasks), trials=state["trials"], max_trials=trials, best_us=dict(best),
                   elapsed=report.seconds, message=f"{report.tuned_functions} of {len(tasks)} functions tuned"))
@@ -640,8 +657,8 @@ def has_records(db_dir: Path | None) -> bool:
 
 
 def has_tuning(db_dir: Path | None) -> bool:
-    """Anything a build would use: MetaSchedule records or rule knobs that won."""
-    return has_records(db_dir) or bool(rule_knobs(db_dir))
+    """Anything a build would use: MetaSchedule records, rule knobs that won, another layout."""
+    return has_records(db_dir) or bool(rule_knobs(db_dir)) or layout_changed(db_dir)
 
 
 def apply_database_pass(db_dir: Path, tvm_target, only_winners: bool = True):

@@ -300,5 +300,13 @@ def test_tune_times_both_layouts_and_builds_in_the_one_it_keeps(tmp_path, monkey
     m = re.search(r"Activation layout (\S+) \(whole model: NCHW [\d.]+ ms, NCHW16c [\d.]+ ms\)", out)
     assert m and m.group(1) in blocked.LAYOUTS, out
     db = p.path / "tuning" / AVX512
-    assert json.loads((db / tune.CHOICES).read_text())["layout"] == m.group(1)
+    choices = json.loads((db / tune.CHOICES).read_text())
+    assert (choices["layout"], choices["layout_default"]) == (m.group(1), "NCHW")
     assert tune.layout_choice(db) == m.group(1)
+    # a build with this database differs from the default one exactly when the layout changed
+    changed = m.group(1) != "NCHW"
+    assert tune.layout_changed(db) == changed
+    if not tune.has_records(db) and not tune.rule_knobs(db):
+        assert tune.has_tuning(db) == changed
+    built = build.build_artifact(mod, targets.get(AVX512), tmp_path / "again.so", tuning_db=db)
+    assert built.tuned == (changed or bool(tune.rule_knobs(db)) or tune.has_records(db))
