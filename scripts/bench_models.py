@@ -167,7 +167,8 @@ def find_tuning(name: str, target_id: str, repository: Path | None, tuning_root:
     if tuning_root is not None:
         cands.append(tuning_root / name / target_id)
     for c in cands:
-        if tune.has_tuning(c):
+        # a database that kept nothing still says the model was tuned: its column reads "= default"
+        if tune.has_tuning(c) or (c / tune.CHOICES).is_file():
             return c
     return None
 
