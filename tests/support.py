@@ -88,14 +88,9 @@ def workspace_allocations(func, target) -> dict[str, int]:
     buffer name -> bytes (-1 when the size is not a constant)."""
     import re
 
-    import tvm
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
     from hyperinfer.compile import tune
 
-    task = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(tune._task_mod(func))
-    lib = tvm.compile(task, target=tune.tuning_target(target, 2))
-    ll = (lib.mod if hasattr(lib, "mod") else lib).inspect_source("ll")
+    ll = tune.compile_function(func, tune.tuning_target(target, 2))[0].inspect_source("ll")
     calls = re.findall(r"%([\w.]+) = (?:tail )?call ptr %\w+\(i32 1, i32 %\w+, i64 (%?\w+), i32 \d+, i32 \d+\)", ll)
     assert len(calls) == len(re.findall(r"= load ptr, ptr @__TVMBackendAllocWorkspace", ll)), "unparsed workspace call"
     return {name: (int(n) if n.isdigit() else -1) for name, n in calls}

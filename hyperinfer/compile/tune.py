@@ -230,6 +230,18 @@ def _random_args(func):
     return args
 
 
+def compile_function(func, tvm_target):
+    """One scheduled PrimFunc built alone: (runtime module, the IRModule built). Constant weights
+    are repacked at compile time in the build, so the function is built on weights already in
+    its layout (as MetaSchedule's candidates are), without the repack."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    task = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(_task_mod(func))
+    lib = tvm.compile(task, target=tvm_target)
+    return (lib.mod if hasattr(lib, "mod") else lib), task
+
+
 def measure_function(func, tvm_target, repeat: int = 5, min_repeat_ms: int = 40, best: bool = False) -> float:
     """Median latency in microseconds of one scheduled PrimFunc (built alone); with ``best``, the
     fastest repeat (robust to other processes on the machine: a parallel loop whose thread is
@@ -237,13 +249,8 @@ def measure_function(func, tvm_target, repeat: int = 5, min_repeat_ms: int = 40,
     import statistics
 
     import tvm
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    # constant weights are repacked at compile time in the build: time the kernel on weights
-    # already in its layout (as MetaSchedule's candidates are), not the repack as well
-    task = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(_task_mod(func))
-    lib = tvm.compile(task, target=tvm_target)
-    mod = lib.mod if hasattr(lib, "mod") else lib
+    mod, task = compile_function(func, tvm_target)
     args = _random_args(task["main"])
     ev = mod.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
     res = ev(*args).results
