@@ -16,8 +16,9 @@ then prints, in one run:
    target <= 0.5 ms at p50 in auto);
    1b. the same gateway with session HMACs and with Ed25519 signatures on its Worker calls,
    in alternating blocks (what the session saves end to end);
-2. PP-OCR det direct / through the zero-logic proxy / through the gateway, at p50 (target <=
-   1.03) with each process's CPU per request, at the sample rate and at rate 0;
+2. PP-OCR det direct / through a zero-logic proxy / through the gateway, at p50 (target <=
+   1.03) with each process's CPU per request, at the sample rate and at rate 0; in rounds
+   that call the node the gateway picked directly and through a proxy in front of it;
 3. verification compute vs sample rate: node CPU per request, gateway CPU per
    request and validator runs per request, for several rates (mode auto);
 4. throughput (requests/s, several client threads) with 4, 2 and 1 nodes, with one gateway
@@ -38,6 +39,7 @@ else runs on it: the script prints the CPU count and load average first.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -90,7 +92,7 @@ GrpcWorkerClient._session = lambda self, node: session_of(self, node) if auth[0]
 gw.store.shared = gw.registry.shared = False
 install_extensions(gw, tuple(e for e in EXTENSIONS if "oip_servicer" not in e))
 policy = SamplingPolicy(default_rate=rate)
-install(gw, policy=policy)
+oip = install(gw, policy=policy)
 gw.start()
 print("READY", gw.address, flush=True)
 port, workers = int(gw.address.rpartition(":")[2]), []
@@ -101,6 +103,8 @@ for line in sys.stdin:
     if cmd and cmd[0] == "rate":
         policy.default_rate = float(cmd[1])
         print("OK", flush=True)
+    elif cmd and cmd[0] == "settle":  # the background checks started so far are over
+        print("OK" if oip.dataplane.verifier.wait(120) else "TIMEOUT", flush=True)
     elif cmd and cmd[0] == "auth":
         auth[0] = cmd[1]
         print("OK", flush=True)
@@ -348,15 +352,30 @@ class Bench:
                 cache[node_id] = ("Ed25519 signature", lambda fields: sign_call(key, "Infer", node_id, fields))
         return cache[node_id]
 
-    def direct(self, n: int, address: str | None = None, model: str = "mlp") -> list[float]:
+    def worker_stub(self, address: str) -> pool_pb2_grpc.WorkerStub:
+        """One channel per address for the whole run, as the gateway keeps one per node."""
+        stubs = self.__dict__.setdefault("stubs", {})
+        if address not in stubs:
+            stubs[address] = pool_pb2_grpc.WorkerStub(channel(address))
+        return stubs[address]
+
+    def worker_request(self, model: str) -> pool_pb2.InferRequest:
+        requests = self.__dict__.setdefault("requests", {})
+        if model not in requests:
+            x = self.x if model == "mlp" else self.det_x
+            requests[model] = pool_pb2.InferRequest(model_name=model, model_version=1,
+                                                    inputs=tensors.many_to_proto({"x": x}))
+        return requests[model]
+
+    def direct(self, n: int, address: str | None = None, model: str = "mlp", node: str | None = None) -> list[float]:
+        """``n`` Worker/Infer calls to ``address``: node ``node`` (default: the first node) or a
+        proxy in front of it."""
         from hyperinfer.verify.operators import infer_fields
 
-        stub = pool_pb2_grpc.WorkerStub(channel(address or self.node_addresses[0]))
-        x = self.x if model == "mlp" else self.det_x
-        req = pool_pb2.InferRequest(model_name=model, model_version=1, inputs=tensors.many_to_proto({"x": x}))
-        node_id = self.node_ids[address or self.node_addresses[0]] if address in self.node_ids or address is None \
-            else self.node_ids[self.node_addresses[0]]  # through the proxy: its node
-        auth = self.worker_auth(node_id)[1]
+        node = node or self.node_addresses[0]
+        stub = self.worker_stub(address or node)
+        req = self.worker_request(model)
+        auth = self.worker_auth(self.node_ids[node])[1]
         times = []
         for _ in range(n):
             req.request_id = uuid.uuid4().hex  # as the gateway does
@@ -367,14 +386,28 @@ class Bench:
             times.append(time.perf_counter() - t0)
         return times
 
-    def start_proxy(self) -> str:
-        proxy = Child("proxy", ["-c", PROXY, self.node_addresses[0]], self.tmp, stdin=subprocess.PIPE)
-        self.children.append(proxy)
-        self.proxy_child = proxy
-        line = read_line(proxy.proc, 30)
-        if not line.startswith("READY"):
-            raise SystemExit(f"proxy failed: {line}\n{proxy.log_path.read_text()[-2000:]}")
-        return line.split()[1]
+    def start_proxy(self, node: str | None = None) -> str:
+        """A zero-logic proxy in front of ``node`` (default: the first node); one per node."""
+        node = node or self.node_addresses[0]
+        proxies = self.__dict__.setdefault("proxies", {})
+        if node not in proxies:
+            proxy = Child(f"proxy{len(proxies)}", ["-c", PROXY, node], self.tmp, stdin=subprocess.PIPE)
+            self.children.append(proxy)
+            line = read_line(proxy.proc, 30)
+            if not line.startswith("READY"):
+                raise SystemExit(f"proxy failed: {line}\n{proxy.log_path.read_text()[-2000:]}")
+            proxies[node] = (line.split()[1], proxy)
+        return proxies[node][0]
+
+    def proxy_child(self, node: str) -> Child:
+        return self.__dict__["proxies"][node][1]
+
+    def settle(self) -> None:
+        """Wait until the gateway's background checks are over."""
+        self.gateway.proc.stdin.write("settle\n")
+        self.gateway.proc.stdin.flush()
+        if read_line(self.gateway.proc, 130) != "OK":
+            raise SystemExit("the gateway's background checks did not finish")
 
     def interleaved(self, calls: dict, n: int) -> dict[str, list[float]]:
         """n timed calls of each, in turn (call by call), so load from other processes hits all alike."""
@@ -480,51 +513,86 @@ class Bench:
         return {"count": i.success.count, "queue": i.queue.ns, "input": i.compute_input.ns,
                 "call": i.compute_infer.ns, "output": i.compute_output.ns}
 
-    def det_rows(self, k: int, proxy: str) -> None:
-        """Row 2: PP-OCR det direct / through the zero-logic proxy / through the gateway, in turn;
-        then again at sample rate 0 (no validator runs of det sharing the CPUs)."""
-        det_direct = lambda j: self.direct(j, model="ppocr-det")  # noqa: E731
-        det_proxy = lambda j: self.direct(j, proxy, model="ppocr-det")  # noqa: E731
-        det_gateway = lambda j: self.via_gateway("auto", j, model="ppocr-det")  # noqa: E731
-        for fn in (det_direct, det_proxy, det_gateway):
-            fn(3)
+    def det_gateway_call(self) -> tuple[float, str, str]:
+        """One PP-OCR det request through the gateway: (seconds, the node that ran it, receipt status)."""
+        req = self.__dict__.get("det_oip")
+        if req is None:
+            req = self.det_oip = self.oip_request("auto", "ppocr-det")
+        t0 = time.perf_counter()
+        resp = self.oip.ModelInfer(req, timeout=30)
+        seconds = time.perf_counter() - t0
+        receipt = json.loads(resp.parameters["hyperinfer.receipt"].string_param)
+        return seconds, self.node_addresses_by_id[receipt["node_id"]], receipt["status"]
+
+    def det_rows(self, k: int) -> None:
+        """Row 2: PP-OCR det direct / through a zero-logic proxy / through the gateway, on the same node,
+        at the sample rate and at rate 0.
+
+        Each round calls the gateway first; its receipt names the node that ran the request, and
+        that round's direct and proxy calls (in alternating order) go to the same node: the rows
+        compare like with like, not the gateway's pick of four nodes against one fixed node (on a
+        shared host the nodes' speeds differ by several percent). A request the gateway sampled
+        starts a validator run in the background; the round waits for it to end before its next
+        timed call (in a real pool the validator is another operator's machine; here it would
+        share the two cores with whichever call came next)."""
+        self.node_addresses_by_id = {v: a for a, v in self.node_ids.items()}
+        for node in self.node_addresses:  # warm: a proxy and a channel per node, every node's det
+            self.start_proxy(node)
+            self.direct(1, model="ppocr-det", node=node)
+            self.direct(1, self.start_proxy(node), model="ppocr-det", node=node)
+        for _ in range(3):
+            self.det_gateway_call()
+        self.settle()
+        names = ("direct to node", "zero-logic proxy", "gateway verify=auto")
         for rate, label in ((self.args.rate, f"sample rate {self.args.rate}"),
-                            (0.0, "sample rate 0 (no validator runs sharing the CPUs)")):
+                            (0.0, "sample rate 0 (no validator runs)")):
             self.set_rate(rate)
             time.sleep(0.5)
-            print(f"\n2. PP-OCRv4 det (1x3x640x640 in, 1x1x640x640 out), {label}, sequential, {k} requests "
-                  "each, called in turn")
+            print(f"\n2. PP-OCRv4 det (1x3x640x640 in, 1x1x640x640 out), {label}, sequential, {k} rounds; "
+                  "each round: the gateway, then direct and proxy calls to the node that ran it")
+            lat: dict[str, list[float]] = {n: [] for n in names}
             cpu = {"zero-logic proxy": 0.0, "gateway verify=auto": 0.0}
-            owner = {"zero-logic proxy": self.proxy_child, "gateway verify=auto": self.gateway}
-
-            def counted(name, fn):
-                def call(j):
-                    c0 = owner[name].cpu()
-                    out = fn(j)
-                    cpu[name] += owner[name].cpu() - c0
-                    return out
-                return call
-
+            per_node: dict[str, int] = {}
+            sampled = 0
             stats0 = self.det_statistics()
-            det = self.interleaved({"direct to node": det_direct,
-                                    "zero-logic proxy": counted("zero-logic proxy", det_proxy),
-                                    "gateway verify=auto": counted("gateway verify=auto", det_gateway)}, k)
-            direct = pct(det["direct to node"], 50)
-            for name, xs in det.items():
+            for r in range(k):
+                c0 = self.gateway.cpu()
+                seconds, node, status = self.det_gateway_call()
+                cpu["gateway verify=auto"] += self.gateway.cpu() - c0
+                lat["gateway verify=auto"].append(seconds)
+                per_node[node] = per_node.get(node, 0) + 1
+                if status == "pending":
+                    sampled += 1
+                    self.settle()
+                proxy = self.proxy_child(node)
+                for name in (names[:2] if r % 2 == 0 else names[1::-1]):
+                    if name == "direct to node":
+                        lat[name] += self.direct(1, model="ppocr-det", node=node)
+                    else:
+                        c0 = proxy.cpu()
+                        lat[name] += self.direct(1, self.start_proxy(node), model="ppocr-det", node=node)
+                        cpu[name] += proxy.cpu() - c0
+            stats1 = self.det_statistics()
+            direct = pct(lat["direct to node"], 50)
+            for name, xs in lat.items():
                 extra = "" if name == "direct to node" else (
-                    f"   x{pct(xs, 50) / direct:.3f} at p50, x{statistics.fmean(xs) / statistics.fmean(det['direct to node']):.3f} "
+                    f"   x{pct(xs, 50) / direct:.3f} at p50, x{statistics.fmean(xs) / statistics.fmean(lat['direct to node']):.3f} "
                     f"mean; its process's CPU {cpu[name] / k * 1e3:.1f} ms/request")
                 print(f"   {name:22s}  {fmt_ms(xs)}{extra}")
-            stats1 = self.det_statistics()
             n = stats1["count"] - stats0["count"]
             if n:
-                parts = {k: (stats1[k] - stats0[k]) / n / 1e6 for k in ("queue", "input", "call", "output")}
+                parts = {key: (stats1[key] - stats0[key]) / n / 1e6 for key in ("queue", "input", "call", "output")}
                 print(f"   the gateway's ModelStatistics per request: node call (with encoding, the Worker call, its "
                       f"check) {parts['call']:.1f} ms; around it: request checks {parts['input']:.2f} ms, scheduling "
                       f"{parts['queue']:.2f} ms, verification and response {parts['output']:.2f} ms")
-            ratio = pct(det["gateway verify=auto"], 50) / direct
+            paired = {name: statistics.median(g / d for g, d in zip(lat[name], lat["direct to node"]))
+                      for name in names[1:]}
+            ratio = pct(lat["gateway verify=auto"], 50) / direct
             print(f"   gateway / direct at p50: x{ratio:.3f} ({'within' if ratio <= 1.03 else 'ABOVE'} the 3% target); "
-                  f"the zero-logic proxy x{pct(det['zero-logic proxy'], 50) / direct:.3f}")
+                  f"the zero-logic proxy x{pct(lat['zero-logic proxy'], 50) / direct:.3f}. Median of the rounds' "
+                  f"ratios (same node, same minute): gateway x{paired['gateway verify=auto']:.3f}, proxy "
+                  f"x{paired['zero-logic proxy']:.3f}. {sampled} of {k} requests sampled; rounds per node: "
+                  + ", ".join(str(c) for _, c in sorted(per_node.items())))
         self.set_rate(self.args.rate)
 
     def run(self) -> None:
@@ -578,7 +646,7 @@ class Bench:
                   "(the gateway's signature and the node's check of it, against the two HMACs)")
 
         if a.det_requests and "2" in rows:
-            self.det_rows(a.det_requests, proxy)
+            self.det_rows(a.det_requests)
 
         if "3" in rows:
             self.rate_rows()
@@ -652,7 +720,7 @@ def main() -> int:
                    help="throughput also with this many gateway processes (`hyperinfer gateway --workers N`); 1: not")
     p.add_argument("--ab-blocks", type=int, default=10,
                    help="blocks of 50 requests per side in the Worker-call authentication A/B row (0: skip)")
-    p.add_argument("--det-requests", type=int, default=40, help="sequential PP-OCR det requests per row (0: skip)")
+    p.add_argument("--det-requests", type=int, default=40, help="rounds of sequential PP-OCR det requests per row (0: skip)")
     p.add_argument("--rows", default="1,2,3,4,5",
                    help="which rows to run (1: MLP latency and its A/B, 2: PP-OCR det, 3: sample rates, "
                         "4: throughput, 5: the gateway's steps)")
